@@ -1,0 +1,19 @@
+//! The vocabulary of Hodei Jobs, free of I/O: what a job is, which states jobs and workers move
+//! through, and the rules for one-time worker tokens.
+//!
+//! Every other crate converts to and from these types at its edge (proto in `hodei-grpc`, SQL
+//! rows in `hodei-store`, Pods and containers in `hodei-providers`).
+
+mod ids;
+mod job;
+mod log;
+mod token;
+mod worker;
+
+pub use ids::{IdParseError, JobId, WorkerId};
+pub use job::{
+    Job, JobAttempt, JobSpec, JobSpecError, JobSpecLimits, JobState, Resources, TerminalOutcome,
+};
+pub use log::{LogLine, LogStreamKind};
+pub use token::{MalformedToken, OneTimeToken, SecretHash};
+pub use worker::{Worker, WorkerFailure, WorkerState};

@@ -1,0 +1,198 @@
+//! Workers: the agents a provider starts, their lifecycle and the classified reasons they fail.
+
+use std::{fmt, str::FromStr, time::Duration};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{JobId, WorkerId};
+
+/// `Provisioning → Idle ⇄ Busy → Terminating → Terminated`, or `Failed` (never registered) or
+/// `Lost` (registered, then went silent or dropped its stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    Provisioning,
+    Idle,
+    Busy,
+    Terminating,
+    Terminated,
+    Failed,
+    Lost,
+}
+
+impl WorkerState {
+    pub const ALL: [WorkerState; 7] = [
+        WorkerState::Provisioning,
+        WorkerState::Idle,
+        WorkerState::Busy,
+        WorkerState::Terminating,
+        WorkerState::Terminated,
+        WorkerState::Failed,
+        WorkerState::Lost,
+    ];
+
+    /// Whether the worker still holds (or may hold) a resource at its provider.
+    pub const fn is_alive(self) -> bool {
+        matches!(
+            self,
+            WorkerState::Provisioning
+                | WorkerState::Idle
+                | WorkerState::Busy
+                | WorkerState::Terminating
+        )
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Provisioning => "provisioning",
+            WorkerState::Idle => "idle",
+            WorkerState::Busy => "busy",
+            WorkerState::Terminating => "terminating",
+            WorkerState::Terminated => "terminated",
+            WorkerState::Failed => "failed",
+            WorkerState::Lost => "lost",
+        }
+    }
+}
+
+impl fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for WorkerState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WorkerState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown worker state {s:?}"))
+    }
+}
+
+/// Why a worker never became usable, or stopped being usable. Providers classify what they see
+/// (Pod conditions, container state, process exit) into one of these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerFailure {
+    /// The image could not be pulled (ErrImagePull / ImagePullBackOff, or missing locally).
+    ImagePull {
+        image: String,
+        detail: String,
+    },
+    /// The image reference is not valid.
+    InvalidImage {
+        image: String,
+        detail: String,
+    },
+    /// The worker keeps crashing (CrashLoopBackOff); the last termination message if any.
+    CrashLoop {
+        detail: String,
+    },
+    /// No node can run it.
+    Unschedulable {
+        detail: String,
+    },
+    OomKilled,
+    Evicted {
+        detail: String,
+    },
+    /// The worker exited before it registered.
+    ExitedEarly {
+        exit_code: Option<i32>,
+        detail: String,
+    },
+    /// It did not register within the provisioning deadline.
+    ProvisioningTimeout {
+        after: Duration,
+    },
+    /// The provider's API refused or failed.
+    Provider {
+        detail: String,
+    },
+    /// Registered, then stopped heartbeating or dropped its connection.
+    Lost {
+        detail: String,
+    },
+}
+
+impl fmt::Display for WorkerFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkerFailure::ImagePull { image, detail } => {
+                write!(f, "image pull failed for {image}: {detail}")
+            }
+            WorkerFailure::InvalidImage { image, detail } => {
+                write!(f, "invalid image name {image}: {detail}")
+            }
+            WorkerFailure::CrashLoop { detail } => write!(f, "worker crash-looping: {detail}"),
+            WorkerFailure::Unschedulable { detail } => write!(f, "worker unschedulable: {detail}"),
+            WorkerFailure::OomKilled => f.write_str("worker killed: out of memory"),
+            WorkerFailure::Evicted { detail } => write!(f, "worker evicted: {detail}"),
+            WorkerFailure::ExitedEarly {
+                exit_code: Some(code),
+                detail,
+            } => write!(
+                f,
+                "worker exited with code {code} before registering: {detail}"
+            ),
+            WorkerFailure::ExitedEarly {
+                exit_code: None,
+                detail,
+            } => write!(f, "worker exited before registering: {detail}"),
+            WorkerFailure::ProvisioningTimeout { after } => {
+                write!(f, "worker did not register within {}s", after.as_secs())
+            }
+            WorkerFailure::Provider { detail } => write!(f, "provider error: {detail}"),
+            WorkerFailure::Lost { detail } => write!(f, "worker lost: {detail}"),
+        }
+    }
+}
+
+/// A worker as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worker {
+    pub id: WorkerId,
+    pub provider: String,
+    pub state: WorkerState,
+    pub resource: Option<String>,
+    pub current_job_id: Option<JobId>,
+    pub jobs_run: u32,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+    pub registered_at: Option<DateTime<Utc>>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_strings() {
+        for state in WorkerState::ALL {
+            assert_eq!(state.as_str().parse::<WorkerState>(), Ok(state));
+        }
+    }
+
+    #[test]
+    fn failures_read_as_sentences() {
+        let failure = WorkerFailure::ImagePull {
+            image: "hodei-worker:nope".into(),
+            detail: "ErrImagePull".into(),
+        };
+        assert_eq!(
+            failure.to_string(),
+            "image pull failed for hodei-worker:nope: ErrImagePull"
+        );
+        assert_eq!(
+            WorkerFailure::ProvisioningTimeout {
+                after: Duration::from_secs(60)
+            }
+            .to_string(),
+            "worker did not register within 60s"
+        );
+    }
+}

@@ -1,0 +1,110 @@
+//! The contract between the server and the places workers run.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use async_trait::async_trait;
+use hodei_domain::{OneTimeToken, Resources, WorkerFailure, WorkerId};
+
+/// Everything a provider needs to start one worker agent.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub worker_id: WorkerId,
+    /// Handed to the agent as `HODEI_TOKEN`; providers must not log it.
+    pub token: OneTimeToken,
+    /// Handed to the agent as `HODEI_SERVER`: the server address as the agent can reach it.
+    pub server_address: String,
+    /// Value of the `hodei.io/instance` label.
+    pub instance: String,
+    /// Limits for the worker's container; the local provider ignores them.
+    pub resources: Resources,
+    /// Upper bound on the worker's lifetime (Kubernetes `activeDeadlineSeconds`); None: unbounded.
+    pub lifetime: Option<Duration>,
+    /// More environment for the agent (e.g. `HODEI_TLS_CA_PEM`).
+    pub extra_env: BTreeMap<String, String>,
+}
+
+/// What the provider created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerHandle {
+    pub worker_id: WorkerId,
+    /// The provider's name for it: Pod or container name, process id.
+    pub resource: String,
+}
+
+/// The provider's view of one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerStatus {
+    /// Being created, scheduled, pulled or started.
+    Pending {
+        detail: String,
+    },
+    Running,
+    /// Ended on its own; `detail` holds what the provider knows (log tail, termination message).
+    Exited {
+        exit_code: Option<i32>,
+        detail: String,
+    },
+    /// Cannot run, or was killed, for a classified reason.
+    Failed(WorkerFailure),
+    /// No such resource.
+    NotFound,
+}
+
+/// A resource carrying our labels, as listed by [`WorkerProvider::list_managed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedWorker {
+    /// From the `hodei.io/worker-id` label; None when the label is missing or not a UUID.
+    pub worker_id: Option<WorkerId>,
+    pub resource: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The backend (Docker engine, Kubernetes API, the worker binary) cannot be reached or used.
+    #[error("{provider} provider unavailable: {detail}")]
+    Unavailable {
+        provider: &'static str,
+        detail: String,
+    },
+    /// The backend refused the request.
+    #[error("{provider} provider refused the request: {detail}")]
+    Rejected {
+        provider: &'static str,
+        detail: String,
+    },
+    #[error("{provider} provider timed out after {after:?} waiting for {what}")]
+    Timeout {
+        provider: &'static str,
+        what: String,
+        after: Duration,
+    },
+}
+
+impl ProviderError {
+    /// The failure to record on the worker when provisioning fails with this error.
+    pub fn to_worker_failure(&self) -> WorkerFailure {
+        WorkerFailure::Provider {
+            detail: self.to_string(),
+        }
+    }
+}
+
+/// Starts and stops worker agents. Implementations are cheap to share (`Arc<dyn WorkerProvider>`).
+#[async_trait]
+pub trait WorkerProvider: Send + Sync + 'static {
+    /// Short name: `local`, `docker`, `kubernetes`.
+    fn name(&self) -> &'static str;
+
+    /// Starts one worker agent. Returns once the resource exists, not when the agent registered.
+    async fn create_worker(&self, spec: &WorkerSpec) -> Result<WorkerHandle, ProviderError>;
+
+    /// Classifies the worker's current condition, for provisioning deadlines and diagnostics.
+    async fn worker_status(&self, worker_id: &WorkerId) -> Result<WorkerStatus, ProviderError>;
+
+    /// Stops the worker and removes its resources; returns when they are gone.
+    /// Idempotent: a worker that does not exist is already destroyed.
+    async fn destroy_worker(&self, worker_id: &WorkerId) -> Result<(), ProviderError>;
+
+    /// Every resource this provider can see with `instance`'s labels, for the reaper.
+    async fn list_managed(&self, instance: &str) -> Result<Vec<ManagedWorker>, ProviderError>;
+}
