@@ -78,13 +78,20 @@ pub enum ProviderError {
         what: String,
         after: Duration,
     },
+    /// The request reached the backend, which answered with a classified worker failure
+    /// (e.g. the image does not exist).
+    #[error("{0}")]
+    WorkerFailed(WorkerFailure),
 }
 
 impl ProviderError {
     /// The failure to record on the worker when provisioning fails with this error.
     pub fn to_worker_failure(&self) -> WorkerFailure {
-        WorkerFailure::Provider {
-            detail: self.to_string(),
+        match self {
+            ProviderError::WorkerFailed(failure) => failure.clone(),
+            other => WorkerFailure::Provider {
+                detail: other.to_string(),
+            },
         }
     }
 }
