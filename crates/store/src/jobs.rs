@@ -1,0 +1,264 @@
+//! The job queue and each job's state transitions.
+
+use std::collections::HashMap;
+
+use hodei_domain::{Job, JobAttempt, JobId, JobSpec, JobState, WorkerId};
+use uuid::Uuid;
+
+use crate::{
+    Store, StoreError,
+    rows::{AttemptRow, JobRow, job_columns},
+};
+
+/// What became of a job whose attempt failed for infrastructure reasons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequeueOutcome {
+    /// Back in the queue; attempts remain.
+    Requeued,
+    /// Out of attempts: now `Failed`.
+    Failed,
+    /// The job was no longer held by that worker (already finished or re-queued).
+    NotHeld,
+}
+
+impl Store {
+    /// Stores a new `Queued` job.
+    pub async fn insert_job(&self, spec: &JobSpec) -> Result<Job, StoreError> {
+        let id = JobId::new();
+        let row: JobRow = sqlx::query_as(concat!(
+            "INSERT INTO jobs (id, command, env, timeout_seconds, cpu_millis, memory_bytes, \
+             max_attempts, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued') RETURNING ",
+            job_columns!()
+        ))
+        .bind(id.as_uuid())
+        .bind(&spec.command)
+        .bind(sqlx::types::Json(&spec.env))
+        .bind(i64::try_from(spec.timeout.as_secs()).unwrap_or(i64::MAX))
+        .bind(i64::from(spec.resources.cpu_millis))
+        .bind(i64::try_from(spec.resources.memory_bytes).unwrap_or(i64::MAX))
+        .bind(i32::try_from(spec.max_attempts).unwrap_or(i32::MAX))
+        .fetch_one(&self.pool)
+        .await?;
+        row.try_into()
+    }
+
+    pub async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let row: Option<JobRow> =
+            sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(Job::try_from).transpose()
+    }
+
+    pub async fn job_attempts(&self, id: JobId) -> Result<Vec<JobAttempt>, StoreError> {
+        let rows: Vec<AttemptRow> = sqlx::query_as(
+            "SELECT attempt, worker_id, started_at, finished_at, outcome, reason \
+             FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
+        )
+        .bind(id.as_uuid())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(JobAttempt::from).collect())
+    }
+
+    /// Newest first. `before` continues a listing after the last id of the previous page.
+    pub async fn list_jobs(
+        &self,
+        states: &[JobState],
+        limit: u32,
+        before: Option<JobId>,
+    ) -> Result<Vec<Job>, StoreError> {
+        let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE (cardinality($1::text[]) = 0 OR state = ANY($1)) \
+              AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(&states)
+        .bind(before.map(|id| *id.as_uuid()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Job::try_from).collect()
+    }
+
+    pub async fn count_jobs_by_state(&self) -> Result<HashMap<JobState, i64>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter()
+            .map(|(state, count)| {
+                let state = state
+                    .parse::<JobState>()
+                    .map_err(|detail| StoreError::corrupt("jobs", detail))?;
+                Ok((state, count))
+            })
+            .collect()
+    }
+
+    pub async fn count_queued(&self) -> Result<i64, StoreError> {
+        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE state = 'queued'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count)
+    }
+
+    /// Binds the oldest queued job to `worker` (`Queued → Assigned`), starting a new attempt.
+    /// Concurrent claimers never get the same job (`FOR UPDATE SKIP LOCKED`).
+    pub async fn claim_next_job(&self, worker: WorkerId) -> Result<Option<Job>, StoreError> {
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            "WITH next AS (
+                SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1
+                FOR UPDATE SKIP LOCKED
+             ), claimed AS (
+                UPDATE jobs j SET state = 'assigned', worker_id = $1, attempts = j.attempts + 1,
+                       exit_code = NULL
+                FROM next WHERE j.id = next.id
+                RETURNING j.*
+             ), attempt AS (
+                INSERT INTO job_attempts (job_id, attempt, worker_id)
+                SELECT id, attempts, $1 FROM claimed
+             )
+             SELECT ",
+            job_columns!(),
+            " FROM claimed"
+        ))
+        .bind(worker.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Job::try_from).transpose()
+    }
+
+    /// `Assigned → Running` once the worker reports the command started.
+    pub async fn mark_job_running(&self, job: JobId, worker: WorkerId) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE jobs SET state = 'running', started_at = COALESCE(started_at, now()) \
+             WHERE id = $1 AND worker_id = $2 AND state = 'assigned'",
+        )
+        .bind(job.as_uuid())
+        .bind(worker.as_uuid())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Moves a job held by `worker` to a final state and closes its attempt.
+    /// `None` when the job is not held by that worker any more (the race was lost).
+    pub async fn finish_job(
+        &self,
+        job: JobId,
+        worker: WorkerId,
+        state: JobState,
+        exit_code: Option<i32>,
+        reason: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        debug_assert!(state.is_terminal());
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            "WITH finished AS (
+                UPDATE jobs SET state = $3, exit_code = $4, reason = $5, finished_at = now()
+                WHERE id = $1 AND worker_id = $2 AND state IN ('assigned', 'running')
+                RETURNING *
+             ), attempt AS (
+                UPDATE job_attempts a SET finished_at = now(), outcome = $3, reason = $5
+                FROM finished WHERE a.job_id = finished.id AND a.attempt = finished.attempts
+             )
+             SELECT ",
+            job_columns!(),
+            " FROM finished"
+        ))
+        .bind(job.as_uuid())
+        .bind(worker.as_uuid())
+        .bind(state.as_str())
+        .bind(exit_code)
+        .bind(reason)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Job::try_from).transpose()
+    }
+
+    /// The attempt on `worker` failed for infrastructure reasons: re-queue the job if attempts
+    /// remain, otherwise fail it, recording `reason` either way.
+    pub async fn requeue_or_fail(
+        &self,
+        job: JobId,
+        worker: WorkerId,
+        reason: &str,
+    ) -> Result<RequeueOutcome, StoreError> {
+        let state: Option<(String,)> = sqlx::query_as(
+            "WITH updated AS (
+                UPDATE jobs SET
+                    state = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,
+                    reason = CASE WHEN attempts < max_attempts
+                                  THEN 'attempt ' || attempts || ' interrupted: ' || $3
+                                  ELSE 'failed after ' || attempts || ' attempt(s): ' || $3 END,
+                    finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END
+                WHERE id = $1 AND worker_id = $2 AND state IN ('assigned', 'running')
+                RETURNING id, attempts, state
+             ), attempt AS (
+                UPDATE job_attempts a SET finished_at = now(),
+                       outcome = CASE WHEN updated.state = 'queued' THEN 'requeued' ELSE 'failed' END,
+                       reason = $3
+                FROM updated WHERE a.job_id = updated.id AND a.attempt = updated.attempts
+             )
+             SELECT state FROM updated",
+        )
+        .bind(job.as_uuid())
+        .bind(worker.as_uuid())
+        .bind(reason)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match state.as_ref().map(|(s,)| s.as_str()) {
+            Some("queued") => RequeueOutcome::Requeued,
+            Some(_) => RequeueOutcome::Failed,
+            None => RequeueOutcome::NotHeld,
+        })
+    }
+
+    /// `Queued → Cancelled`. `None` if the job was not queued.
+    pub async fn cancel_queued_job(&self, job: JobId, reason: &str) -> Result<Option<Job>, StoreError> {
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            "UPDATE jobs SET state = 'cancelled', reason = $2, finished_at = now() \
+             WHERE id = $1 AND state = 'queued' RETURNING ",
+            job_columns!()
+        ))
+        .bind(job.as_uuid())
+        .bind(reason)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Job::try_from).transpose()
+    }
+
+    /// Jobs bound to workers of `instance` that are still alive in the database.
+    pub async fn jobs_held_by_instance(
+        &self,
+        instance: &str,
+    ) -> Result<Vec<(JobId, WorkerId)>, StoreError> {
+        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT j.id, j.worker_id FROM jobs j JOIN workers w ON w.id = j.worker_id \
+             WHERE j.state IN ('assigned', 'running') AND w.instance = $1",
+        )
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(job, worker)| (JobId::from_uuid(job), WorkerId::from_uuid(worker)))
+            .collect())
+    }
+
+    /// The job `worker` currently holds, if any.
+    pub async fn job_held_by(&self, worker: WorkerId) -> Result<Option<Job>, StoreError> {
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE worker_id = $1 AND state IN ('assigned', 'running')"
+        ))
+        .bind(worker.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Job::try_from).transpose()
+    }
+}

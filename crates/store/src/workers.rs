@@ -1,0 +1,186 @@
+//! Workers as the server tracks them.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use hodei_domain::{JobId, SecretHash, Worker, WorkerId, WorkerState};
+use uuid::Uuid;
+
+use crate::{
+    Store, StoreError,
+    rows::{WorkerRow, worker_columns},
+};
+
+impl Store {
+    /// Records a `Provisioning` worker and its one-time token (hash only) in one transaction.
+    pub async fn insert_worker(
+        &self,
+        id: WorkerId,
+        instance: &str,
+        provider: &str,
+        token: SecretHash,
+        token_expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO workers (id, instance, provider, state) VALUES ($1, $2, $3, 'provisioning')",
+        )
+        .bind(id.as_uuid())
+        .bind(instance)
+        .bind(provider)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO worker_tokens (token_hash, worker_id, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(token.as_bytes().as_slice())
+        .bind(id.as_uuid())
+        .bind(token_expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn set_worker_resource(&self, id: WorkerId, resource: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workers SET resource = $2 WHERE id = $1")
+            .bind(id.as_uuid())
+            .bind(resource)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// `Idle → Busy` with `job`.
+    pub async fn mark_worker_busy(&self, id: WorkerId, job: JobId) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE workers SET state = 'busy', current_job_id = $2 \
+             WHERE id = $1 AND state IN ('idle', 'busy')",
+        )
+        .bind(id.as_uuid())
+        .bind(job.as_uuid())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// `Busy → Idle` after a job, counting it.
+    pub async fn mark_worker_idle(&self, id: WorkerId) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE workers SET state = 'idle', current_job_id = NULL, jobs_run = jobs_run + 1 \
+             WHERE id = $1 AND state = 'busy'",
+        )
+        .bind(id.as_uuid())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn record_heartbeat(&self, id: WorkerId) -> Result<(), StoreError> {
+        sqlx::query("UPDATE workers SET last_heartbeat_at = now() WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves a live worker to `state` (Terminating, or one of the final states), keeping the
+    /// first reason given. Final states are never left.
+    pub async fn set_worker_state(
+        &self,
+        id: WorkerId,
+        state: WorkerState,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE workers SET state = $2, \
+                 reason = CASE WHEN reason = '' THEN $3 ELSE reason END, \
+                 current_job_id = CASE WHEN $4 THEN NULL ELSE current_job_id END, \
+                 finished_at = CASE WHEN $4 THEN now() ELSE finished_at END, \
+                 session_hash = CASE WHEN $4 THEN NULL ELSE session_hash END \
+             WHERE id = $1 AND state IN ('provisioning', 'idle', 'busy', 'terminating')",
+        )
+        .bind(id.as_uuid())
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(!state.is_alive())
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub async fn get_worker(&self, id: WorkerId) -> Result<Option<Worker>, StoreError> {
+        let row: Option<WorkerRow> =
+            sqlx::query_as(concat!("SELECT ", worker_columns!(), " FROM workers WHERE id = $1"))
+                .bind(id.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(Worker::try_from).transpose()
+    }
+
+    /// Newest first.
+    pub async fn list_workers(
+        &self,
+        include_finished: bool,
+        limit: u32,
+    ) -> Result<Vec<Worker>, StoreError> {
+        let rows: Vec<WorkerRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            worker_columns!(),
+            " FROM workers WHERE $1 OR state IN ('provisioning', 'idle', 'busy', 'terminating') \
+              ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(include_finished)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Worker::try_from).collect()
+    }
+
+    /// Workers of `instance` that are alive according to the database.
+    pub async fn alive_workers(&self, instance: &str) -> Result<Vec<Worker>, StoreError> {
+        let rows: Vec<WorkerRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            worker_columns!(),
+            " FROM workers WHERE instance = $1 \
+              AND state IN ('provisioning', 'idle', 'busy', 'terminating') ORDER BY id"
+        ))
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Worker::try_from).collect()
+    }
+
+    /// Ids among `ids` that the database knows as alive workers.
+    pub async fn alive_worker_ids(&self, ids: &[WorkerId]) -> Result<HashSet<WorkerId>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| *id.as_uuid()).collect();
+        let rows: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM workers WHERE id = ANY($1) \
+             AND state IN ('provisioning', 'idle', 'busy', 'terminating')",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id,)| WorkerId::from_uuid(id)).collect())
+    }
+
+    pub async fn count_workers_by_state(
+        &self,
+        instance: &str,
+    ) -> Result<HashMap<WorkerState, i64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, count(*) FROM workers WHERE instance = $1 GROUP BY state",
+        )
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(state, count)| {
+                let state = state
+                    .parse::<WorkerState>()
+                    .map_err(|detail| StoreError::corrupt("workers", detail))?;
+                Ok((state, count))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,31 @@
+//! The harness every Hodei test suite shares.
+//!
+//! - [`TestDatabase`]: a fresh, empty PostgreSQL database per test — from
+//!   `HODEI_TEST_DATABASE_URL`, else a private throw-away server started from the machine's
+//!   PostgreSQL binaries, else a testcontainers PostgreSQL when Docker can provide one.
+//! - [`wait_for`]: polling with a deadline that, on timeout, says what it waited for and what it
+//!   saw last.
+//! - [`worker_binary`]: the `hodei-worker` executable the local provider starts.
+
+mod binaries;
+mod postgres;
+mod wait;
+
+pub use binaries::worker_binary;
+pub use postgres::TestDatabase;
+pub use wait::{Probe, probe_value, wait_for};
+
+/// Installs a `tracing` subscriber writing to the test's captured output (once per process).
+/// `RUST_LOG` filters it; default `info` for hodei crates.
+pub fn init_tracing() {
+    use std::sync::Once;
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,hodei=info"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
