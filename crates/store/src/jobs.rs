@@ -43,11 +43,14 @@ impl Store {
     }
 
     pub async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        let row: Option<JobRow> =
-            sqlx::query_as(concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"))
-                .bind(id.as_uuid())
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = $1"
+        ))
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(Job::try_from).transpose()
     }
 
@@ -218,7 +221,11 @@ impl Store {
     }
 
     /// `Queued → Cancelled`. `None` if the job was not queued.
-    pub async fn cancel_queued_job(&self, job: JobId, reason: &str) -> Result<Option<Job>, StoreError> {
+    pub async fn cancel_queued_job(
+        &self,
+        job: JobId,
+        reason: &str,
+    ) -> Result<Option<Job>, StoreError> {
         let row: Option<JobRow> = sqlx::query_as(concat!(
             "UPDATE jobs SET state = 'cancelled', reason = $2, finished_at = now() \
              WHERE id = $1 AND state = 'queued' RETURNING ",

@@ -47,7 +47,12 @@ impl Store {
     }
 
     /// Up to `limit` lines with `sequence >= from`, in order.
-    pub async fn logs(&self, job: JobId, from: u64, limit: u32) -> Result<Vec<LogLine>, StoreError> {
+    pub async fn logs(
+        &self,
+        job: JobId,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<LogLine>, StoreError> {
         let rows: Vec<(i64, i16, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
             "SELECT sequence, stream, data, emitted_at FROM job_logs \
              WHERE job_id = $1 AND sequence >= $2 ORDER BY sequence LIMIT $3",
@@ -83,4 +88,3 @@ impl Store {
         Ok(max.and_then(|m| u64::try_from(m).ok()).unwrap_or(0))
     }
 }
-

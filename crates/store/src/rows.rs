@@ -43,7 +43,8 @@ impl TryFrom<JobRow> for Job {
     type Error = StoreError;
 
     fn try_from(row: JobRow) -> Result<Self, Self::Error> {
-        let corrupt = |detail: String| StoreError::corrupt("jobs", format!("job {}: {detail}", row.id));
+        let corrupt =
+            |detail: String| StoreError::corrupt("jobs", format!("job {}: {detail}", row.id));
         let state = row.state.parse::<JobState>().map_err(corrupt)?;
         Ok(Job {
             id: JobId::from_uuid(row.id),

@@ -55,10 +55,11 @@ impl Store {
         .await?;
         if registered.rows_affected() == 0 {
             tx.rollback().await?;
-            let state: Option<(String,)> = sqlx::query_as("SELECT state FROM workers WHERE id = $1")
-                .bind(worker.as_uuid())
-                .fetch_optional(&self.pool)
-                .await?;
+            let state: Option<(String,)> =
+                sqlx::query_as("SELECT state FROM workers WHERE id = $1")
+                    .bind(worker.as_uuid())
+                    .fetch_optional(&self.pool)
+                    .await?;
             return Ok(Err(TokenRejection::WorkerNotExpected {
                 state: state.map_or_else(|| "unknown".into(), |(s,)| s),
             }));

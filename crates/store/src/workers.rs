@@ -42,7 +42,11 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_worker_resource(&self, id: WorkerId, resource: &str) -> Result<(), StoreError> {
+    pub async fn set_worker_resource(
+        &self,
+        id: WorkerId,
+        resource: &str,
+    ) -> Result<(), StoreError> {
         sqlx::query("UPDATE workers SET resource = $2 WHERE id = $1")
             .bind(id.as_uuid())
             .bind(resource)
@@ -110,11 +114,14 @@ impl Store {
     }
 
     pub async fn get_worker(&self, id: WorkerId) -> Result<Option<Worker>, StoreError> {
-        let row: Option<WorkerRow> =
-            sqlx::query_as(concat!("SELECT ", worker_columns!(), " FROM workers WHERE id = $1"))
-                .bind(id.as_uuid())
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<WorkerRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            worker_columns!(),
+            " FROM workers WHERE id = $1"
+        ))
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(Worker::try_from).transpose()
     }
 
@@ -152,7 +159,10 @@ impl Store {
     }
 
     /// Ids among `ids` that the database knows as alive workers.
-    pub async fn alive_worker_ids(&self, ids: &[WorkerId]) -> Result<HashSet<WorkerId>, StoreError> {
+    pub async fn alive_worker_ids(
+        &self,
+        ids: &[WorkerId],
+    ) -> Result<HashSet<WorkerId>, StoreError> {
         let ids: Vec<Uuid> = ids.iter().map(|id| *id.as_uuid()).collect();
         let rows: Vec<(Uuid,)> = sqlx::query_as(
             "SELECT id FROM workers WHERE id = ANY($1) \
@@ -161,7 +171,10 @@ impl Store {
         .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(id,)| WorkerId::from_uuid(id)).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(id,)| WorkerId::from_uuid(id))
+            .collect())
     }
 
     pub async fn count_workers_by_state(

@@ -39,7 +39,10 @@ fn locate(binary: &str, crate_dir: &str) -> anyhow::Result<PathBuf> {
     }
 
     let target_dir = profile_dir.parent().context("no target directory")?;
-    let profile = profile_dir.file_name().and_then(|p| p.to_str()).unwrap_or("debug");
+    let profile = profile_dir
+        .file_name()
+        .and_then(|p| p.to_str())
+        .unwrap_or("debug");
     let mut cargo = Command::new(env!("CARGO"));
     cargo
         .current_dir(&workspace)
@@ -47,7 +50,14 @@ fn locate(binary: &str, crate_dir: &str) -> anyhow::Result<PathBuf> {
         .arg("--target-dir")
         .arg(target_dir);
     if profile != "debug" {
-        cargo.args(["--profile", if profile == "release" { "release" } else { profile }]);
+        cargo.args([
+            "--profile",
+            if profile == "release" {
+                "release"
+            } else {
+                profile
+            },
+        ]);
     }
     let status = cargo
         .status()
@@ -68,7 +78,12 @@ fn is_older_than_sources(binary: &Path, dir: &Path) -> bool {
     };
     newest_mtime(&dir.join("src"))
         .into_iter()
-        .chain(dir.join("Cargo.toml").metadata().and_then(|m| m.modified()).ok())
+        .chain(
+            dir.join("Cargo.toml")
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok(),
+        )
         .any(|modified| modified > built)
 }
 

@@ -36,7 +36,10 @@ pub struct TestDatabase {
 }
 
 enum Backend {
-    External { admin_url: String, name: String },
+    External {
+        admin_url: String,
+        name: String,
+    },
     Private(PrivatePostgres),
     /// Held only to keep the container alive; dropping it removes the container.
     Container {
@@ -81,9 +84,12 @@ impl TestDatabase {
 
     async fn on_external_server(admin_url: String) -> anyhow::Result<Self> {
         let name = format!("hodei_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&admin_url)
-            .await
-            .with_context(|| format!("cannot connect to HODEI_TEST_DATABASE_URL ({})", redact(&admin_url)))?;
+        let mut admin = PgConnection::connect(&admin_url).await.with_context(|| {
+            format!(
+                "cannot connect to HODEI_TEST_DATABASE_URL ({})",
+                redact(&admin_url)
+            )
+        })?;
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut admin)
             .await
@@ -127,7 +133,9 @@ impl Drop for TestDatabase {
             let admin_url = admin_url.clone();
             let name = name.clone();
             let _ = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
                 runtime.block_on(async {
                     let mut admin = PgConnection::connect(&admin_url).await?;
                     sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -165,7 +173,10 @@ impl PrivatePostgres {
             .status()
             .context("copying the PostgreSQL template")?;
         if !status.success() {
-            bail!("copying the PostgreSQL template {} failed: {status}", template.display());
+            bail!(
+                "copying the PostgreSQL template {} failed: {status}",
+                template.display()
+            );
         }
         let mut server = Self {
             bindir: bindir.to_path_buf(),
@@ -259,19 +270,20 @@ impl Drop for PrivatePostgres {
     }
 }
 
-async fn wait_until_accepting(
-    url: &str,
-    diagnostics: impl Fn() -> String,
-) -> anyhow::Result<()> {
-    wait_for("PostgreSQL to accept connections", Duration::from_secs(60), || async {
-        Ok(match PgConnection::connect(url).await {
-            Ok(conn) => {
-                let _ = conn.close().await;
-                Probe::Ready(())
-            }
-            Err(e) => Probe::Pending(e.to_string()),
-        })
-    })
+async fn wait_until_accepting(url: &str, diagnostics: impl Fn() -> String) -> anyhow::Result<()> {
+    wait_for(
+        "PostgreSQL to accept connections",
+        Duration::from_secs(60),
+        || async {
+            Ok(match PgConnection::connect(url).await {
+                Ok(conn) => {
+                    let _ = conn.close().await;
+                    Probe::Ready(())
+                }
+                Err(e) => Probe::Pending(e.to_string()),
+            })
+        },
+    )
     .await
     .with_context(|| format!("server log:\n{}", diagnostics()))
 }
@@ -294,7 +306,8 @@ async fn ensure_template(
             bindir
                 .to_string_lossy()
                 .bytes()
-                .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
+                .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b))
+                    .wrapping_mul(0x100000001b3))
         );
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
@@ -457,7 +470,10 @@ mod tests {
             replace_database("postgres://u:p@h:5/postgres?sslmode=disable", "t1").unwrap(),
             "postgres://u:p@h:5/t1?sslmode=disable"
         );
-        assert_eq!(replace_database("postgres://h", "t1").unwrap(), "postgres://h/t1");
+        assert_eq!(
+            replace_database("postgres://h", "t1").unwrap(),
+            "postgres://h/t1"
+        );
     }
 
     #[test]
@@ -469,10 +485,11 @@ mod tests {
     async fn each_test_database_is_fresh_and_usable() {
         let db = TestDatabase::create().await.unwrap();
         let mut conn = PgConnection::connect(db.url()).await.unwrap();
-        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
         assert_eq!(n, 0);
     }
 }

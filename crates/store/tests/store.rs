@@ -1,0 +1,376 @@
+//! The store's SQL against a real PostgreSQL (a private server per test; see hodei-testkit).
+
+use std::{collections::BTreeMap, time::Duration};
+
+use bytes::Bytes;
+use chrono::Utc;
+use hodei_domain::{
+    JobSpec, JobSpecLimits, JobState, LogStreamKind, OneTimeToken, Resources, WorkerId, WorkerState,
+};
+use hodei_store::{NewLogLine, RequeueOutcome, Store, TokenRejection};
+use hodei_testkit::TestDatabase;
+
+async fn store() -> (TestDatabase, Store) {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = Store::connect(db.url(), 10, Duration::from_secs(10))
+        .await
+        .expect("connect and migrate");
+    (db, store)
+}
+
+fn spec(command: &str, max_attempts: u32) -> JobSpec {
+    JobSpec::new(
+        command.into(),
+        BTreeMap::from([("A".to_string(), "1".to_string())]),
+        Some(60),
+        Resources {
+            cpu_millis: 500,
+            memory_bytes: 64 << 20,
+        },
+        Some(max_attempts),
+        &JobSpecLimits::default(),
+    )
+    .unwrap()
+}
+
+async fn worker(store: &Store) -> (WorkerId, OneTimeToken) {
+    let id = WorkerId::new();
+    let token = OneTimeToken::generate();
+    store
+        .insert_worker(
+            id,
+            "test",
+            "local",
+            token.hash(),
+            Utc::now() + chrono::Duration::seconds(60),
+        )
+        .await
+        .unwrap();
+    (id, token)
+}
+
+#[tokio::test]
+async fn a_job_round_trips_with_its_spec() {
+    let (_db, store) = store().await;
+    let job = store.insert_job(&spec("echo hi", 3)).await.unwrap();
+    assert_eq!(job.state, JobState::Queued);
+    let loaded = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(loaded, job);
+    assert_eq!(loaded.spec.env["A"], "1");
+    assert_eq!(loaded.spec.resources.memory_bytes, 64 << 20);
+}
+
+#[tokio::test]
+async fn concurrent_claims_never_hand_out_the_same_job() {
+    let (_db, store) = store().await;
+    for i in 0..20 {
+        store
+            .insert_job(&spec(&format!("echo {i}"), 1))
+            .await
+            .unwrap();
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let (worker, _) = worker(&store).await;
+            let mut claimed = Vec::new();
+            while let Some(job) = store.claim_next_job(worker).await.unwrap() {
+                assert_eq!(job.state, JobState::Assigned);
+                assert_eq!(job.attempts, 1);
+                claimed.push(job.id);
+            }
+            claimed
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let unique: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 20);
+    assert_eq!(unique.len(), 20);
+}
+
+#[tokio::test]
+async fn jobs_are_claimed_oldest_first() {
+    let (_db, store) = store().await;
+    let first = store.insert_job(&spec("echo 1", 1)).await.unwrap();
+    let _second = store.insert_job(&spec("echo 2", 1)).await.unwrap();
+    let (w, _) = worker(&store).await;
+    assert_eq!(store.claim_next_job(w).await.unwrap().unwrap().id, first.id);
+}
+
+#[tokio::test]
+async fn an_infrastructure_failure_requeues_until_attempts_run_out() {
+    let (_db, store) = store().await;
+    let job = store.insert_job(&spec("true", 2)).await.unwrap();
+
+    let (w1, _) = worker(&store).await;
+    store.claim_next_job(w1).await.unwrap().unwrap();
+    assert_eq!(
+        store
+            .requeue_or_fail(job.id, w1, "worker lost")
+            .await
+            .unwrap(),
+        RequeueOutcome::Requeued
+    );
+    let requeued = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(requeued.state, JobState::Queued);
+    assert!(
+        requeued.reason.contains("worker lost"),
+        "{}",
+        requeued.reason
+    );
+    // A stale worker cannot touch it any more.
+    assert_eq!(
+        store.requeue_or_fail(job.id, w1, "again").await.unwrap(),
+        RequeueOutcome::NotHeld
+    );
+
+    let (w2, _) = worker(&store).await;
+    let claimed = store.claim_next_job(w2).await.unwrap().unwrap();
+    assert_eq!(claimed.attempts, 2);
+    assert_eq!(
+        store
+            .requeue_or_fail(job.id, w2, "worker lost")
+            .await
+            .unwrap(),
+        RequeueOutcome::Failed
+    );
+    let failed = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(failed.state, JobState::Failed);
+    assert!(failed.finished_at.is_some());
+    assert!(
+        failed.reason.starts_with("failed after 2 attempt(s)"),
+        "{}",
+        failed.reason
+    );
+
+    let attempts = store.job_attempts(job.id).await.unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0].outcome, "requeued");
+    assert_eq!(attempts[0].worker_id, w1);
+    assert_eq!(attempts[1].outcome, "failed");
+}
+
+#[tokio::test]
+async fn a_finished_job_is_final_and_its_attempt_closed() {
+    let (_db, store) = store().await;
+    let job = store.insert_job(&spec("exit 3", 1)).await.unwrap();
+    let (w, _) = worker(&store).await;
+    store.claim_next_job(w).await.unwrap().unwrap();
+    assert!(store.mark_job_running(job.id, w).await.unwrap());
+    let done = store
+        .finish_job(
+            job.id,
+            w,
+            JobState::Failed,
+            Some(3),
+            "command exited with code 3",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.exit_code, Some(3));
+    assert!(done.started_at.is_some() && done.finished_at.is_some());
+    // Second report, cancel and requeue all lose.
+    assert!(
+        store
+            .finish_job(job.id, w, JobState::Succeeded, Some(0), "")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .cancel_queued_job(job.id, "x")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.requeue_or_fail(job.id, w, "x").await.unwrap(),
+        RequeueOutcome::NotHeld
+    );
+    let attempts = store.job_attempts(job.id).await.unwrap();
+    assert_eq!(attempts[0].outcome, "failed");
+}
+
+#[tokio::test]
+async fn a_token_is_consumed_once_and_each_rejection_is_distinct() {
+    let (_db, store) = store().await;
+    let (w, token) = worker(&store).await;
+    let (other, _) = worker(&store).await;
+    let session = OneTimeToken::generate();
+
+    // Wrong worker, unknown token: refused, and the token is still usable afterwards.
+    assert_eq!(
+        store
+            .register_worker(other, token.hash(), session.hash())
+            .await
+            .unwrap(),
+        Err(TokenRejection::WrongWorker)
+    );
+    assert_eq!(
+        store
+            .register_worker(w, OneTimeToken::generate().hash(), session.hash())
+            .await
+            .unwrap(),
+        Err(TokenRejection::Unknown)
+    );
+    assert_eq!(
+        store
+            .register_worker(w, token.hash(), session.hash())
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store.worker_for_session(session.hash()).await.unwrap(),
+        Some(w)
+    );
+    assert_eq!(
+        store.get_worker(w).await.unwrap().unwrap().state,
+        WorkerState::Idle
+    );
+    // Replay.
+    assert_eq!(
+        store
+            .register_worker(w, token.hash(), OneTimeToken::generate().hash())
+            .await
+            .unwrap(),
+        Err(TokenRejection::AlreadyUsed)
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_as_expired() {
+    let (_db, store) = store().await;
+    let id = WorkerId::new();
+    let token = OneTimeToken::generate();
+    store
+        .insert_worker(
+            id,
+            "test",
+            "local",
+            token.hash(),
+            Utc::now() - chrono::Duration::seconds(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .register_worker(id, token.hash(), OneTimeToken::generate().hash())
+            .await
+            .unwrap(),
+        Err(TokenRejection::Expired)
+    );
+    assert_eq!(
+        store.get_worker(id).await.unwrap().unwrap().state,
+        WorkerState::Provisioning
+    );
+}
+
+#[tokio::test]
+async fn a_failed_worker_cannot_register_and_keeps_its_token() {
+    let (_db, store) = store().await;
+    let (w, token) = worker(&store).await;
+    store
+        .set_worker_state(w, WorkerState::Failed, "did not register within 60s")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .register_worker(w, token.hash(), OneTimeToken::generate().hash())
+            .await
+            .unwrap(),
+        Err(TokenRejection::WorkerNotExpected { .. })
+    ));
+    // The failed registration rolled back: the token was not consumed.
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM worker_tokens WHERE consumed_at IS NOT NULL")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(count, 0);
+}
+
+#[tokio::test]
+async fn logs_come_back_in_sequence_order_as_raw_bytes() {
+    let (_db, store) = store().await;
+    let job = store.insert_job(&spec("echo", 1)).await.unwrap();
+    let line = |sequence: u64, stream, data: &'static [u8]| NewLogLine {
+        sequence,
+        stream,
+        data: Bytes::from_static(data),
+        emitted_at: Utc::now(),
+    };
+    store
+        .append_logs(
+            job.id,
+            &[
+                line(1, LogStreamKind::Stdout, b"one"),
+                line(2, LogStreamKind::Stderr, b"\xff\xfe not utf-8"),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .append_logs(job.id, &[line(3, LogStreamKind::Stdout, b"")])
+        .await
+        .unwrap();
+    // A duplicate sequence is refused rather than silently doubled.
+    assert!(
+        store
+            .append_logs(job.id, &[line(3, LogStreamKind::Stdout, b"dup")])
+            .await
+            .is_err()
+    );
+
+    let all = store.logs(job.id, 1, 100).await.unwrap();
+    assert_eq!(
+        all.iter().map(|l| l.sequence).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(all[1].stream, LogStreamKind::Stderr);
+    assert_eq!(all[1].data.as_ref(), b"\xff\xfe not utf-8");
+    assert_eq!(store.logs(job.id, 2, 1).await.unwrap()[0].sequence, 2);
+    assert_eq!(store.last_log_sequence(job.id).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn listing_pages_newest_first_and_filters_by_state() {
+    let (_db, store) = store().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            store
+                .insert_job(&spec(&format!("echo {i}"), 1))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    store
+        .cancel_queued_job(ids[0], "no")
+        .await
+        .unwrap()
+        .unwrap();
+    let page1 = store.list_jobs(&[], 2, None).await.unwrap();
+    assert_eq!(
+        page1.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[4], ids[3]]
+    );
+    let page2 = store.list_jobs(&[], 2, Some(ids[3])).await.unwrap();
+    assert_eq!(
+        page2.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[2], ids[1]]
+    );
+    let cancelled = store
+        .list_jobs(&[JobState::Cancelled], 10, None)
+        .await
+        .unwrap();
+    assert_eq!(cancelled.len(), 1);
+    assert_eq!(store.count_queued().await.unwrap(), 4);
+}
