@@ -5,6 +5,7 @@
 //! equivalent environment variables) so that [`WorkerProvider::list_managed`] can find
 //! resources the database no longer knows about, and the reaper can remove them.
 
+pub mod docker;
 pub mod labels;
 pub mod local;
 mod provider;

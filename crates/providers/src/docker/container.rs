@@ -1,0 +1,179 @@
+//! What a worker container looks like: name, labels, environment and limits.
+
+use std::collections::{BTreeMap, HashMap};
+
+use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use hodei_domain::{Resources, WorkerId};
+
+use super::DockerProviderConfig;
+use crate::{WorkerSpec, env, labels};
+
+/// `hodei-worker-<worker id>`: one container per worker, found again by name alone.
+pub fn container_name(worker_id: &WorkerId) -> String {
+    format!("hodei-worker-{worker_id}")
+}
+
+/// The create request for `spec`'s container. It holds the token in its environment, so it is
+/// never logged.
+pub(super) fn create_body(config: &DockerProviderConfig, spec: &WorkerSpec) -> ContainerCreateBody {
+    let (nano_cpus, memory) = limits(spec.resources);
+    ContainerCreateBody {
+        image: Some(config.image.clone()),
+        env: Some(environment(spec)),
+        labels: Some(container_labels(spec)),
+        stop_timeout: Some(seconds(config.stop_grace)),
+        host_config: Some(HostConfig {
+            nano_cpus,
+            memory,
+            // No swap beyond the limit: a worker over its memory is OOM-killed, as on Kubernetes,
+            // instead of slowing down on swap.
+            memory_swap: memory,
+            network_mode: config.network.clone(),
+            extra_hosts: (!config.extra_hosts.is_empty()).then(|| config.extra_hosts.clone()),
+            // The exit code and OOM flag classify an early exit; destroy_worker removes it.
+            auto_remove: Some(false),
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::NO),
+                maximum_retry_count: None,
+            }),
+            init: Some(config.init),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// `extra_env` first, then the three worker variables, which a caller cannot override.
+fn environment(spec: &WorkerSpec) -> Vec<String> {
+    let mut vars: BTreeMap<&str, &str> = spec
+        .extra_env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let worker_id = spec.worker_id.to_string();
+    vars.insert(env::TOKEN, spec.token.expose());
+    vars.insert(env::SERVER, &spec.server_address);
+    vars.insert(env::WORKER_ID, &worker_id);
+    vars.into_iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect()
+}
+
+fn container_labels(spec: &WorkerSpec) -> HashMap<String, String> {
+    HashMap::from([
+        (
+            labels::MANAGED_BY.to_string(),
+            labels::MANAGED_BY_VALUE.to_string(),
+        ),
+        (labels::NAME.to_string(), labels::NAME_VALUE.to_string()),
+        (labels::WORKER_ID.to_string(), spec.worker_id.to_string()),
+        (labels::INSTANCE.to_string(), spec.instance.clone()),
+    ])
+}
+
+/// `(NanoCpus, Memory)`; zero means no limit, which Docker spells as an absent field.
+fn limits(resources: Resources) -> (Option<i64>, Option<i64>) {
+    let nano_cpus = (resources.cpu_millis > 0).then(|| i64::from(resources.cpu_millis) * 1_000_000);
+    let memory = (resources.memory_bytes > 0)
+        .then(|| i64::try_from(resources.memory_bytes).unwrap_or(i64::MAX));
+    (nano_cpus, memory)
+}
+
+fn seconds(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use hodei_domain::OneTimeToken;
+
+    use super::*;
+
+    fn spec() -> WorkerSpec {
+        WorkerSpec {
+            worker_id: WorkerId::new(),
+            token: OneTimeToken::generate(),
+            server_address: "http://172.17.0.1:50051".into(),
+            instance: "ci-7".into(),
+            resources: Resources {
+                cpu_millis: 1500,
+                memory_bytes: 256 * 1024 * 1024,
+            },
+            lifetime: None,
+            extra_env: BTreeMap::from([
+                ("RUST_LOG".to_string(), "debug".to_string()),
+                (env::TOKEN.to_string(), "forged".to_string()),
+            ]),
+        }
+    }
+
+    #[test]
+    fn the_container_is_named_after_the_worker() {
+        let id = WorkerId::new();
+        assert_eq!(container_name(&id), format!("hodei-worker-{id}"));
+    }
+
+    #[test]
+    fn the_container_carries_all_four_labels() {
+        let spec = spec();
+        let body = create_body(&DockerProviderConfig::new("img:1"), &spec);
+        let labels = body.labels.unwrap();
+        assert_eq!(labels[labels::MANAGED_BY], "hodei");
+        assert_eq!(labels[labels::NAME], "hodei-worker");
+        assert_eq!(labels[labels::WORKER_ID], spec.worker_id.to_string());
+        assert_eq!(labels[labels::INSTANCE], "ci-7");
+        assert_eq!(labels.len(), 4);
+    }
+
+    #[test]
+    fn the_worker_variables_are_set_and_extra_env_cannot_override_them() {
+        let spec = spec();
+        let env = create_body(&DockerProviderConfig::new("img:1"), &spec)
+            .env
+            .unwrap();
+        assert!(env.contains(&format!("HODEI_TOKEN={}", spec.token.expose())));
+        assert!(!env.contains(&"HODEI_TOKEN=forged".to_string()));
+        assert!(env.contains(&"HODEI_SERVER=http://172.17.0.1:50051".to_string()));
+        assert!(env.contains(&format!("HODEI_WORKER_ID={}", spec.worker_id)));
+        assert!(env.contains(&"RUST_LOG=debug".to_string()));
+        assert_eq!(env.len(), 4);
+    }
+
+    #[test]
+    fn resources_become_nano_cpus_and_a_memory_limit_without_swap() {
+        let mut config = DockerProviderConfig::new("img:1");
+        config.network = Some("hodei-net".into());
+        config.extra_hosts = vec!["host.docker.internal:host-gateway".into()];
+        let body = create_body(&config, &spec());
+        assert_eq!(body.image.as_deref(), Some("img:1"));
+        let host = body.host_config.unwrap();
+        assert_eq!(host.nano_cpus, Some(1_500_000_000));
+        assert_eq!(host.memory, Some(256 * 1024 * 1024));
+        assert_eq!(host.memory_swap, Some(256 * 1024 * 1024));
+        assert_eq!(host.network_mode.as_deref(), Some("hodei-net"));
+        assert_eq!(
+            host.extra_hosts,
+            Some(vec!["host.docker.internal:host-gateway".to_string()])
+        );
+        assert_eq!(host.auto_remove, Some(false));
+        assert_eq!(
+            host.restart_policy.and_then(|p| p.name),
+            Some(RestartPolicyNameEnum::NO)
+        );
+    }
+
+    #[test]
+    fn zero_resources_mean_no_limits() {
+        let mut spec = spec();
+        spec.resources = Resources::default();
+        let host = create_body(&DockerProviderConfig::new("img:1"), &spec)
+            .host_config
+            .unwrap();
+        assert_eq!(
+            (host.nano_cpus, host.memory, host.memory_swap),
+            (None, None, None)
+        );
+        assert_eq!(host.network_mode, None);
+        assert_eq!(host.extra_hosts, None);
+    }
+}
