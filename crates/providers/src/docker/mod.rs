@@ -263,6 +263,7 @@ impl WorkerProvider for DockerProvider {
                 let detail = match engine_error {
                     Some(error) if log.is_empty() => error,
                     Some(error) => format!("{error}\n{log}"),
+                    None if log.is_empty() => "(the container printed nothing)".into(),
                     None => log,
                 };
                 WorkerStatus::Exited { exit_code, detail }
