@@ -6,6 +6,7 @@
 //! resources the database no longer knows about, and the reaper can remove them.
 
 pub mod docker;
+pub mod kubernetes;
 pub mod labels;
 pub mod local;
 mod provider;

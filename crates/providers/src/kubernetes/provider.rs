@@ -1,0 +1,384 @@
+//! [`KubernetesProvider`]: the API calls behind each [`WorkerProvider`] operation.
+
+use std::{collections::HashSet, future::Future, str::FromStr};
+
+use async_trait::async_trait;
+use hodei_domain::WorkerId;
+use k8s_openapi::{
+    api::core::v1::{Pod, Secret},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy},
+};
+
+use super::{
+    PROVIDER,
+    config::KubernetesProviderConfig,
+    errors::{self, Request},
+    pod::{build_pod, build_secret, owner_reference_patch, pod_name, secret_name},
+    status::{Graces, classify},
+};
+use crate::{
+    ManagedWorker, ProviderError, WorkerHandle, WorkerProvider, WorkerSpec, WorkerStatus, labels,
+};
+
+/// Starts workers as Pods in one namespace.
+///
+/// The API calls it makes are exactly those granted by `deploy/kubernetes/rbac-test.yaml`:
+/// pods `create`, `get`, `list`, `delete`; secrets `create`, `patch`, `list`, `delete`.
+pub struct KubernetesProvider {
+    config: KubernetesProviderConfig,
+    pods: Api<Pod>,
+    secrets: Api<Secret>,
+    client: Client,
+    /// The API server's URL when known, for "cannot reach" messages.
+    api_server: String,
+}
+
+impl KubernetesProvider {
+    /// Connects with the ambient configuration — `KUBECONFIG` (or `~/.kube/config`), else the
+    /// in-cluster service account — and checks that the API answers and lets us list Pods
+    /// ([`Self::check`]), so a misconfiguration shows at start-up.
+    pub async fn connect(config: KubernetesProviderConfig) -> Result<Self, ProviderError> {
+        let kube_config = kube::Config::infer()
+            .await
+            .map_err(|e| ProviderError::Unavailable {
+                provider: PROVIDER,
+                detail: format!(
+                    "no Kubernetes configuration found ({}); set KUBECONFIG to a kubeconfig \
+                         file or run the server inside a cluster",
+                    errors::chain(&e)
+                ),
+            })?;
+        let provider = Self::from_kube_config(kube_config, config)?;
+        provider.check().await?;
+        Ok(provider)
+    }
+
+    /// Uses an explicit kube-rs configuration, e.g. one authenticating with a ServiceAccount
+    /// token. Does not contact the API. Must be called inside a Tokio runtime.
+    pub fn from_kube_config(
+        kube_config: kube::Config,
+        config: KubernetesProviderConfig,
+    ) -> Result<Self, ProviderError> {
+        let api_server = kube_config.cluster_url.to_string();
+        let client = Client::try_from(kube_config).map_err(|e| ProviderError::Unavailable {
+            provider: PROVIDER,
+            detail: format!(
+                "cannot build a client for the Kubernetes API at {api_server}: {}",
+                errors::chain(&e)
+            ),
+        })?;
+        Ok(Self::build(client, config, api_server))
+    }
+
+    /// Uses a ready client (tests pass one backed by a mock service). Does not contact the API.
+    /// The client's default namespace is ignored; `config.namespace` is used.
+    pub fn with_client(client: Client, config: KubernetesProviderConfig) -> Self {
+        Self::build(
+            client,
+            config,
+            "(the configured client's API server)".into(),
+        )
+    }
+
+    fn build(client: Client, config: KubernetesProviderConfig, api_server: String) -> Self {
+        Self {
+            pods: Api::namespaced(client.clone(), &config.namespace),
+            secrets: Api::namespaced(client.clone(), &config.namespace),
+            client,
+            config,
+            api_server,
+        }
+    }
+
+    pub fn config(&self) -> &KubernetesProviderConfig {
+        &self.config
+    }
+
+    /// Checks that the API answers (`GET /version`, allowed to every authenticated client)
+    /// and that we may list Pods in the namespace.
+    pub async fn check(&self) -> Result<(), ProviderError> {
+        let version_request = Request {
+            verb: "get",
+            resource: "version",
+            name: None,
+            namespace: &self.config.namespace,
+        };
+        let version = self
+            .call(&version_request, self.client.apiserver_version())
+            .await?;
+        let list_request = self.request("list", "pods", None);
+        self.call(
+            &list_request,
+            self.pods.list(&ListParams::default().limit(1)),
+        )
+        .await?;
+        tracing::info!(
+            api_server = %self.api_server,
+            version = %version.git_version,
+            namespace = %self.config.namespace,
+            "Kubernetes API reachable"
+        );
+        Ok(())
+    }
+
+    fn request<'a>(
+        &'a self,
+        verb: &'static str,
+        resource: &'static str,
+        name: Option<&'a str>,
+    ) -> Request<'a> {
+        Request {
+            verb,
+            resource,
+            name,
+            namespace: &self.config.namespace,
+        }
+    }
+
+    /// One API request, bounded by `request_timeout`, its error explained.
+    async fn call<T>(
+        &self,
+        request: &Request<'_>,
+        future: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, ProviderError> {
+        self.call_opt(request, future, false)
+            .await?
+            .ok_or_else(|| unreachable_none(request))
+    }
+
+    /// Like [`Self::call`]; with `absent_ok`, 404 Not Found gives `Ok(None)`.
+    async fn call_opt<T>(
+        &self,
+        request: &Request<'_>,
+        future: impl Future<Output = Result<T, kube::Error>>,
+        absent_ok: bool,
+    ) -> Result<Option<T>, ProviderError> {
+        match tokio::time::timeout(self.config.request_timeout, future).await {
+            Err(_) => Err(errors::timed_out(request, self.config.request_timeout)),
+            Ok(Ok(value)) => Ok(Some(value)),
+            Ok(Err(e)) if absent_ok && errors::is_not_found(&e) => Ok(None),
+            Ok(Err(e)) => Err(errors::from_kube(e, request, &self.api_server)),
+        }
+    }
+
+    /// Deletes, treating "already gone" as done. Returns whether it still existed.
+    async fn delete_pod(&self, name: &str, grace_seconds: u32) -> Result<bool, ProviderError> {
+        let params = DeleteParams {
+            grace_period_seconds: Some(grace_seconds),
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        let request = self.request("delete", "pods", Some(name));
+        Ok(self
+            .call_opt(&request, self.pods.delete(name, &params), true)
+            .await?
+            .is_some())
+    }
+
+    async fn delete_secret(&self, name: &str) -> Result<(), ProviderError> {
+        let request = self.request("delete", "secrets", Some(name));
+        self.call_opt(
+            &request,
+            self.secrets.delete(name, &DeleteParams::default()),
+            true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Undoes a half-done `create_worker`; failures are logged, the original error matters.
+    async fn roll_back(&self, worker_id: &WorkerId, pod: Option<&str>, secret: &str) {
+        if let Some(pod) = pod
+            && let Err(e) = self.delete_pod(pod, 0).await
+        {
+            tracing::warn!(%worker_id, error = %e, "rollback: could not delete the worker Pod");
+        }
+        if let Err(e) = self.delete_secret(secret).await {
+            tracing::warn!(%worker_id, error = %e, "rollback: could not delete the token Secret");
+        }
+    }
+
+    async fn wait_until_pod_gone(&self, name: &str) -> Result<(), ProviderError> {
+        let deadline = tokio::time::Instant::now() + self.config.destroy_timeout;
+        let request = self.request("get", "pods", Some(name));
+        loop {
+            if self
+                .call_opt(&request, self.pods.get(name), true)
+                .await?
+                .is_none()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ProviderError::Timeout {
+                    provider: PROVIDER,
+                    what: format!(
+                        "Pod {name} in namespace {} to disappear",
+                        self.config.namespace
+                    ),
+                    after: self.config.destroy_timeout,
+                });
+            }
+            tokio::time::sleep(self.config.poll_interval).await;
+        }
+    }
+}
+
+#[async_trait]
+impl WorkerProvider for KubernetesProvider {
+    fn name(&self) -> &'static str {
+        PROVIDER
+    }
+
+    /// Creates the token Secret, then the Pod, then makes the Pod the Secret's owner. Any
+    /// failure removes what was created, so an error leaves nothing behind.
+    async fn create_worker(&self, spec: &WorkerSpec) -> Result<WorkerHandle, ProviderError> {
+        let worker_id = spec.worker_id;
+        let pod_name = pod_name(&worker_id);
+        let secret_name = secret_name(&worker_id);
+
+        let request = self.request("create", "secrets", Some(&secret_name));
+        self.call(
+            &request,
+            self.secrets
+                .create(&PostParams::default(), &build_secret(spec)),
+        )
+        .await?;
+
+        let request = self.request("create", "pods", Some(&pod_name));
+        let created = match self
+            .call(
+                &request,
+                self.pods
+                    .create(&PostParams::default(), &build_pod(spec, &self.config)),
+            )
+            .await
+        {
+            Ok(pod) => pod,
+            Err(e) => {
+                self.roll_back(&worker_id, None, &secret_name).await;
+                return Err(e);
+            }
+        };
+
+        let Some(uid) = created.metadata.uid.as_deref() else {
+            self.roll_back(&worker_id, Some(&pod_name), &secret_name)
+                .await;
+            return Err(ProviderError::Unavailable {
+                provider: PROVIDER,
+                detail: format!("the API returned Pod {pod_name} without a uid"),
+            });
+        };
+        let request = self.request("patch", "secrets", Some(&secret_name));
+        let patch = Patch::Merge(owner_reference_patch(&pod_name, uid));
+        if let Err(e) = self
+            .call(
+                &request,
+                self.secrets
+                    .patch(&secret_name, &PatchParams::default(), &patch),
+            )
+            .await
+        {
+            self.roll_back(&worker_id, Some(&pod_name), &secret_name)
+                .await;
+            return Err(e);
+        }
+
+        tracing::debug!(
+            %worker_id,
+            pod = %pod_name,
+            namespace = %self.config.namespace,
+            image = %self.config.image,
+            "created worker Pod"
+        );
+        Ok(WorkerHandle {
+            worker_id,
+            resource: pod_name,
+        })
+    }
+
+    async fn worker_status(&self, worker_id: &WorkerId) -> Result<WorkerStatus, ProviderError> {
+        let name = pod_name(worker_id);
+        let request = self.request("get", "pods", Some(&name));
+        let Some(pod) = self.call_opt(&request, self.pods.get(&name), true).await? else {
+            return Ok(WorkerStatus::NotFound);
+        };
+        let graces = Graces {
+            image_pull: self.config.image_pull_grace,
+            unschedulable: self.config.unschedulable_grace,
+        };
+        Ok(classify(&pod, Timestamp::now(), &graces))
+    }
+
+    /// Deletes the Pod (in the background, with the configured grace) and its Secret, then
+    /// waits until the Pod is gone. Works in every Pod state; 404s mean "already done".
+    async fn destroy_worker(&self, worker_id: &WorkerId) -> Result<(), ProviderError> {
+        let pod_name = pod_name(worker_id);
+        let grace = u32::try_from(self.config.termination_grace.as_secs()).unwrap_or(u32::MAX);
+        let existed = self.delete_pod(&pod_name, grace).await?;
+        // Explicitly, not only through the owner reference: the Secret may predate its Pod
+        // (a crash between the two creates) or the garbage collector may lag.
+        self.delete_secret(&secret_name(worker_id)).await?;
+        if existed {
+            self.wait_until_pod_gone(&pod_name).await?;
+        }
+        tracing::debug!(%worker_id, pod = %pod_name, existed, "destroyed worker Pod");
+        Ok(())
+    }
+
+    /// The instance's Pods, plus token Secrets whose Pod does not exist (left by a crash
+    /// between creating the Secret and the Pod), reported as `secret/<name>` so the reaper can
+    /// destroy them too.
+    async fn list_managed(&self, instance: &str) -> Result<Vec<ManagedWorker>, ProviderError> {
+        let params = ListParams::default().labels(&labels::instance_selector(instance));
+        let request = self.request("list", "pods", None);
+        let pods = self.call(&request, self.pods.list(&params)).await?;
+        let request = self.request("list", "secrets", None);
+        // Metadata only: the reaper needs names and labels, not the tokens.
+        let secrets = self
+            .call(&request, self.secrets.list_metadata(&params))
+            .await?;
+
+        let mut managed = Vec::new();
+        let mut with_pod = HashSet::new();
+        for pod in &pods.items {
+            let worker_id = worker_id_label(pod.metadata.labels.as_ref());
+            with_pod.insert(worker_id);
+            managed.push(ManagedWorker {
+                worker_id,
+                resource: pod.metadata.name.clone().unwrap_or_default(),
+            });
+        }
+        for secret in &secrets.items {
+            let worker_id = worker_id_label(secret.metadata.labels.as_ref());
+            if worker_id.is_some() && with_pod.contains(&worker_id) {
+                continue;
+            }
+            managed.push(ManagedWorker {
+                worker_id,
+                resource: format!("secret/{}", secret.metadata.name.as_deref().unwrap_or("")),
+            });
+        }
+        Ok(managed)
+    }
+}
+
+fn worker_id_label(
+    labels: Option<&std::collections::BTreeMap<String, String>>,
+) -> Option<WorkerId> {
+    labels?
+        .get(labels::WORKER_ID)
+        .and_then(|id| WorkerId::from_str(id).ok())
+}
+
+fn unreachable_none(request: &Request<'_>) -> ProviderError {
+    // `call_opt` with `absent_ok = false` never returns Ok(None); this keeps it panic-free.
+    ProviderError::Unavailable {
+        provider: PROVIDER,
+        detail: format!("no answer to {request}"),
+    }
+}
