@@ -40,12 +40,8 @@ pub(super) fn timed_out(request: &Request<'_>, after: Duration) -> ProviderError
     }
 }
 
-/// `api_server` names the API for "cannot reach" messages (its URL when known).
-pub(super) fn from_kube(
-    err: kube::Error,
-    request: &Request<'_>,
-    api_server: &str,
-) -> ProviderError {
+/// `api` names the API in messages: "the Kubernetes API at https://…" when the URL is known.
+pub(super) fn from_kube(err: kube::Error, request: &Request<'_>, api: &str) -> ProviderError {
     let rejected = |detail: String| ProviderError::Rejected {
         provider: PROVIDER,
         detail,
@@ -53,10 +49,7 @@ pub(super) fn from_kube(
     let kube::Error::Api(status) = &err else {
         return ProviderError::Unavailable {
             provider: PROVIDER,
-            detail: format!(
-                "cannot reach the Kubernetes API at {api_server} to {request}: {}",
-                chain(&err)
-            ),
+            detail: format!("cannot reach {api} to {request}: {}", chain(&err)),
         };
     };
     let message = status.message.trim();
@@ -82,7 +75,7 @@ pub(super) fn from_kube(
     }
     if status.code == 401 || status.reason == "Unauthorized" {
         return rejected(format!(
-            "unauthorized: the Kubernetes API at {api_server} rejected the credentials while \
+            "unauthorized: {api} rejected the credentials while \
              trying to {request} ({message}); check KUBECONFIG or the service account token"
         ));
     }
@@ -106,7 +99,7 @@ pub(super) fn from_kube(
     ProviderError::Unavailable {
         provider: PROVIDER,
         detail: format!(
-            "the Kubernetes API at {api_server} failed to {request}: HTTP {} {}: {message}",
+            "{api} failed to {request}: HTTP {} {}: {message}",
             status.code, status.reason
         ),
     }
@@ -156,7 +149,7 @@ mod tests {
                 "pods is forbidden: User \"x\" cannot create",
             ),
             &request(),
-            "https://127.0.0.1:6443/",
+            "the Kubernetes API at https://127.0.0.1:6443/",
         );
         let text = err.to_string();
         assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
@@ -176,7 +169,7 @@ mod tests {
                 "violates PodSecurity \"restricted:latest\"",
             ),
             &request(),
-            "api",
+            "the Kubernetes API",
         )
         .to_string();
         assert!(text.contains("Pod Security admission"), "{text}");
@@ -188,7 +181,7 @@ mod tests {
         let text = from_kube(
             api(404, "NotFound", "namespaces \"hodei-e2e\" not found"),
             &request(),
-            "api",
+            "the Kubernetes API",
         )
         .to_string();
         assert!(text.contains("namespace hodei-e2e not found"), "{text}");
@@ -198,11 +191,19 @@ mod tests {
     #[test]
     fn server_errors_are_unavailable_and_conflicts_rejected() {
         assert!(matches!(
-            from_kube(api(503, "ServiceUnavailable", "etcd"), &request(), "api"),
+            from_kube(
+                api(503, "ServiceUnavailable", "etcd"),
+                &request(),
+                "the Kubernetes API"
+            ),
             ProviderError::Unavailable { .. }
         ));
         assert!(matches!(
-            from_kube(api(409, "AlreadyExists", "exists"), &request(), "api"),
+            from_kube(
+                api(409, "AlreadyExists", "exists"),
+                &request(),
+                "the Kubernetes API"
+            ),
             ProviderError::Rejected { .. }
         ));
     }

@@ -33,8 +33,8 @@ pub struct KubernetesProvider {
     pods: Api<Pod>,
     secrets: Api<Secret>,
     client: Client,
-    /// The API server's URL when known, for "cannot reach" messages.
-    api_server: String,
+    /// How messages name the API: "the Kubernetes API at <url>" when the URL is known.
+    api: String,
 }
 
 impl KubernetesProvider {
@@ -63,34 +63,27 @@ impl KubernetesProvider {
         kube_config: kube::Config,
         config: KubernetesProviderConfig,
     ) -> Result<Self, ProviderError> {
-        let api_server = kube_config.cluster_url.to_string();
+        let api = format!("the Kubernetes API at {}", kube_config.cluster_url);
         let client = Client::try_from(kube_config).map_err(|e| ProviderError::Unavailable {
             provider: PROVIDER,
-            detail: format!(
-                "cannot build a client for the Kubernetes API at {api_server}: {}",
-                errors::chain(&e)
-            ),
+            detail: format!("cannot build a client for {api}: {}", errors::chain(&e)),
         })?;
-        Ok(Self::build(client, config, api_server))
+        Ok(Self::build(client, config, api))
     }
 
     /// Uses a ready client (tests pass one backed by a mock service). Does not contact the API.
     /// The client's default namespace is ignored; `config.namespace` is used.
     pub fn with_client(client: Client, config: KubernetesProviderConfig) -> Self {
-        Self::build(
-            client,
-            config,
-            "(the configured client's API server)".into(),
-        )
+        Self::build(client, config, "the Kubernetes API".into())
     }
 
-    fn build(client: Client, config: KubernetesProviderConfig, api_server: String) -> Self {
+    fn build(client: Client, config: KubernetesProviderConfig, api: String) -> Self {
         Self {
             pods: Api::namespaced(client.clone(), &config.namespace),
             secrets: Api::namespaced(client.clone(), &config.namespace),
             client,
             config,
-            api_server,
+            api,
         }
     }
 
@@ -117,7 +110,7 @@ impl KubernetesProvider {
         )
         .await?;
         tracing::info!(
-            api_server = %self.api_server,
+            api = %self.api,
             version = %version.git_version,
             namespace = %self.config.namespace,
             "Kubernetes API reachable"
@@ -161,7 +154,7 @@ impl KubernetesProvider {
             Err(_) => Err(errors::timed_out(request, self.config.request_timeout)),
             Ok(Ok(value)) => Ok(Some(value)),
             Ok(Err(e)) if absent_ok && errors::is_not_found(&e) => Ok(None),
-            Ok(Err(e)) => Err(errors::from_kube(e, request, &self.api_server)),
+            Ok(Err(e)) => Err(errors::from_kube(e, request, &self.api)),
         }
     }
 

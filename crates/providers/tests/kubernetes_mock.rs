@@ -1,0 +1,686 @@
+//! The Kubernetes provider against kube-rs' mock service: each test plays the API server,
+//! asserting every request the provider sends (method, path, query, body) and answering it.
+//! No cluster is needed; the real-cluster suite is `crates/grpc/tests/e2e_kubernetes_provider.rs`.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use hodei_domain::{OneTimeToken, Resources, WorkerFailure, WorkerId};
+use hodei_providers::{
+    ManagedWorker, ProviderError, WorkerProvider, WorkerSpec, WorkerStatus,
+    kubernetes::{KubernetesProvider, KubernetesProviderConfig, pod_name, secret_name},
+};
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tower_test::mock;
+
+const NAMESPACE: &str = "hodei-e2e";
+const IMAGE: &str = "hodei-worker:e2e-test";
+/// Bound on every wait, so a provider that stops sending requests fails the test, not hangs it.
+const STEP: Duration = Duration::from_secs(10);
+
+/// One request the provider sent, decoded.
+#[derive(Debug)]
+struct Seen {
+    path: String,
+    query: BTreeMap<String, String>,
+    headers: http::HeaderMap,
+    body: Value,
+    raw_body: String,
+}
+
+/// The test's side of the mock service: the API server.
+struct ApiServer {
+    handle: mock::Handle<Request<Body>, Response<Body>>,
+}
+
+type Responder = mock::SendResponse<Response<Body>>;
+
+impl ApiServer {
+    /// Waits for the next request and asserts its method and path (without query).
+    async fn expect(&mut self, method: Method, path: &str) -> (Seen, Responder) {
+        let (request, respond) = tokio::time::timeout(STEP, self.handle.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no request within {STEP:?}; expected {method} {path}"))
+            .unwrap_or_else(|| panic!("provider dropped; expected {method} {path}"));
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.unwrap();
+        let raw_body = String::from_utf8(bytes.to_vec()).unwrap();
+        let seen = Seen {
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().map(parse_query).unwrap_or_default(),
+            headers: parts.headers,
+            body: if raw_body.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&raw_body).unwrap()
+            },
+            raw_body,
+        };
+        assert_eq!(
+            (&parts.method, seen.path.as_str()),
+            (&method, path),
+            "unexpected request {seen:?}"
+        );
+        (seen, respond)
+    }
+
+    /// Asserts that the provider sends nothing more (its client was dropped).
+    async fn expect_no_more_requests(mut self) {
+        match tokio::time::timeout(STEP, self.handle.next_request()).await {
+            Ok(None) => {}
+            Ok(Some((request, _))) => panic!(
+                "unexpected extra request {} {}",
+                request.method(),
+                request.uri()
+            ),
+            Err(_) => panic!("the provider's client was not dropped"),
+        }
+    }
+}
+
+fn config() -> KubernetesProviderConfig {
+    let mut config = KubernetesProviderConfig::new(NAMESPACE, IMAGE);
+    config.poll_interval = Duration::from_millis(5);
+    config.request_timeout = Duration::from_secs(5);
+    config
+}
+
+/// A provider whose client talks to the returned [`ApiServer`].
+fn mock_provider(config: KubernetesProviderConfig) -> (KubernetesProvider, ApiServer) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, NAMESPACE);
+    (
+        KubernetesProvider::with_client(client, config),
+        ApiServer { handle },
+    )
+}
+
+/// Runs `operation` on its own task (dropping the provider when done) so the test can serve
+/// its requests.
+fn run<T, F, Fut>(provider: KubernetesProvider, operation: F) -> JoinHandle<T>
+where
+    T: Send + 'static,
+    F: FnOnce(KubernetesProvider) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    tokio::spawn(operation(provider))
+}
+
+async fn finish<T>(task: JoinHandle<T>) -> T {
+    tokio::time::timeout(STEP, task)
+        .await
+        .expect("operation did not finish")
+        .expect("operation panicked")
+}
+
+fn spec() -> WorkerSpec {
+    WorkerSpec {
+        worker_id: WorkerId::new(),
+        token: OneTimeToken::generate(),
+        server_address: "http://172.18.0.1:50051".into(),
+        instance: "ci-1".into(),
+        resources: Resources {
+            cpu_millis: 250,
+            memory_bytes: 128 * 1024 * 1024,
+        },
+        lifetime: Some(Duration::from_secs(600)),
+        extra_env: BTreeMap::from([("HODEI_TLS_CA_PEM".to_string(), "pem".to_string())]),
+    }
+}
+
+fn respond_json(respond: Responder, status: u16, body: &Value) {
+    let response = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap())
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap();
+    respond.send_response(response);
+}
+
+/// A Kubernetes `Status` error body, as the API server sends it.
+fn respond_status(respond: Responder, code: u16, reason: &str, message: &str) {
+    respond_json(
+        respond,
+        code,
+        &json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "reason": reason, "code": code,
+        }),
+    );
+}
+
+fn respond_not_found(respond: Responder, what: &str) {
+    respond_status(respond, 404, "NotFound", &format!("{what} not found"));
+}
+
+/// The object as the API server would return it after a create: with a uid.
+fn created(mut object: Value, uid: &str) -> Value {
+    object["metadata"]["uid"] = json!(uid);
+    object["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+    object
+}
+
+fn pod_json(name: &str, extra_metadata: Value, status: Value) -> Value {
+    let mut metadata = json!({ "name": name, "namespace": NAMESPACE, "uid": "pod-uid" });
+    if let (Some(metadata), Some(extra)) = (metadata.as_object_mut(), extra_metadata.as_object()) {
+        metadata.extend(extra.clone());
+    }
+    json!({ "apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+            "spec": { "containers": [{ "name": "worker", "image": IMAGE }] },
+            "status": status })
+}
+
+fn parse_query(query: &str) -> BTreeMap<String, String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(key), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn expected_labels(spec: &WorkerSpec) -> Value {
+    json!({
+        "app.kubernetes.io/name": "hodei-worker",
+        "app.kubernetes.io/managed-by": "hodei",
+        "hodei.io/worker-id": spec.worker_id.to_string(),
+        "hodei.io/instance": "ci-1",
+    })
+}
+
+const SECRETS: &str = "/api/v1/namespaces/hodei-e2e/secrets";
+const PODS: &str = "/api/v1/namespaces/hodei-e2e/pods";
+
+#[tokio::test]
+async fn create_worker_creates_the_secret_then_the_pod_then_makes_the_pod_own_the_secret() {
+    let (provider, mut api) = mock_provider(config());
+    let spec = spec();
+    let id = spec.worker_id;
+    let task = run(provider, {
+        let spec = spec.clone();
+        |p| async move { p.create_worker(&spec).await }
+    });
+
+    // 1. The Secret: labels, the token under `token`, immutable.
+    let (secret, respond) = api.expect(Method::POST, SECRETS).await;
+    assert_eq!(secret.body["metadata"]["name"], secret_name(&id));
+    assert_eq!(secret.body["metadata"]["labels"], expected_labels(&spec));
+    assert_eq!(secret.body["type"], "Opaque");
+    assert_eq!(secret.body["immutable"], true);
+    assert_eq!(
+        secret.body["data"],
+        json!({ "token": base64(spec.token.expose().as_bytes()) })
+    );
+    respond_json(respond, 201, &created(secret.body.clone(), "secret-uid"));
+
+    // 2. The Pod.
+    let (pod, respond) = api.expect(Method::POST, PODS).await;
+    let body = &pod.body;
+    assert!(
+        !pod.raw_body.contains(spec.token.expose()),
+        "the token must not appear in the Pod spec"
+    );
+    assert_eq!(body["metadata"]["name"], pod_name(&id));
+    assert_eq!(body["metadata"]["labels"], expected_labels(&spec));
+    let pod_spec = &body["spec"];
+    assert_eq!(pod_spec["restartPolicy"], "Never");
+    assert_eq!(pod_spec["automountServiceAccountToken"], false);
+    assert_eq!(pod_spec["enableServiceLinks"], false);
+    assert_eq!(pod_spec["activeDeadlineSeconds"], 600);
+    assert_eq!(pod_spec["terminationGracePeriodSeconds"], 10);
+    assert_eq!(
+        pod_spec["securityContext"],
+        json!({ "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+                "seccompProfile": { "type": "RuntimeDefault" } })
+    );
+    let container = &pod_spec["containers"][0];
+    assert_eq!(pod_spec["containers"].as_array().unwrap().len(), 1);
+    assert_eq!(container["name"], "worker");
+    assert_eq!(container["image"], IMAGE);
+    assert_eq!(container["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(
+        container["terminationMessagePolicy"],
+        "FallbackToLogsOnError"
+    );
+    assert_eq!(
+        container["env"],
+        json!([
+            { "name": "HODEI_SERVER", "value": "http://172.18.0.1:50051" },
+            { "name": "HODEI_WORKER_ID", "value": id.to_string() },
+            { "name": "HODEI_TOKEN", "valueFrom": { "secretKeyRef":
+                { "name": secret_name(&id), "key": "token", "optional": false } } },
+            { "name": "HODEI_TLS_CA_PEM", "value": "pem" },
+        ])
+    );
+    let quantities = json!({ "cpu": "250m", "memory": "134217728" });
+    assert_eq!(
+        container["resources"],
+        json!({ "requests": quantities, "limits": quantities })
+    );
+    assert_eq!(
+        container["securityContext"],
+        json!({ "allowPrivilegeEscalation": false, "privileged": false,
+                "capabilities": { "drop": ["ALL"] }, "readOnlyRootFilesystem": false })
+    );
+    respond_json(respond, 201, &created(body.clone(), "pod-uid-42"));
+
+    // 3. The owner reference, as a JSON merge patch.
+    let (patch, respond) = api
+        .expect(Method::PATCH, &format!("{SECRETS}/{}", secret_name(&id)))
+        .await;
+    assert_eq!(
+        patch.headers["content-type"],
+        "application/merge-patch+json"
+    );
+    assert_eq!(
+        patch.body,
+        json!({ "metadata": { "ownerReferences": [{
+            "apiVersion": "v1", "kind": "Pod", "name": pod_name(&id), "uid": "pod-uid-42",
+            "controller": true, "blockOwnerDeletion": false,
+        }] } })
+    );
+    respond_json(respond, 200, &created(secret.body, "secret-uid"));
+
+    let handle = finish(task).await.expect("create_worker");
+    assert_eq!(handle.worker_id, id);
+    assert_eq!(handle.resource, pod_name(&id));
+    api.expect_no_more_requests().await;
+}
+
+#[tokio::test]
+async fn when_the_pod_cannot_be_created_the_secret_is_deleted_and_rbac_is_named() {
+    let (provider, mut api) = mock_provider(config());
+    let spec = spec();
+    let id = spec.worker_id;
+    let task = run(provider, {
+        let spec = spec.clone();
+        |p| async move { p.create_worker(&spec).await }
+    });
+
+    let (secret, respond) = api.expect(Method::POST, SECRETS).await;
+    respond_json(respond, 201, &created(secret.body, "secret-uid"));
+    let (_, respond) = api.expect(Method::POST, PODS).await;
+    respond_status(
+        respond,
+        403,
+        "Forbidden",
+        "pods is forbidden: User \"system:serviceaccount:hodei-e2e:x\" cannot create resource \
+         \"pods\" in API group \"\" in the namespace \"hodei-e2e\"",
+    );
+    let (_, respond) = api
+        .expect(Method::DELETE, &format!("{SECRETS}/{}", secret_name(&id)))
+        .await;
+    respond_json(
+        respond,
+        200,
+        &json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" }),
+    );
+
+    let err = finish(task).await.expect_err("must fail");
+    assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("forbidden: cannot create pods in namespace hodei-e2e"),
+        "{text}"
+    );
+    assert!(text.contains("deploy/kubernetes/rbac-test.yaml"), "{text}");
+    api.expect_no_more_requests().await;
+}
+
+#[tokio::test]
+async fn when_the_owner_reference_cannot_be_set_the_pod_and_secret_are_deleted() {
+    let (provider, mut api) = mock_provider(config());
+    let spec = spec();
+    let id = spec.worker_id;
+    let task = run(provider, {
+        let spec = spec.clone();
+        |p| async move { p.create_worker(&spec).await }
+    });
+
+    let (secret, respond) = api.expect(Method::POST, SECRETS).await;
+    respond_json(respond, 201, &created(secret.body, "secret-uid"));
+    let (pod, respond) = api.expect(Method::POST, PODS).await;
+    respond_json(respond, 201, &created(pod.body, "pod-uid"));
+    let (_, respond) = api
+        .expect(Method::PATCH, &format!("{SECRETS}/{}", secret_name(&id)))
+        .await;
+    respond_status(respond, 403, "Forbidden", "cannot patch secrets");
+    // Rollback: the Pod at once (it never became usable), then the Secret.
+    let (delete_pod, respond) = api
+        .expect(Method::DELETE, &format!("{PODS}/{}", pod_name(&id)))
+        .await;
+    assert_eq!(delete_pod.body["gracePeriodSeconds"], 0);
+    respond_json(
+        respond,
+        200,
+        &pod_json(&pod_name(&id), json!({}), json!({})),
+    );
+    let (_, respond) = api
+        .expect(Method::DELETE, &format!("{SECRETS}/{}", secret_name(&id)))
+        .await;
+    respond_not_found(respond, "secret");
+
+    let err = finish(task).await.expect_err("must fail");
+    assert!(
+        err.to_string()
+            .contains("forbidden: cannot patch secrets in namespace hodei-e2e"),
+        "{err}"
+    );
+    api.expect_no_more_requests().await;
+}
+
+#[tokio::test]
+async fn a_leftover_secret_is_a_conflict_and_is_left_alone() {
+    let (provider, mut api) = mock_provider(config());
+    let spec = spec();
+    let task = run(provider, {
+        let spec = spec.clone();
+        |p| async move { p.create_worker(&spec).await }
+    });
+    let (_, respond) = api.expect(Method::POST, SECRETS).await;
+    respond_status(
+        respond,
+        409,
+        "AlreadyExists",
+        "secrets \"x\" already exists",
+    );
+    let err = finish(task).await.expect_err("must fail");
+    assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
+    assert!(err.to_string().contains("already exists"), "{err}");
+    api.expect_no_more_requests().await;
+}
+
+#[tokio::test]
+async fn destroy_of_a_worker_that_is_already_gone_is_done_after_two_404s() {
+    let (provider, mut api) = mock_provider(config());
+    let id = WorkerId::new();
+    let task = run(provider, |p| async move { p.destroy_worker(&id).await });
+
+    let (delete_pod, respond) = api
+        .expect(Method::DELETE, &format!("{PODS}/{}", pod_name(&id)))
+        .await;
+    assert_eq!(
+        delete_pod.body,
+        json!({ "gracePeriodSeconds": 10, "propagationPolicy": "Background" })
+    );
+    respond_not_found(respond, "pod");
+    let (_, respond) = api
+        .expect(Method::DELETE, &format!("{SECRETS}/{}", secret_name(&id)))
+        .await;
+    respond_not_found(respond, "secret");
+
+    finish(task).await.expect("404s mean already destroyed");
+    api.expect_no_more_requests().await;
+}
+
+#[tokio::test]
+async fn destroy_returns_only_once_the_pod_is_gone() {
+    let (provider, mut api) = mock_provider(config());
+    let id = WorkerId::new();
+    let name = pod_name(&id);
+    let task = run(provider, |p| async move { p.destroy_worker(&id).await });
+
+    let terminating = pod_json(
+        &name,
+        json!({ "deletionTimestamp": "2026-01-01T00:00:10Z" }),
+        json!({ "phase": "Running" }),
+    );
+    let (_, respond) = api.expect(Method::DELETE, &format!("{PODS}/{name}")).await;
+    respond_json(respond, 200, &terminating);
+    let (_, respond) = api
+        .expect(Method::DELETE, &format!("{SECRETS}/{}", secret_name(&id)))
+        .await;
+    respond_json(
+        respond,
+        200,
+        &json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" }),
+    );
+    for _ in 0..3 {
+        let (_, respond) = api.expect(Method::GET, &format!("{PODS}/{name}")).await;
+        respond_json(respond, 200, &terminating);
+        assert!(
+            !task.is_finished(),
+            "destroy returned while the Pod still existed"
+        );
+    }
+    let (_, respond) = api.expect(Method::GET, &format!("{PODS}/{name}")).await;
+    respond_not_found(respond, "pod");
+
+    finish(task).await.expect("destroy_worker");
+    api.expect_no_more_requests().await;
+}
+
+#[tokio::test]
+async fn destroy_gives_up_with_a_timeout_when_the_pod_never_goes_away() {
+    let mut config = config();
+    config.destroy_timeout = Duration::from_millis(100);
+    let (provider, mut api) = mock_provider(config);
+    let id = WorkerId::new();
+    let name = pod_name(&id);
+    let task = run(provider, |p| async move { p.destroy_worker(&id).await });
+
+    let stuck = pod_json(
+        &name,
+        json!({ "deletionTimestamp": "2026-01-01T00:00:10Z" }),
+        json!({}),
+    );
+    let (_, respond) = api.expect(Method::DELETE, &format!("{PODS}/{name}")).await;
+    respond_json(respond, 200, &stuck);
+    let (_, respond) = api
+        .expect(Method::DELETE, &format!("{SECRETS}/{}", secret_name(&id)))
+        .await;
+    respond_not_found(respond, "secret");
+    while !task.is_finished() {
+        if let Ok(Some((request, respond))) =
+            tokio::time::timeout(Duration::from_millis(50), api.handle.next_request()).await
+        {
+            assert_eq!(request.method(), Method::GET);
+            respond_json(respond, 200, &stuck);
+        }
+    }
+    let err = finish(task).await.expect_err("must time out");
+    assert!(matches!(err, ProviderError::Timeout { .. }), "{err:?}");
+    assert!(err.to_string().contains(&format!("Pod {name}")), "{err}");
+}
+
+#[tokio::test]
+async fn list_managed_selects_by_manager_and_instance_and_reports_orphan_secrets() {
+    let (provider, mut api) = mock_provider(config());
+    let with_pod = WorkerId::new();
+    let orphan = WorkerId::new();
+    let task = run(provider, |p| async move { p.list_managed("ci-1").await });
+    let selector = "app.kubernetes.io/managed-by=hodei,hodei.io/instance=ci-1";
+
+    let (pods, respond) = api.expect(Method::GET, PODS).await;
+    assert_eq!(
+        pods.query.get("labelSelector").map(String::as_str),
+        Some(selector)
+    );
+    let labelled = |id: String| json!({ "hodei.io/worker-id": id });
+    respond_json(
+        respond,
+        200,
+        &json!({ "apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
+            pod_json(&pod_name(&with_pod), json!({ "labels": labelled(with_pod.to_string()) }), json!({})),
+            pod_json("hodei-worker-odd", json!({ "labels": labelled("not-a-uuid".into()) }), json!({})),
+        ] }),
+    );
+
+    let (secrets, respond) = api.expect(Method::GET, SECRETS).await;
+    assert_eq!(
+        secrets.query.get("labelSelector").map(String::as_str),
+        Some(selector)
+    );
+    assert!(
+        secrets.headers["accept"]
+            .to_str()
+            .unwrap()
+            .contains("as=PartialObjectMetadataList"),
+        "Secrets must be listed as metadata only: {:?}",
+        secrets.headers
+    );
+    let secret_meta = |id: &WorkerId| {
+        json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                "metadata": { "name": secret_name(id), "labels": labelled(id.to_string()) } })
+    };
+    respond_json(
+        respond,
+        200,
+        &json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                 "metadata": {}, "items": [secret_meta(&with_pod), secret_meta(&orphan)] }),
+    );
+
+    let listed = finish(task).await.expect("list_managed");
+    assert_eq!(
+        listed,
+        vec![
+            ManagedWorker {
+                worker_id: Some(with_pod),
+                resource: pod_name(&with_pod)
+            },
+            ManagedWorker {
+                worker_id: None,
+                resource: "hodei-worker-odd".into()
+            },
+            ManagedWorker {
+                worker_id: Some(orphan),
+                resource: format!("secret/{}", secret_name(&orphan))
+            },
+        ]
+    );
+    api.expect_no_more_requests().await;
+}
+
+#[tokio::test]
+async fn worker_status_is_not_found_after_a_404_and_classifies_the_pod_otherwise() {
+    let (provider, mut api) = mock_provider(config());
+    let id = WorkerId::new();
+    let name = pod_name(&id);
+    let task = run(provider, |p| async move {
+        (p.worker_status(&id).await, p.worker_status(&id).await)
+    });
+
+    let (_, respond) = api.expect(Method::GET, &format!("{PODS}/{name}")).await;
+    respond_not_found(respond, "pod");
+    let (_, respond) = api.expect(Method::GET, &format!("{PODS}/{name}")).await;
+    respond_json(
+        respond,
+        200,
+        &pod_json(
+            &name,
+            json!({ "creationTimestamp": "2026-01-01T00:00:00Z" }),
+            json!({ "phase": "Pending", "containerStatuses": [{
+                "name": "worker", "image": "bad::image", "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": { "waiting": { "reason": "InvalidImageName",
+                                        "message": "Failed to apply default image tag" } },
+            }] }),
+        ),
+    );
+
+    let (first, second) = finish(task).await;
+    assert_eq!(first.unwrap(), WorkerStatus::NotFound);
+    assert_eq!(
+        second.unwrap(),
+        WorkerStatus::Failed(WorkerFailure::InvalidImage {
+            image: IMAGE.into(),
+            detail: "InvalidImageName: Failed to apply default image tag".into(),
+        })
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_api_is_unavailable_and_says_why() {
+    let (provider, mut api) = mock_provider(config());
+    let id = WorkerId::new();
+    let task = run(provider, |p| async move { p.worker_status(&id).await });
+    let (_, respond) = tokio::time::timeout(STEP, api.handle.next_request())
+        .await
+        .unwrap()
+        .unwrap();
+    respond.send_error(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "tcp connect error: Connection refused (os error 111)",
+    ));
+    let err = finish(task).await.expect_err("must fail");
+    assert!(matches!(err, ProviderError::Unavailable { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("cannot reach the Kubernetes API"), "{text}");
+    assert!(text.contains("Connection refused"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "get pods {} in namespace hodei-e2e",
+            pod_name(&id)
+        )),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn check_asks_for_the_version_then_lists_one_pod() {
+    let (provider, mut api) = mock_provider(config());
+    let task = run(provider, |p| async move { p.check().await });
+    let (_, respond) = api.expect(Method::GET, "/version").await;
+    respond_json(
+        respond,
+        200,
+        &json!({ "major": "1", "minor": "34", "gitVersion": "v1.34.0", "gitCommit": "",
+                 "gitTreeState": "clean", "buildDate": "2025-08-27T00:00:00Z",
+                 "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64" }),
+    );
+    let (list, respond) = api.expect(Method::GET, PODS).await;
+    assert_eq!(list.query.get("limit").map(String::as_str), Some("1"));
+    respond_json(
+        respond,
+        200,
+        &json!({ "apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [] }),
+    );
+    finish(task).await.expect("check");
+}
