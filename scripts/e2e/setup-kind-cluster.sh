@@ -99,7 +99,7 @@ require_tools() {
 check_image_name() {
   local last="${WORKER_IMAGE##*/}"
   if [[ "${last}" != *:* || "${last##*:}" == "latest" ]]; then
-    die "HODEI_WORKER_IMAGE=${WORKER_IMAGE} has no tag or ':latest': Kubernetes then defaults to imagePullPolicy Always, tries a registry and ignores the loaded image; use a fixed tag such as hodei-worker:e2e-test"
+    die "HODEI_WORKER_IMAGE=${WORKER_IMAGE} has no tag or ':latest': a moving tag lets a stale image pass the tests unnoticed, and Pods without an explicit imagePullPolicy then pull from a registry instead of using the loaded image; use a fixed tag such as hodei-worker:e2e-test"
   fi
 }
 

@@ -5,8 +5,8 @@ use std::{fmt, time::Duration};
 /// Namespace of worker Pods in production when the configuration names none.
 pub const DEFAULT_NAMESPACE: &str = "hodei-workers";
 /// The worker image used when neither the configuration nor `HODEI_WORKER_IMAGE` names one.
-/// Never `:latest`: that tag makes Kubernetes default to `imagePullPolicy: Always`, which
-/// defeats images loaded with `kind load`.
+/// A fixed tag, never `:latest`: a moving tag lets a stale image pass unnoticed (the provider
+/// sets `imagePullPolicy: IfNotPresent`, so an image loaded with `kind load` is used as is).
 pub const DEFAULT_WORKER_IMAGE: &str = "hodei-worker:e2e-test";
 /// Environment variable naming the worker image.
 pub const WORKER_IMAGE_ENV: &str = "HODEI_WORKER_IMAGE";
