@@ -59,6 +59,23 @@ impl KubernetesProvider {
 
     /// Uses an explicit kube-rs configuration, e.g. one authenticating with a ServiceAccount
     /// token. Does not contact the API. Must be called inside a Tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn demo(token: String) -> Result<(), Box<dyn std::error::Error>> {
+    /// use hodei_providers::kubernetes::{KubernetesProvider, KubernetesProviderConfig};
+    ///
+    /// // Act as the ServiceAccount of deploy/kubernetes/rbac-test.yaml, with a token from the
+    /// // TokenRequest API (`kubectl -n hodei-e2e create token hodei-e2e-provider`).
+    /// let mut kube_config = kube::Config::infer().await?;
+    /// kube_config.auth_info = kube::config::AuthInfo {
+    ///     token: Some(token.into()),
+    ///     ..Default::default()
+    /// };
+    /// let provider =
+    ///     KubernetesProvider::from_kube_config(kube_config, KubernetesProviderConfig::for_tests())?;
+    /// provider.check().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn from_kube_config(
         kube_config: kube::Config,
         config: KubernetesProviderConfig,
@@ -132,30 +149,39 @@ impl KubernetesProvider {
         }
     }
 
-    /// One API request, bounded by `request_timeout`, its error explained.
+    /// One API request, its error explained.
     async fn call<T>(
         &self,
         request: &Request<'_>,
         future: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, ProviderError> {
-        self.call_opt(request, future, false)
+        self.bounded(request, future)
             .await?
-            .ok_or_else(|| unreachable_none(request))
+            .map_err(|e| errors::from_kube(e, request, &self.api))
     }
 
-    /// Like [`Self::call`]; with `absent_ok`, 404 Not Found gives `Ok(None)`.
+    /// Like [`Self::call`], with 404 Not Found as `Ok(None)`.
     async fn call_opt<T>(
         &self,
         request: &Request<'_>,
         future: impl Future<Output = Result<T, kube::Error>>,
-        absent_ok: bool,
     ) -> Result<Option<T>, ProviderError> {
-        match tokio::time::timeout(self.config.request_timeout, future).await {
-            Err(_) => Err(errors::timed_out(request, self.config.request_timeout)),
-            Ok(Ok(value)) => Ok(Some(value)),
-            Ok(Err(e)) if absent_ok && errors::is_not_found(&e) => Ok(None),
-            Ok(Err(e)) => Err(errors::from_kube(e, request, &self.api)),
+        match self.bounded(request, future).await? {
+            Ok(value) => Ok(Some(value)),
+            Err(e) if errors::is_not_found(&e) => Ok(None),
+            Err(e) => Err(errors::from_kube(e, request, &self.api)),
         }
+    }
+
+    /// Bounds a request by `request_timeout`: kube-rs has no default read timeout.
+    async fn bounded<T>(
+        &self,
+        request: &Request<'_>,
+        future: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, ProviderError> {
+        tokio::time::timeout(self.config.request_timeout, future)
+            .await
+            .map_err(|_| errors::timed_out(request, self.config.request_timeout))
     }
 
     /// Deletes, treating "already gone" as done. Returns whether it still existed.
@@ -167,7 +193,7 @@ impl KubernetesProvider {
         };
         let request = self.request("delete", "pods", Some(name));
         Ok(self
-            .call_opt(&request, self.pods.delete(name, &params), true)
+            .call_opt(&request, self.pods.delete(name, &params))
             .await?
             .is_some())
     }
@@ -177,7 +203,6 @@ impl KubernetesProvider {
         self.call_opt(
             &request,
             self.secrets.delete(name, &DeleteParams::default()),
-            true,
         )
         .await?;
         Ok(())
@@ -200,7 +225,7 @@ impl KubernetesProvider {
         let request = self.request("get", "pods", Some(name));
         loop {
             if self
-                .call_opt(&request, self.pods.get(name), true)
+                .call_opt(&request, self.pods.get(name))
                 .await?
                 .is_none()
             {
@@ -297,7 +322,7 @@ impl WorkerProvider for KubernetesProvider {
     async fn worker_status(&self, worker_id: &WorkerId) -> Result<WorkerStatus, ProviderError> {
         let name = pod_name(worker_id);
         let request = self.request("get", "pods", Some(&name));
-        let Some(pod) = self.call_opt(&request, self.pods.get(&name), true).await? else {
+        let Some(pod) = self.call_opt(&request, self.pods.get(&name)).await? else {
             return Ok(WorkerStatus::NotFound);
         };
         let graces = Graces {
@@ -366,12 +391,4 @@ fn worker_id_label(
     labels?
         .get(labels::WORKER_ID)
         .and_then(|id| WorkerId::from_str(id).ok())
-}
-
-fn unreachable_none(request: &Request<'_>) -> ProviderError {
-    // `call_opt` with `absent_ok = false` never returns Ok(None); this keeps it panic-free.
-    ProviderError::Unavailable {
-        provider: PROVIDER,
-        detail: format!("no answer to {request}"),
-    }
 }
