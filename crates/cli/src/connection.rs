@@ -1,0 +1,144 @@
+//! One gRPC channel to the server, and the three clients the CLI uses on it.
+//!
+//! The generated clients have no `connect` constructor (it would collide with the `Connect`
+//! RPC), so the channel is built here from an [`Endpoint`]: TLS when the URL is `https://`,
+//! a connect timeout, and HTTP/2 keep-alive so a silently dead connection under a long
+//! `--follow` is noticed instead of waiting forever.
+
+use std::{path::PathBuf, time::Duration};
+
+use hodei_proto::v1::{
+    job_service_client::JobServiceClient, log_stream_service_client::LogStreamServiceClient,
+    worker_query_service_client::WorkerQueryServiceClient,
+};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::error::{CliError, root_cause};
+
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub server: String,
+    pub tls_ca: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+/// The clients of one connection; cloning shares the connection.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// The server URL, for error messages.
+    pub server: String,
+    pub jobs: JobServiceClient<Channel>,
+    pub logs: LogStreamServiceClient<Channel>,
+    pub workers: WorkerQueryServiceClient<Channel>,
+}
+
+impl Clients {
+    /// Connects eagerly, so that an unreachable server is reported before anything else.
+    pub async fn connect(options: &ConnectOptions) -> Result<Self, CliError> {
+        let endpoint = endpoint(options)?;
+        let unreachable = |cause: String| CliError::Unreachable {
+            url: options.server.clone(),
+            cause,
+        };
+        // The endpoint's timeout covers the TCP connect; this one also covers the TLS and HTTP/2
+        // handshakes with a server that accepts but never answers.
+        let channel = tokio::time::timeout(options.connect_timeout * 2, endpoint.connect())
+            .await
+            .map_err(|_| {
+                unreachable(format!(
+                    "no answer within {}s",
+                    (options.connect_timeout * 2).as_secs()
+                ))
+            })?
+            .map_err(|err| unreachable(root_cause(&err)))?;
+        Ok(Self {
+            server: options.server.clone(),
+            jobs: JobServiceClient::new(channel.clone()),
+            logs: LogStreamServiceClient::new(channel.clone()),
+            workers: WorkerQueryServiceClient::new(channel),
+        })
+    }
+
+    /// Turns a failed RPC into the error shown to the user.
+    pub fn error(&self, status: tonic::Status) -> CliError {
+        CliError::from_status(&self.server, status)
+    }
+}
+
+fn endpoint(options: &ConnectOptions) -> Result<Endpoint, CliError> {
+    let url = options.server.as_str();
+    let https = if url.starts_with("https://") {
+        true
+    } else if url.starts_with("http://") {
+        false
+    } else {
+        return Err(CliError::Usage(format!(
+            "the server URL {url:?} must start with http:// or https://, e.g. {}",
+            crate::args::DEFAULT_SERVER
+        )));
+    };
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|err| CliError::Usage(format!("the server URL {url:?} is not valid: {err}")))?
+        .connect_timeout(options.connect_timeout)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+
+    match (&options.tls_ca, https) {
+        (Some(path), false) => Err(CliError::Usage(format!(
+            "--tls-ca {} needs an https:// server URL, not {url}",
+            path.display()
+        ))),
+        (None, false) => Ok(endpoint),
+        (ca, true) => {
+            let tls = match ca {
+                Some(path) => {
+                    let pem = std::fs::read(path).map_err(|source| CliError::ReadCa {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
+                }
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint
+                .tls_config(tls)
+                .map_err(|err| CliError::Usage(format!("cannot use TLS for {url}: {err}")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(server: &str, tls_ca: Option<&str>) -> ConnectOptions {
+        ConnectOptions {
+            server: server.to_owned(),
+            tls_ca: tls_ca.map(PathBuf::from),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_url_without_scheme_is_a_usage_error() {
+        let err = endpoint(&options("127.0.0.1:50051", None)).unwrap_err();
+        assert!(matches!(err, CliError::Usage(_)), "{err}");
+        assert!(err.to_string().contains("http://"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_with_plain_http_is_a_usage_error() {
+        let err = endpoint(&options("http://h:1", Some("/ca.pem"))).unwrap_err();
+        assert!(matches!(err, CliError::Usage(_)), "{err}");
+    }
+
+    #[test]
+    fn a_missing_ca_file_is_named_in_the_error() {
+        let err = endpoint(&options("https://h:1", Some("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+}

@@ -1,0 +1,5 @@
+//! `hodei`: see the `hodei_cli` library for everything.
+
+fn main() -> std::process::ExitCode {
+    hodei_cli::main()
+}

@@ -1,0 +1,303 @@
+//! Human-readable renderings of jobs and workers: tables for lists, a key/value block for one
+//! job.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+use hodei_proto::v1 as pb;
+
+use super::{
+    table::{Table, truncate},
+    time::{age, instant, rfc3339_seconds},
+};
+use crate::{
+    states::{job_state_name, worker_state_name},
+    units::{format_memory, format_seconds},
+};
+
+/// Commands longer than this are cut in tables; `hodei jobs get` shows them whole.
+const COMMAND_WIDTH: usize = 60;
+const REASON_WIDTH: usize = 60;
+
+pub fn jobs_table(jobs: &[pb::Job], now: DateTime<Utc>) -> String {
+    let mut table = Table::new(vec!["ID", "STATE", "EXIT", "ATTEMPTS", "AGE", "COMMAND"]);
+    for job in jobs {
+        let command = job.spec.as_ref().map_or("", |spec| spec.command.as_str());
+        table.push(vec![
+            job.id.clone(),
+            job_state_name(job.state).to_owned(),
+            job.exit_code
+                .map_or_else(|| "-".to_owned(), |c| c.to_string()),
+            job.attempts.to_string(),
+            age_or_dash(now, job.created_at.as_ref()),
+            truncate(command, COMMAND_WIDTH),
+        ]);
+    }
+    table.render()
+}
+
+pub fn workers_table(workers: &[pb::Worker], now: DateTime<Utc>) -> String {
+    let mut table = Table::new(vec![
+        "ID",
+        "PROVIDER",
+        "STATE",
+        "JOB",
+        "JOBS RUN",
+        "AGE",
+        "HEARTBEAT",
+        "REASON",
+    ]);
+    for worker in workers {
+        table.push(vec![
+            worker.id.clone(),
+            worker.provider.clone(),
+            worker_state_name(worker.state).to_owned(),
+            dash_if_empty(&worker.current_job_id),
+            worker.jobs_run.to_string(),
+            age_or_dash(now, worker.created_at.as_ref()),
+            instant(worker.last_heartbeat_at.as_ref())
+                .map_or_else(|| "-".to_owned(), |t| format!("{} ago", age(now, t))),
+            truncate(&worker.reason, REASON_WIDTH),
+        ]);
+    }
+    table.render()
+}
+
+/// A key/value block with everything known about one job, attempt history last.
+pub fn job_details(job: &pb::Job, now: DateTime<Utc>) -> String {
+    let spec = job.spec.clone().unwrap_or_default();
+    let mut block = Block::default();
+    block.field("ID", &job.id);
+    block.field("State", job_state_name(job.state));
+    if let Some(code) = job.exit_code {
+        block.field("Exit code", &code.to_string());
+    }
+    if !job.reason.is_empty() {
+        block.field("Reason", &job.reason);
+    }
+    block.field("Command", &spec.command);
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.sort();
+    if !env.is_empty() {
+        block.field("Environment", &env.join("\n"));
+    }
+    block.field(
+        "Timeout",
+        &spec.timeout_seconds.map_or_else(
+            || "server default".to_owned(),
+            |s| format_seconds(s.max(0).unsigned_abs()),
+        ),
+    );
+    block.field("Resources", &resources(spec.resources.as_ref()));
+    block.field(
+        "Max attempts",
+        &spec
+            .max_attempts
+            .map_or_else(|| "server default".to_owned(), |n| n.to_string()),
+    );
+    block.field("Attempts", &job.attempts.to_string());
+    if !job.worker_id.is_empty() {
+        block.field("Worker", &job.worker_id);
+    }
+    for (key, ts) in [
+        ("Created", &job.created_at),
+        ("Started", &job.started_at),
+        ("Finished", &job.finished_at),
+    ] {
+        if let Some(t) = instant(ts.as_ref()) {
+            block.field(
+                key,
+                &format!("{} ({} ago)", rfc3339_seconds(t), age(now, t)),
+            );
+        }
+    }
+    if let (Some(start), Some(end)) = (
+        instant(job.started_at.as_ref()),
+        instant(job.finished_at.as_ref()),
+    ) {
+        let seconds = (end - start).num_seconds().max(0).unsigned_abs();
+        block.field("Duration", &format_seconds(seconds));
+    }
+    let mut out = block.0;
+    if !job.attempt_history.is_empty() {
+        out.push_str("Attempt history:\n");
+        for attempt in &job.attempt_history {
+            out.push_str(&attempt_line(attempt));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn attempt_line(attempt: &pb::JobAttempt) -> String {
+    let when = |ts: &Option<hodei_proto::Timestamp>| {
+        instant(ts.as_ref()).map_or_else(|| "-".to_owned(), rfc3339_seconds)
+    };
+    let mut line = format!(
+        "  #{}  worker {}  {} → {}  {}",
+        attempt.attempt,
+        dash_if_empty(&attempt.worker_id),
+        when(&attempt.started_at),
+        when(&attempt.finished_at),
+        if attempt.outcome.is_empty() {
+            "in progress"
+        } else {
+            &attempt.outcome
+        },
+    );
+    if !attempt.reason.is_empty() {
+        let _ = write!(line, ": {}", attempt.reason);
+    }
+    line
+}
+
+fn resources(resources: Option<&pb::Resources>) -> String {
+    let resources = resources.cloned().unwrap_or_default();
+    let cpu = match resources.cpu_millis {
+        0 => "no limit".to_owned(),
+        millis => format!("{millis}m"),
+    };
+    let memory = match resources.memory_bytes {
+        0 => "no limit".to_owned(),
+        bytes => format_memory(bytes),
+    };
+    format!("cpu {cpu}, memory {memory}")
+}
+
+fn age_or_dash(now: DateTime<Utc>, ts: Option<&hodei_proto::Timestamp>) -> String {
+    instant(ts).map_or_else(|| "-".to_owned(), |t| age(now, t))
+}
+
+fn dash_if_empty(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// `Key:   value` lines with aligned values; continuation lines of a multi-line value are
+/// indented to the value column.
+#[derive(Default)]
+struct Block(String);
+
+impl Block {
+    const KEY_WIDTH: usize = 14;
+
+    fn field(&mut self, key: &str, value: &str) {
+        let mut lines = value.split('\n');
+        let first = lines.next().unwrap_or_default();
+        let label = format!("{key}:");
+        let _ = writeln!(self.0, "{label:<width$}{first}", width = Self::KEY_WIDTH);
+        for line in lines {
+            let _ = writeln!(self.0, "{:width$}{line}", "", width = Self::KEY_WIDTH);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeDelta;
+
+    use super::*;
+
+    fn ts(t: DateTime<Utc>) -> Option<hodei_proto::Timestamp> {
+        Some(hodei_proto::Timestamp {
+            seconds: t.timestamp(),
+            nanos: 0,
+        })
+    }
+
+    #[test]
+    fn the_jobs_table_shows_state_exit_age_and_a_truncated_command() {
+        let now = Utc::now();
+        let long = "x".repeat(100);
+        let jobs = vec![
+            pb::Job {
+                id: "job-1".into(),
+                state: pb::JobState::Failed as i32,
+                exit_code: Some(3),
+                attempts: 1,
+                created_at: ts(now - TimeDelta::seconds(300)),
+                spec: Some(pb::JobSpec {
+                    command: long,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            pb::Job {
+                id: "job-22".into(),
+                state: pb::JobState::Queued as i32,
+                ..Default::default()
+            },
+        ];
+        let rendered = jobs_table(&jobs, now);
+        let lines: Vec<&str> = rendered.lines().collect();
+        assert_eq!(lines[0], "ID      STATE   EXIT  ATTEMPTS  AGE  COMMAND");
+        assert_eq!(
+            lines[1],
+            format!("job-1   failed  3     1         5m   {}…", "x".repeat(59))
+        );
+        assert_eq!(lines[2], "job-22  queued  -     0         -");
+    }
+
+    #[test]
+    fn job_details_include_reason_resources_and_attempt_history() {
+        let now = Utc::now();
+        let job = pb::Job {
+            id: "job-1".into(),
+            state: pb::JobState::TimedOut as i32,
+            reason: "timed out after 1s".into(),
+            attempts: 2,
+            spec: Some(pb::JobSpec {
+                command: "sleep 9\necho done".into(),
+                timeout_seconds: Some(1),
+                resources: Some(pb::Resources {
+                    cpu_millis: 500,
+                    memory_bytes: 512 << 20,
+                }),
+                env: [
+                    ("B".to_owned(), "2".to_owned()),
+                    ("A".to_owned(), "1".to_owned()),
+                ]
+                .into(),
+                ..Default::default()
+            }),
+            attempt_history: vec![pb::JobAttempt {
+                attempt: 1,
+                worker_id: "w-1".into(),
+                outcome: "requeued".into(),
+                reason: "worker lost: no heartbeat for 15s".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let text = job_details(&job, now);
+        assert!(text.contains("State:        timed_out\n"), "{text}");
+        assert!(
+            text.contains("Reason:       timed out after 1s\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Command:      sleep 9\n              echo done\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Environment:  A=1\n              B=2\n"),
+            "{text}"
+        );
+        assert!(text.contains("Timeout:      1s\n"), "{text}");
+        assert!(
+            text.contains("Resources:    cpu 500m, memory 512Mi\n"),
+            "{text}"
+        );
+        assert!(text.contains("Max attempts: server default\n"), "{text}");
+        assert!(
+            text.ends_with(
+                "Attempt history:\n  #1  worker w-1  - → -  requeued: worker lost: no heartbeat \
+                 for 15s\n"
+            ),
+            "{text}"
+        );
+    }
+}
