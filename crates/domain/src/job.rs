@@ -232,12 +232,12 @@ impl JobState {
     /// Whether the state machine allows `self → next`.
     pub const fn can_become(self, next: JobState) -> bool {
         use JobState::*;
-        match (self, next) {
-            (Queued, Assigned | Cancelled) => true,
-            (Assigned, Running | Queued | Failed | Cancelled | TimedOut) => true,
-            (Running, Queued | Succeeded | Failed | Cancelled | TimedOut) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Queued, Assigned | Cancelled)
+                | (Assigned, Running | Queued | Failed | Cancelled | TimedOut)
+                | (Running, Queued | Succeeded | Failed | Cancelled | TimedOut)
+        )
     }
 }
 

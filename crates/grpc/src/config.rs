@@ -1,0 +1,287 @@
+//! Configuration of `hodei-server`, from flags and `HODEI_*` environment variables.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use hodei_grpc::{Settings, TlsFiles};
+use hodei_providers::{
+    WorkerProvider,
+    local::{LocalProvider, LocalProviderConfig},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    /// Workers are child processes on this machine.
+    Local,
+    /// Workers are containers on a Docker engine.
+    Docker,
+    /// Workers are Pods in a Kubernetes namespace.
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Hodei Jobs server: queues jobs in PostgreSQL and runs each on an ephemeral worker.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "hodei-server", version)]
+pub struct Config {
+    /// PostgreSQL URL, e.g. postgres://hodei@localhost/hodei.
+    #[arg(long, env = "HODEI_DATABASE_URL")]
+    pub database_url: String,
+    #[arg(long, env = "HODEI_DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
+    pub database_max_connections: u32,
+    #[arg(long, env = "HODEI_DATABASE_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub database_connect_timeout: Duration,
+
+    /// gRPC listen address; use 0.0.0.0 when workers run in containers or Pods.
+    #[arg(long, env = "HODEI_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+    /// Prometheus /metrics listen address, or "off".
+    #[arg(long, env = "HODEI_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: String,
+    /// Name of this deployment; set as label hodei.io/instance on every worker.
+    #[arg(long, env = "HODEI_INSTANCE", default_value = "default")]
+    pub instance: String,
+
+    #[arg(long, env = "HODEI_PROVIDER", value_enum, default_value_t = ProviderKind::Local)]
+    pub provider: ProviderKind,
+    /// Address workers dial (HODEI_SERVER), e.g. http://10.0.0.1:50051.
+    /// Default: http(s)://<worker-server-host>:<listen port>.
+    #[arg(long, env = "HODEI_WORKER_SERVER_URL")]
+    pub worker_server_url: Option<String>,
+    #[arg(long, env = "HODEI_WORKER_SERVER_HOST", default_value = "127.0.0.1")]
+    pub worker_server_host: String,
+
+    #[arg(long, env = "HODEI_MAX_WORKERS", default_value_t = 10)]
+    pub max_workers: usize,
+    /// Jobs per worker before it is retired; 1 = every job gets a fresh worker.
+    #[arg(long, env = "HODEI_MAX_JOBS_PER_WORKER", default_value_t = 1)]
+    pub max_jobs_per_worker: u32,
+    #[arg(long, env = "HODEI_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    #[arg(long, env = "HODEI_PROVISIONING_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub provisioning_timeout: Duration,
+    #[arg(long, env = "HODEI_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    #[arg(long, env = "HODEI_HEARTBEAT_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
+    /// Between SIGTERM and SIGKILL of a cancelled or timed-out job.
+    #[arg(long, env = "HODEI_KILL_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub kill_grace: Duration,
+    /// On SIGTERM, how long running jobs may finish before they are re-queued.
+    #[arg(long, env = "HODEI_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    #[arg(long, env = "HODEI_ORPHAN_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub orphan_sweep_interval: Duration,
+    #[arg(long, env = "HODEI_DEFAULT_JOB_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub default_job_timeout: Duration,
+
+    /// PEM certificate chain; with --tls-key, serve gRPC over TLS.
+    #[arg(long, env = "HODEI_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long, env = "HODEI_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM of the CA workers must trust (handed to them as HODEI_TLS_CA_PEM).
+    #[arg(long, env = "HODEI_WORKER_CA")]
+    pub worker_ca: Option<PathBuf>,
+
+    /// Local provider: the hodei-worker executable. Default: next to hodei-server, else PATH.
+    #[arg(long, env = "HODEI_WORKER_BINARY")]
+    pub worker_binary: Option<PathBuf>,
+
+    #[arg(long, env = "HODEI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub fn init_tracing(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+    }
+
+    /// The configuration as printed at start-up: the database password is hidden.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        copy.database_url = redact_url(&copy.database_url);
+        copy
+    }
+
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        anyhow::ensure!(self.max_workers > 0, "--max-workers must be at least 1");
+        anyhow::ensure!(
+            self.max_jobs_per_worker > 0,
+            "--max-jobs-per-worker must be at least 1"
+        );
+        anyhow::ensure!(
+            self.heartbeat_timeout > self.heartbeat_interval,
+            "--heartbeat-timeout must be longer than --heartbeat-interval"
+        );
+        anyhow::ensure!(
+            hodei_providers::labels::is_valid_label_value(&self.instance)
+                && !self.instance.is_empty(),
+            "--instance {:?} is not a valid label value (letters, digits, '-', '_', '.', at most 63)",
+            self.instance
+        );
+        let metrics_listen = match self.metrics_listen.as_str() {
+            "off" | "" => None,
+            addr => Some(addr.parse().with_context(|| {
+                format!("--metrics-listen {addr:?} is not an address or \"off\"")
+            })?),
+        };
+        let worker_ca_pem = match &self.worker_ca {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --worker-ca {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let mut settings = Settings {
+            listen: self.listen,
+            metrics_listen,
+            instance: self.instance.clone(),
+            worker_server_url: self.worker_server_url.clone(),
+            worker_server_host: self.worker_server_host.clone(),
+            max_workers: self.max_workers,
+            max_jobs_per_worker: self.max_jobs_per_worker,
+            idle_timeout: self.idle_timeout,
+            provisioning_timeout: self.provisioning_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_timeout: self.heartbeat_timeout,
+            kill_grace: self.kill_grace,
+            shutdown_grace: self.shutdown_grace,
+            orphan_sweep_interval: self.orphan_sweep_interval,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
+            worker_ca_pem,
+            ..Settings::default()
+        };
+        settings.job_limits.default_timeout = self.default_job_timeout;
+        Ok(settings)
+    }
+
+    pub async fn provider(&self) -> anyhow::Result<Arc<dyn WorkerProvider>> {
+        match self.provider {
+            ProviderKind::Local => {
+                let binary = match &self.worker_binary {
+                    Some(path) => path.clone(),
+                    None => default_worker_binary(),
+                };
+                let mut config = LocalProviderConfig::new(binary);
+                config.kill_grace = self.kill_grace;
+                Ok(Arc::new(LocalProvider::new(config)?))
+            }
+            ProviderKind::Docker | ProviderKind::Kubernetes => {
+                anyhow::bail!(
+                    "provider {:?} is not available in this build",
+                    self.provider
+                )
+            }
+        }
+    }
+}
+
+/// `hodei-worker` next to this executable (how releases and `cargo build` lay them out), else
+/// the first one on PATH.
+fn default_worker_binary() -> PathBuf {
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("hodei-worker")));
+    if let Some(sibling) = sibling.filter(|p| p.is_file()) {
+        return sibling;
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join("hodei-worker"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("hodei-worker"))
+}
+
+/// `500ms`, `30s`, `5m`, `1h`, or plain seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (number, unit) = raw
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((raw, "s"), |i| raw.split_at(i));
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration; use e.g. 500ms, 30s, 5m, 1h"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        "h" => Ok(Duration::from_secs(value * 3600)),
+        _ => Err(format!("{raw:?}: unknown unit {unit:?}; use ms, s, m or h")),
+    }
+}
+
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_units_and_refuse_nonsense() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn database_passwords_are_not_printed() {
+        assert_eq!(
+            redact_url("postgres://hodei:s3cret@db:5432/hodei"),
+            "postgres://hodei:***@db:5432/hodei"
+        );
+        assert_eq!(redact_url("postgres://db/hodei"), "postgres://db/hodei");
+    }
+
+    #[test]
+    fn an_invalid_instance_name_is_refused() {
+        let config = Config::parse_from([
+            "hodei-server",
+            "--database-url",
+            "postgres://x/y",
+            "--instance",
+            "not valid/",
+        ]);
+        assert!(
+            config
+                .settings()
+                .unwrap_err()
+                .to_string()
+                .contains("--instance")
+        );
+    }
+}

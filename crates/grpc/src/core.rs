@@ -1,0 +1,115 @@
+//! State shared by the services and background tasks of one server.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use hodei_domain::{Job, JobId, JobState, WorkerId, WorkerState};
+use hodei_providers::WorkerProvider;
+use hodei_store::{RequeueOutcome, Store};
+use tokio::sync::Notify;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{Settings, log_hub::LogHub, metrics::Metrics, registry::Registry};
+
+pub struct Core {
+    pub settings: Settings,
+    pub store: Store,
+    pub provider: Arc<dyn WorkerProvider>,
+    pub registry: Registry,
+    pub hub: Arc<LogHub>,
+    pub metrics: Arc<Metrics>,
+    /// `HODEI_SERVER` for new workers.
+    pub worker_address: String,
+    /// Wakes the dispatcher: a job was queued, a worker became idle or went away.
+    pub dispatch: Notify,
+    /// Set once a graceful shutdown begins: no new jobs are accepted or dispatched.
+    draining: AtomicBool,
+    /// Cancelled to stop every task at once without cleanup (a simulated crash), or at the very
+    /// end of a graceful shutdown.
+    pub kill: CancellationToken,
+    /// Background work (provisioning, destroying) that a graceful shutdown waits for.
+    pub tasks: TaskTracker,
+}
+
+impl Core {
+    pub fn new(
+        settings: Settings,
+        store: Store,
+        provider: Arc<dyn WorkerProvider>,
+        worker_address: String,
+    ) -> Self {
+        Self {
+            settings,
+            store,
+            provider,
+            registry: Registry::default(),
+            hub: Arc::new(LogHub::default()),
+            metrics: Arc::new(Metrics::default()),
+            worker_address,
+            dispatch: Notify::new(),
+            draining: AtomicBool::new(false),
+            kill: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn wake_dispatcher(&self) {
+        self.dispatch.notify_one();
+    }
+
+    /// Records a job reaching a final state: subscribers are told, metrics counted.
+    pub fn job_finished(&self, job: &Job) {
+        debug_assert!(job.state.is_terminal());
+        self.metrics.job_finished(job.state);
+        self.hub.finish(job.id);
+    }
+
+    /// The attempt of `job` on `worker` failed for infrastructure reasons.
+    pub async fn requeue_or_fail(&self, job: JobId, worker: WorkerId, reason: &str) {
+        match self.store.requeue_or_fail(job, worker, reason).await {
+            Ok(RequeueOutcome::Requeued) => {
+                tracing::info!(%job, %worker, reason, "job re-queued");
+                self.wake_dispatcher();
+            }
+            Ok(RequeueOutcome::Failed) => {
+                tracing::warn!(%job, %worker, reason, "job failed: out of attempts");
+                self.metrics.job_finished(JobState::Failed);
+                self.hub.finish(job);
+            }
+            Ok(RequeueOutcome::NotHeld) => {}
+            Err(e) => tracing::error!(%job, %worker, error = %e, "cannot re-queue job"),
+        }
+    }
+
+    /// Removes the worker's resources in the background, then records its end. The worker keeps
+    /// counting against `max_workers` until its resource is really gone.
+    pub fn retire_worker(self: &Arc<Self>, worker: WorkerId, state: WorkerState, reason: String) {
+        debug_assert!(!state.is_alive());
+        self.registry.mark_retiring(worker);
+        let core = self.clone();
+        self.tasks.spawn(async move {
+            let _ = core
+                .store
+                .set_worker_state(worker, WorkerState::Terminating, &reason)
+                .await;
+            if let Err(e) = core.provider.destroy_worker(&worker).await {
+                tracing::warn!(%worker, error = %e, "destroying worker failed; the orphan sweep will retry");
+            }
+            if let Err(e) = core.store.set_worker_state(worker, state, &reason).await {
+                tracing::error!(%worker, error = %e, "cannot record worker state");
+            }
+            core.registry.remove(worker);
+            core.wake_dispatcher();
+        });
+    }
+}

@@ -1,0 +1,171 @@
+//! `LogStreamService`: stored output, and live output as it is produced.
+
+use std::{pin::Pin, sync::Arc};
+
+use futures::Stream;
+use hodei_domain::JobId;
+use hodei_proto::v1::{self as pb, log_stream_service_server::LogStreamService};
+use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    convert::{log_line_to_proto, parse_job_id},
+    core::Core,
+    log_hub::HubEvent,
+    store_status,
+};
+
+pub struct LogsService {
+    core: Arc<Core>,
+}
+
+impl LogsService {
+    pub fn new(core: Arc<Core>) -> Self {
+        Self { core }
+    }
+}
+
+const DEFAULT_PAGE: u32 = 1000;
+const MAX_PAGE: u32 = 10_000;
+/// Lines read from the database per query while catching up.
+const CATCH_UP_PAGE: u32 = 2000;
+/// Lines buffered towards one subscriber.
+const SUBSCRIBER_BUFFER: usize = 1024;
+
+type LogStream = Pin<Box<dyn Stream<Item = Result<pb::LogLine, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl LogStreamService for LogsService {
+    type SubscribeLogsStream = LogStream;
+
+    async fn subscribe_logs(
+        &self,
+        request: Request<pb::SubscribeLogsRequest>,
+    ) -> Result<Response<Self::SubscribeLogsStream>, Status> {
+        let request = request.into_inner();
+        let job = parse_job_id(&request.job_id)?;
+        // Register for live lines *before* looking at the job, so nothing falls in between.
+        let subscription = request.follow.then(|| self.core.hub.subscribe(job));
+        let found = self.core.store.get_job(job).await.map_err(store_status)?;
+        let Some(found) = found else {
+            return Err(Status::not_found(format!("no job {job}")));
+        };
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let follower = Follower {
+            core: self.core.clone(),
+            job,
+            next: request.from_sequence.max(1),
+            tx,
+        };
+        let subscription = subscription.filter(|_| !found.state.is_terminal());
+        tokio::spawn(follower.run(subscription));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_logs(
+        &self,
+        request: Request<pb::GetLogsRequest>,
+    ) -> Result<Response<pb::GetLogsResponse>, Status> {
+        let request = request.into_inner();
+        let job = parse_job_id(&request.job_id)?;
+        let store = &self.core.store;
+        if store.get_job(job).await.map_err(store_status)?.is_none() {
+            return Err(Status::not_found(format!("no job {job}")));
+        }
+        let limit = match request.limit {
+            0 => DEFAULT_PAGE,
+            n => n.min(MAX_PAGE),
+        };
+        let from = request.from_sequence.max(1);
+        let lines = store.logs(job, from, limit).await.map_err(store_status)?;
+        let next_sequence = lines.last().map_or(from, |l| l.sequence + 1);
+        Ok(Response::new(pb::GetLogsResponse {
+            lines: lines.iter().map(log_line_to_proto).collect(),
+            next_sequence,
+        }))
+    }
+}
+
+/// Sends one subscriber its lines: history from the database, then live lines from the hub,
+/// falling back to the database whenever it lags, until the job ends or the client leaves.
+struct Follower {
+    core: Arc<Core>,
+    job: JobId,
+    next: u64,
+    tx: mpsc::Sender<Result<pb::LogLine, Status>>,
+}
+
+/// The client went away.
+struct Gone;
+
+impl Follower {
+    async fn run(mut self, subscription: Option<crate::log_hub::Subscription>) {
+        let _ = self.follow(subscription).await;
+    }
+
+    async fn follow(
+        &mut self,
+        subscription: Option<crate::log_hub::Subscription>,
+    ) -> Result<(), Gone> {
+        self.catch_up().await?;
+        let Some(mut subscription) = subscription else {
+            return Ok(());
+        };
+        loop {
+            let event = tokio::select! {
+                event = subscription.receiver.recv() => event,
+                _ = self.tx.closed() => return Err(Gone),
+                _ = self.core.kill.cancelled() => return Ok(()),
+            };
+            match event {
+                Ok(HubEvent::Lines(lines)) => {
+                    let first = lines.first().map_or(self.next, |l| l.sequence);
+                    if first > self.next {
+                        // Should not happen (lines are published after they are stored), but
+                        // if it does, the database has what we missed.
+                        self.catch_up().await?;
+                    }
+                    for line in lines.iter() {
+                        if line.sequence >= self.next {
+                            self.send(log_line_to_proto(line)).await?;
+                            self.next = line.sequence + 1;
+                        }
+                    }
+                }
+                Ok(HubEvent::Finished) | Err(RecvError::Closed) => return self.catch_up().await,
+                Err(RecvError::Lagged(_)) => self.catch_up().await?,
+            }
+        }
+    }
+
+    /// Sends everything stored from `next` on.
+    async fn catch_up(&mut self) -> Result<(), Gone> {
+        loop {
+            let lines = match self
+                .core
+                .store
+                .logs(self.job, self.next, CATCH_UP_PAGE)
+                .await
+            {
+                Ok(lines) => lines,
+                Err(e) => {
+                    let _ = self.tx.send(Err(store_status(e))).await;
+                    return Err(Gone);
+                }
+            };
+            let full_page = lines.len() == CATCH_UP_PAGE as usize;
+            for line in &lines {
+                self.send(log_line_to_proto(line)).await?;
+                self.next = line.sequence + 1;
+            }
+            if !full_page {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn send(&self, line: pb::LogLine) -> Result<(), Gone> {
+        self.tx.send(Ok(line)).await.map_err(|_| Gone)
+    }
+}

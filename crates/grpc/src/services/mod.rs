@@ -1,0 +1,11 @@
+//! The gRPC services, one file each.
+
+mod agent;
+mod jobs;
+mod logs;
+mod workers;
+
+pub use agent::AgentService;
+pub use jobs::JobsService;
+pub use logs::LogsService;
+pub use workers::WorkersService;

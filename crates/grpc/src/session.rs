@@ -1,0 +1,566 @@
+//! One task per connected worker: the only code that talks to that worker's stream.
+//!
+//! It owns the worker's current job (sequence numbering of its output, cancel and timeout
+//! back-stops) and reacts to three sources: messages from the worker, commands from the rest
+//! of the server (assign, cancel, retire), and its own timers (heartbeat, idle, back-stops).
+//! When it ends, the worker is either retired (it was told to go) or lost, and a held job is
+//! re-queued.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use hodei_domain::{Job, JobId, JobState, LogLine, TerminalOutcome, WorkerId, WorkerState};
+use hodei_proto::v1::{self as pb, server_message, worker_message};
+use hodei_store::NewLogLine;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::{
+    convert::{datetime, stream_from_proto},
+    core::Core,
+};
+
+/// What the rest of the server asks of a session.
+#[derive(Debug)]
+pub enum SessionCommand {
+    Assign(Box<Job>),
+    Cancel {
+        job: JobId,
+        reason: String,
+    },
+    /// Ask the worker to exit; with `now`, its running job is killed.
+    Retire {
+        reason: String,
+        now: bool,
+    },
+}
+
+pub type Outbound = mpsc::Sender<Result<pb::ServerMessage, Status>>;
+
+/// Grace on top of the job's own timeout and kill grace before the server stops trusting the
+/// worker to end the job itself.
+const BACKSTOP_SLACK: Duration = Duration::from_secs(10);
+/// How long a send to the worker may block before the worker is considered stuck.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct CurrentJob {
+    job: Job,
+    next_sequence: u64,
+    cancel_reason: Option<String>,
+    /// When the server gives up waiting for the worker to report.
+    backstop: Option<Instant>,
+}
+
+pub struct Session {
+    core: Arc<Core>,
+    worker: WorkerId,
+    out: Outbound,
+    current: Option<CurrentJob>,
+    jobs_run: u32,
+    retiring: Option<(String, Instant)>,
+    idle_since: Option<Instant>,
+    last_seen: Instant,
+    last_heartbeat_write: Instant,
+}
+
+enum End {
+    Retired(String),
+    Lost(String),
+    /// The server is being killed: leave everything as it is.
+    Killed,
+}
+
+impl Session {
+    pub fn new(core: Arc<Core>, worker: WorkerId, out: Outbound) -> Self {
+        let now = Instant::now();
+        Self {
+            core,
+            worker,
+            out,
+            current: None,
+            jobs_run: 0,
+            retiring: None,
+            idle_since: Some(now),
+            last_seen: now,
+            last_heartbeat_write: now,
+        }
+    }
+
+    /// Runs the session to its end. `bound_job` is the job the worker was provisioned for.
+    pub async fn run(
+        mut self,
+        mut inbound: Streaming<pb::WorkerMessage>,
+        mut commands: mpsc::UnboundedReceiver<SessionCommand>,
+        bound_job: Option<JobId>,
+    ) {
+        let end = match self.expect_ready(&mut inbound).await {
+            Err(end) => {
+                if let (Some(job), End::Lost(reason)) = (bound_job, &end) {
+                    let reason = format!("worker lost: {reason}");
+                    self.core.requeue_or_fail(job, self.worker, &reason).await;
+                }
+                end
+            }
+            Ok(()) => {
+                let assigned = match bound_job {
+                    Some(job) => self.assign_bound(job).await,
+                    None => {
+                        self.core.wake_dispatcher();
+                        Ok(())
+                    }
+                };
+                match assigned {
+                    Ok(()) => self.event_loop(&mut inbound, &mut commands).await,
+                    Err(end) => end,
+                }
+            }
+        };
+        self.finish(end).await;
+    }
+
+    async fn expect_ready(
+        &mut self,
+        inbound: &mut Streaming<pb::WorkerMessage>,
+    ) -> Result<(), End> {
+        let first = tokio::time::timeout(self.core.settings.heartbeat_timeout, inbound.message());
+        match first.await {
+            Ok(Ok(Some(pb::WorkerMessage {
+                msg: Some(worker_message::Msg::Ready(_)),
+            }))) => Ok(()),
+            Ok(Ok(Some(_))) => {
+                let _ = self
+                    .out
+                    .send(Err(Status::invalid_argument(
+                        "the first message on a worker session must be `ready`",
+                    )))
+                    .await;
+                Err(End::Lost(
+                    "protocol violation: first message was not `ready`".into(),
+                ))
+            }
+            Ok(Ok(None)) => Err(End::Lost("stream closed before `ready`".into())),
+            Ok(Err(status)) => Err(End::Lost(format!("stream error before `ready`: {status}"))),
+            Err(_) => Err(End::Lost("no `ready` message in time".into())),
+        }
+    }
+
+    async fn event_loop(
+        &mut self,
+        inbound: &mut Streaming<pb::WorkerMessage>,
+        commands: &mut mpsc::UnboundedReceiver<SessionCommand>,
+    ) -> End {
+        let kill = self.core.kill.clone();
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                _ = kill.cancelled() => return End::Killed,
+                message = inbound.message() => match message {
+                    Ok(Some(message)) => {
+                        self.last_seen = Instant::now();
+                        if let Err(end) = self.on_message(message).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => return self.stream_ended("worker closed its stream"),
+                    Err(status) => {
+                        return self.stream_ended(&format!("stream error: {}", status.message()));
+                    }
+                },
+                Some(command) = commands.recv() => {
+                    if let Err(end) = self.on_command(command).await {
+                        return end;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if let Err(end) = self.on_timer().await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    fn stream_ended(&self, what: &str) -> End {
+        match &self.retiring {
+            Some((reason, _)) => End::Retired(reason.clone()),
+            None => End::Lost(what.to_string()),
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let settings = &self.core.settings;
+        let mut deadline = self.last_seen + settings.heartbeat_timeout;
+        if let Some(idle) = self.idle_since
+            && self.retiring.is_none()
+        {
+            deadline = deadline.min(idle + settings.idle_timeout);
+        }
+        if let Some(backstop) = self.current.as_ref().and_then(|c| c.backstop) {
+            deadline = deadline.min(backstop);
+        }
+        if let Some((_, until)) = &self.retiring {
+            deadline = deadline.min(*until);
+        }
+        deadline
+    }
+
+    async fn on_timer(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        let settings = &self.core.settings;
+        if now >= self.last_seen + settings.heartbeat_timeout {
+            return Err(End::Lost(format!(
+                "no heartbeat for {}s",
+                settings.heartbeat_timeout.as_secs()
+            )));
+        }
+        if let Some((reason, until)) = &self.retiring
+            && now >= *until
+        {
+            return Err(End::Retired(format!(
+                "{reason} (worker did not exit in time)"
+            )));
+        }
+        if let Some(current) = &self.current
+            && current.backstop.is_some_and(|b| now >= b)
+        {
+            let (state, reason) = match &current.cancel_reason {
+                Some(reason) => (
+                    JobState::Cancelled,
+                    format!("cancelled: {reason} (the worker did not confirm; worker destroyed)"),
+                ),
+                None => (
+                    JobState::TimedOut,
+                    format!(
+                        "timed out after {}s (the worker did not stop the job; worker destroyed)",
+                        current.job.spec.timeout.as_secs()
+                    ),
+                ),
+            };
+            let job = current.job.id;
+            self.finish_current(state, None, &reason).await;
+            return Err(End::Retired(format!("job {job} not ended by the worker")));
+        }
+        if self.retiring.is_none()
+            && self
+                .idle_since
+                .is_some_and(|idle| now >= idle + settings.idle_timeout)
+        {
+            self.retire("idle timeout", false).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_command(&mut self, command: SessionCommand) -> Result<(), End> {
+        match command {
+            SessionCommand::Assign(job) => self.assign(*job).await,
+            SessionCommand::Cancel { job, reason } => {
+                let Some(current) = self.current.as_mut().filter(|c| c.job.id == job) else {
+                    return Ok(());
+                };
+                if current.cancel_reason.is_some() {
+                    return Ok(());
+                }
+                current.cancel_reason = Some(reason.clone());
+                current.backstop =
+                    Some(Instant::now() + self.core.settings.kill_grace + BACKSTOP_SLACK);
+                self.send(server_message::Msg::Cancel(pb::CancelJob {
+                    job_id: job.to_string(),
+                    reason,
+                }))
+                .await
+            }
+            SessionCommand::Retire { reason, now } => self.retire(&reason, now).await,
+        }
+    }
+
+    async fn retire(&mut self, reason: &str, now: bool) -> Result<(), End> {
+        if self.retiring.is_some() {
+            return Ok(());
+        }
+        let grace = self.core.settings.kill_grace + BACKSTOP_SLACK;
+        self.retiring = Some((reason.to_string(), Instant::now() + grace));
+        self.core.registry.mark_retiring(self.worker);
+        self.send(server_message::Msg::Shutdown(pb::Shutdown {
+            reason: reason.to_string(),
+            now,
+        }))
+        .await
+    }
+
+    /// Sends the job the worker was provisioned for (already claimed for it in the database).
+    async fn assign_bound(&mut self, job: JobId) -> Result<(), End> {
+        match self.core.store.get_job(job).await {
+            Ok(Some(job))
+                if job.state == JobState::Assigned && job.worker_id == Some(self.worker) =>
+            {
+                self.assign(job).await
+            }
+            // Cancelled (or otherwise taken) while the worker was starting.
+            Ok(_) => {
+                self.core.registry.mark_idle(self.worker);
+                self.core.wake_dispatcher();
+                Ok(())
+            }
+            Err(e) => {
+                let reason = format!("database error: {e}");
+                self.core.requeue_or_fail(job, self.worker, &reason).await;
+                self.core.registry.mark_idle(self.worker);
+                Ok(())
+            }
+        }
+    }
+
+    async fn assign(&mut self, job: Job) -> Result<(), End> {
+        if let Some(current) = &self.current {
+            tracing::error!(worker = %self.worker, current = %current.job.id, new = %job.id,
+                "refusing to assign a second job to a busy worker");
+            self.core
+                .requeue_or_fail(job.id, self.worker, "internal: worker was busy")
+                .await;
+            return Ok(());
+        }
+        let store = &self.core.store;
+        let next_sequence = match store.last_log_sequence(job.id).await {
+            Ok(last) => last + 1,
+            Err(e) => {
+                self.core
+                    .requeue_or_fail(job.id, self.worker, &format!("database error: {e}"))
+                    .await;
+                self.core.registry.mark_idle(self.worker);
+                return Ok(());
+            }
+        };
+        if let Err(e) = store.mark_worker_busy(self.worker, job.id).await {
+            tracing::warn!(worker = %self.worker, error = %e, "cannot record worker as busy");
+        }
+        let message = pb::AssignJob {
+            job_id: job.id.to_string(),
+            attempt: job.attempts,
+            command: job.spec.command.clone(),
+            env: job.spec.env.clone().into_iter().collect(),
+            timeout_seconds: job.spec.timeout.as_secs(),
+            kill_grace_ms: u32::try_from(self.core.settings.kill_grace.as_millis())
+                .unwrap_or(u32::MAX),
+        };
+        self.idle_since = None;
+        // Until the worker reports the start, the back-stop covers a worker that never does.
+        let backstop =
+            Instant::now() + job.spec.timeout + self.core.settings.kill_grace + BACKSTOP_SLACK;
+        tracing::info!(worker = %self.worker, job = %job.id, attempt = job.attempts, "job assigned");
+        self.current = Some(CurrentJob {
+            job,
+            next_sequence,
+            cancel_reason: None,
+            backstop: Some(backstop),
+        });
+        self.send(server_message::Msg::Assign(message)).await
+    }
+
+    async fn on_message(&mut self, message: pb::WorkerMessage) -> Result<(), End> {
+        let Some(message) = message.msg else {
+            return Ok(());
+        };
+        match message {
+            worker_message::Msg::Ready(_) => Ok(()),
+            worker_message::Msg::Heartbeat(_) => {
+                let interval = self.core.settings.heartbeat_interval;
+                if self.last_heartbeat_write.elapsed() >= interval {
+                    self.last_heartbeat_write = Instant::now();
+                    if let Err(e) = self.core.store.record_heartbeat(self.worker).await {
+                        tracing::warn!(worker = %self.worker, error = %e, "cannot record heartbeat");
+                    }
+                }
+                Ok(())
+            }
+            worker_message::Msg::JobStarted(started) => self.on_started(started).await,
+            worker_message::Msg::Logs(batch) => self.on_logs(batch).await,
+            worker_message::Msg::JobFinished(finished) => self.on_finished(finished).await,
+        }
+    }
+
+    fn current_for(&mut self, job_id: &str) -> Option<&mut CurrentJob> {
+        self.current
+            .as_mut()
+            .filter(|c| c.job.id.to_string() == job_id)
+    }
+
+    async fn on_started(&mut self, started: pb::JobStarted) -> Result<(), End> {
+        let worker = self.worker;
+        let kill_grace = self.core.settings.kill_grace;
+        let Some(current) = self.current_for(&started.job_id) else {
+            tracing::warn!(%worker, job = started.job_id, "start reported for a job the worker does not hold");
+            return Ok(());
+        };
+        let job = current.job.id;
+        let created = current.job.created_at;
+        if current.cancel_reason.is_none() {
+            current.backstop =
+                Some(Instant::now() + current.job.spec.timeout + kill_grace + BACKSTOP_SLACK);
+        }
+        match self.core.store.mark_job_running(job, worker).await {
+            Ok(true) => {
+                let waited = (Utc::now() - created).to_std().unwrap_or_default();
+                self.core
+                    .metrics
+                    .dispatch_seconds
+                    .observe(waited.as_secs_f64());
+                tracing::info!(%worker, %job, pid = started.pid, "job started");
+            }
+            Ok(false) => {
+                tracing::warn!(%worker, %job, "job was no longer assigned when it started")
+            }
+            Err(e) => tracing::error!(%worker, %job, error = %e, "cannot record job start"),
+        }
+        Ok(())
+    }
+
+    async fn on_logs(&mut self, batch: pb::LogBatch) -> Result<(), End> {
+        let worker = self.worker;
+        let Some(current) = self.current_for(&batch.job_id) else {
+            tracing::warn!(%worker, job = batch.job_id, "output for a job the worker does not hold; dropped");
+            return Ok(());
+        };
+        if batch.lines.is_empty() {
+            return Ok(());
+        }
+        let job = current.job.id;
+        let now = Utc::now();
+        let first = current.next_sequence;
+        let lines: Vec<NewLogLine> = batch
+            .lines
+            .into_iter()
+            .enumerate()
+            .map(|(i, chunk)| NewLogLine {
+                sequence: first + i as u64,
+                stream: stream_from_proto(chunk.stream),
+                data: chunk.data,
+                emitted_at: datetime(chunk.emitted_at.as_ref()).unwrap_or(now),
+            })
+            .collect();
+        current.next_sequence += lines.len() as u64;
+        if let Err(e) = self.core.store.append_logs(job, &lines).await {
+            // Losing output silently would be worse than losing the attempt: re-queue it.
+            return Err(End::Lost(format!(
+                "cannot persist output of job {job}: {e}"
+            )));
+        }
+        self.core.metrics.log_lines.inc_by(lines.len() as u64);
+        let published: Arc<[LogLine]> = lines
+            .into_iter()
+            .map(|line| LogLine {
+                job_id: job,
+                sequence: line.sequence,
+                stream: line.stream,
+                data: line.data,
+                emitted_at: line.emitted_at,
+            })
+            .collect();
+        self.core.hub.publish(job, published);
+        Ok(())
+    }
+
+    async fn on_finished(&mut self, finished: pb::JobFinished) -> Result<(), End> {
+        let worker = self.worker;
+        let Some(current) = self.current_for(&finished.job_id) else {
+            tracing::warn!(%worker, job = finished.job_id, "finish reported for a job the worker does not hold");
+            return Ok(());
+        };
+        let outcome = match pb::JobOutcome::try_from(finished.outcome) {
+            Ok(pb::JobOutcome::Exited) => TerminalOutcome::Exited {
+                exit_code: finished.exit_code.unwrap_or(-1),
+            },
+            Ok(pb::JobOutcome::Cancelled) => TerminalOutcome::Cancelled {
+                exit_code: finished.exit_code,
+                reason: current
+                    .cancel_reason
+                    .clone()
+                    .unwrap_or_else(|| finished.message.clone()),
+            },
+            Ok(pb::JobOutcome::TimedOut) => TerminalOutcome::TimedOut {
+                exit_code: finished.exit_code,
+            },
+            Ok(pb::JobOutcome::SpawnFailed) => TerminalOutcome::SpawnFailed {
+                message: finished.message.clone(),
+            },
+            Ok(pb::JobOutcome::Unspecified) | Err(_) => TerminalOutcome::SpawnFailed {
+                message: format!("worker reported an unknown outcome {}", finished.outcome),
+            },
+        };
+        let reason = outcome.reason(current.job.spec.timeout);
+        self.finish_current(outcome.state(), outcome.exit_code(), &reason)
+            .await;
+        self.after_job().await
+    }
+
+    /// Records the current job's final state and forgets it.
+    async fn finish_current(&mut self, state: JobState, exit_code: Option<i32>, reason: &str) {
+        let Some(current) = self.current.take() else {
+            return;
+        };
+        let job = current.job.id;
+        match self
+            .core
+            .store
+            .finish_job(job, self.worker, state, exit_code, reason)
+            .await
+        {
+            Ok(Some(job)) => {
+                tracing::info!(worker = %self.worker, job = %job.id, state = %job.state, ?exit_code, "job finished");
+                self.core.job_finished(&job);
+            }
+            Ok(None) => tracing::info!(worker = %self.worker, %job, "job already ended elsewhere"),
+            Err(e) => {
+                tracing::error!(worker = %self.worker, %job, error = %e, "cannot record job end")
+            }
+        }
+        self.jobs_run += 1;
+    }
+
+    async fn after_job(&mut self) -> Result<(), End> {
+        if let Err(e) = self.core.store.mark_worker_idle(self.worker).await {
+            tracing::warn!(worker = %self.worker, error = %e, "cannot record worker as idle");
+        }
+        if self.jobs_run >= self.core.settings.max_jobs_per_worker {
+            return self.retire("ran its maximum number of jobs", false).await;
+        }
+        if self.core.is_draining() {
+            return self.retire("server shutting down", false).await;
+        }
+        self.idle_since = Some(Instant::now());
+        self.core.registry.mark_idle(self.worker);
+        self.core.wake_dispatcher();
+        Ok(())
+    }
+
+    async fn send(&self, message: server_message::Msg) -> Result<(), End> {
+        let message = pb::ServerMessage { msg: Some(message) };
+        match tokio::time::timeout(SEND_TIMEOUT, self.out.send(Ok(message))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Lost("worker stream closed".into())),
+            Err(_) => Err(End::Lost("worker does not read its stream".into())),
+        }
+    }
+
+    async fn finish(mut self, end: End) {
+        let worker = self.worker;
+        let (state, reason) = match end {
+            End::Killed => return,
+            End::Retired(reason) => (WorkerState::Terminated, reason),
+            End::Lost(reason) => (WorkerState::Lost, format!("worker lost: {reason}")),
+        };
+        if state == WorkerState::Lost {
+            tracing::warn!(%worker, reason, "worker lost");
+        } else {
+            tracing::info!(%worker, reason, "worker retired");
+        }
+        if let Some(current) = self.current.take() {
+            self.core
+                .requeue_or_fail(current.job.id, worker, &reason)
+                .await;
+        }
+        self.core.retire_worker(worker, state, reason);
+    }
+}

@@ -1,0 +1,96 @@
+//! How the server behaves, independent of where the values come from (flags, env, tests).
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use hodei_domain::JobSpecLimits;
+
+/// Server behaviour. `Default` gives the production defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// gRPC listen address. Bind `0.0.0.0` when workers run in containers or Pods.
+    pub listen: SocketAddr,
+    /// Prometheus `/metrics` listen address; None disables the endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Value of the `hodei.io/instance` label on everything this server creates. The reaper
+    /// only removes resources of its own instance.
+    pub instance: String,
+    /// The address workers dial (`HODEI_SERVER`). None: `<scheme>://<worker_host>:<bound port>`.
+    pub worker_server_url: Option<String>,
+    /// Host part used when `worker_server_url` is None.
+    pub worker_server_host: String,
+    /// At most this many workers alive at once (provisioning, connected or terminating).
+    pub max_workers: usize,
+    /// Jobs a worker runs before it is retired; 1 makes every worker strictly ephemeral.
+    pub max_jobs_per_worker: u32,
+    /// An idle worker is retired after this long without a job.
+    pub idle_timeout: Duration,
+    /// A worker that has not registered by then is failed, and its job re-queued.
+    pub provisioning_timeout: Duration,
+    /// How often the provider is asked about workers that have not registered yet.
+    pub provisioning_poll_interval: Duration,
+    pub heartbeat_interval: Duration,
+    /// A connected worker silent for this long is lost.
+    pub heartbeat_timeout: Duration,
+    /// SIGTERM → SIGKILL grace for a job's process group.
+    pub kill_grace: Duration,
+    /// On shutdown, how long running jobs may finish before they are re-queued.
+    pub shutdown_grace: Duration,
+    /// How often resources unknown to the database are looked for (also at start-up).
+    pub orphan_sweep_interval: Duration,
+    pub job_limits: JobSpecLimits,
+    pub tls: Option<TlsFiles>,
+    /// PEM of the CA workers should trust (passed as `HODEI_TLS_CA_PEM`).
+    pub worker_ca_pem: Option<String>,
+    /// Largest gRPC message accepted.
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
+            instance: "default".into(),
+            worker_server_url: None,
+            worker_server_host: "127.0.0.1".into(),
+            max_workers: 10,
+            max_jobs_per_worker: 1,
+            idle_timeout: Duration::from_secs(60),
+            provisioning_timeout: Duration::from_secs(120),
+            provisioning_poll_interval: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(20),
+            kill_grace: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            orphan_sweep_interval: Duration::from_secs(30),
+            job_limits: JobSpecLimits::default(),
+            tls: None,
+            worker_ca_pem: None,
+            max_message_bytes: 4 << 20,
+        }
+    }
+}
+
+impl Settings {
+    /// The `HODEI_SERVER` value for workers, given the port the server actually bound.
+    pub fn worker_address(&self, bound_port: u16) -> String {
+        match &self.worker_server_url {
+            Some(url) => url.clone(),
+            None => {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                let host = &self.worker_server_host;
+                if host.contains(':') && !host.starts_with('[') {
+                    format!("{scheme}://[{host}]:{bound_port}")
+                } else {
+                    format!("{scheme}://{host}:{bound_port}")
+                }
+            }
+        }
+    }
+}

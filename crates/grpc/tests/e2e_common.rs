@@ -1,0 +1,379 @@
+//! The harness shared by the E2E suites (local processes, Docker, Kubernetes).
+//!
+//! Each test gets its own PostgreSQL database ([`TestDatabase`]), an in-process `hodei-server`
+//! on a random port with the provider under test, and gRPC clients. Every wait has a deadline
+//! and says what it waited for when it expires.
+#![allow(dead_code)] // each suite uses a different part of the harness
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use hodei_grpc::{RunningServer, Settings};
+use hodei_proto::v1::{
+    self as pb, job_service_client::JobServiceClient,
+    log_stream_service_client::LogStreamServiceClient,
+    worker_agent_service_client::WorkerAgentServiceClient,
+    worker_query_service_client::WorkerQueryServiceClient,
+};
+use hodei_providers::{
+    WorkerProvider,
+    local::{LocalProvider, LocalProviderConfig},
+};
+use hodei_store::Store;
+use hodei_testkit::{Probe, TestDatabase, wait_for};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+
+pub use hodei_testkit::init_tracing;
+
+/// A server under test with its database and provider.
+pub struct TestServer {
+    pub db: TestDatabase,
+    /// Direct database access, for assertions on what is stored.
+    pub store: Store,
+    pub provider: Arc<dyn WorkerProvider>,
+    pub settings: Settings,
+    server: Option<RunningServer>,
+    url: String,
+    client_tls: Option<ClientTlsConfig>,
+}
+
+/// Settings for tests: random ports, short timers, an instance name of its own.
+pub fn test_settings() -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().expect("static address"),
+        metrics_listen: Some("127.0.0.1:0".parse().expect("static address")),
+        instance: format!("t-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+        max_workers: 4,
+        max_jobs_per_worker: 1,
+        idle_timeout: Duration::from_secs(10),
+        provisioning_timeout: Duration::from_secs(30),
+        provisioning_poll_interval: Duration::from_millis(200),
+        heartbeat_interval: Duration::from_millis(500),
+        heartbeat_timeout: Duration::from_secs(3),
+        kill_grace: Duration::from_secs(1),
+        shutdown_grace: Duration::from_secs(10),
+        orphan_sweep_interval: Duration::from_secs(2),
+        ..Settings::default()
+    }
+}
+
+pub fn local_provider() -> anyhow::Result<Arc<dyn WorkerProvider>> {
+    let mut config = LocalProviderConfig::new(hodei_testkit::worker_binary()?);
+    config.kill_grace = Duration::from_secs(2);
+    Ok(Arc::new(LocalProvider::new(config)?))
+}
+
+impl TestServer {
+    /// A server with the local provider; `tweak` adjusts the test settings.
+    pub async fn local(tweak: impl FnOnce(&mut Settings)) -> anyhow::Result<Self> {
+        let mut settings = test_settings();
+        tweak(&mut settings);
+        Self::start(settings, local_provider()?).await
+    }
+
+    pub async fn start(
+        settings: Settings,
+        provider: Arc<dyn WorkerProvider>,
+    ) -> anyhow::Result<Self> {
+        init_tracing();
+        let db = TestDatabase::create().await?;
+        let store = Store::connect(db.url(), 10, Duration::from_secs(30)).await?;
+        let mut this = Self {
+            db,
+            store,
+            provider,
+            settings,
+            server: None,
+            url: String::new(),
+            client_tls: None,
+        };
+        this.boot().await?;
+        Ok(this)
+    }
+
+    /// Trust `ca_pem` and expect the server under `domain` when connecting clients.
+    pub fn use_client_tls(&mut self, ca_pem: &str, domain: &str) {
+        self.client_tls = Some(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca_pem))
+                .domain_name(domain),
+        );
+    }
+
+    async fn boot(&mut self) -> anyhow::Result<()> {
+        let store = Store::connect(self.db.url(), 20, Duration::from_secs(30)).await?;
+        let server = hodei_grpc::start(self.settings.clone(), store, self.provider.clone()).await?;
+        let scheme = if self.settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        self.url = format!("{scheme}://127.0.0.1:{}", server.addr().port());
+        // Later starts (restarts) must come back on the same port: workers and clients know it.
+        self.settings.listen = server.addr();
+        if let Some(addr) = server.metrics_addr() {
+            self.settings.metrics_listen = Some(addr);
+        }
+        self.server = Some(server);
+        Ok(())
+    }
+
+    pub fn server(&self) -> &RunningServer {
+        self.server.as_ref().expect("server is running")
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Graceful shutdown, then a new server on the same database, port and instance.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await?;
+        }
+        self.boot().await
+    }
+
+    /// Everything stops at once, as in a crash, then a new server starts on the same database.
+    pub async fn crash_and_restart(&mut self) -> anyhow::Result<()> {
+        if let Some(server) = self.server.take() {
+            server.kill().await;
+        }
+        self.boot().await
+    }
+
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        match self.server.take() {
+            Some(server) => server.shutdown().await,
+            None => Ok(()),
+        }
+    }
+
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        let mut endpoint =
+            Channel::from_shared(self.url.clone())?.connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = &self.client_tls {
+            endpoint = endpoint.tls_config(tls.clone())?;
+        }
+        endpoint
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", self.url))
+    }
+
+    pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+        Ok(JobServiceClient::new(self.channel().await?))
+    }
+
+    pub async fn logs(&self) -> anyhow::Result<LogStreamServiceClient<Channel>> {
+        Ok(LogStreamServiceClient::new(self.channel().await?))
+    }
+
+    pub async fn workers(&self) -> anyhow::Result<WorkerQueryServiceClient<Channel>> {
+        Ok(WorkerQueryServiceClient::new(self.channel().await?))
+    }
+
+    pub async fn agent(&self) -> anyhow::Result<WorkerAgentServiceClient<Channel>> {
+        Ok(WorkerAgentServiceClient::new(self.channel().await?))
+    }
+
+    /// Queues `command` with the given timeout and returns the job id.
+    pub async fn queue(&self, command: &str) -> anyhow::Result<String> {
+        self.queue_spec(spec(command)).await
+    }
+
+    pub async fn queue_spec(&self, spec: pb::JobSpec) -> anyhow::Result<String> {
+        let response = self
+            .jobs()
+            .await?
+            .queue_job(pb::QueueJobRequest { spec: Some(spec) })
+            .await?
+            .into_inner();
+        Ok(response.job.context("QueueJob returned no job")?.id)
+    }
+
+    pub async fn get_job(&self, id: &str) -> anyhow::Result<pb::Job> {
+        Ok(self
+            .jobs()
+            .await?
+            .get_job(pb::GetJobRequest { job_id: id.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// Waits until the job is in a final state and returns it.
+    pub async fn wait_finished(&self, id: &str, timeout: Duration) -> anyhow::Result<pb::Job> {
+        self.wait_job(id, "a final state", timeout, |job| is_final(job.state))
+            .await
+    }
+
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&pb::Job) -> bool,
+    ) -> anyhow::Result<pb::Job> {
+        let client = self.jobs().await?;
+        let done = &done;
+        wait_for(&format!("job {id} to reach {what}"), timeout, || {
+            let mut client = client.clone();
+            async move {
+                let job = client
+                    .get_job(pb::GetJobRequest { job_id: id.into() })
+                    .await?
+                    .into_inner();
+                Ok(if done(&job) {
+                    Probe::Ready(job)
+                } else {
+                    Probe::Pending(describe(&job))
+                })
+            }
+        })
+        .await
+    }
+
+    /// Follows the job's output from the start until the stream ends (the job finished).
+    pub async fn follow_logs(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<pb::LogLine>> {
+        let mut stream = self
+            .logs()
+            .await?
+            .subscribe_logs(pb::SubscribeLogsRequest {
+                job_id: id.into(),
+                from_sequence: 1,
+                follow: true,
+            })
+            .await?
+            .into_inner();
+        let mut lines = Vec::new();
+        let collect = async {
+            while let Some(line) = stream.message().await? {
+                lines.push(line);
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(timeout, collect)
+            .await
+            .with_context(|| {
+                format!("the log stream of job {id} did not end within {timeout:?}")
+            })??;
+        Ok(lines)
+    }
+
+    /// Rows of `workers` for this instance, for assertions.
+    pub async fn worker_rows(&self) -> anyhow::Result<Vec<(String, String, String)>> {
+        let rows: Vec<(uuid::Uuid, String, String)> = sqlx::query_as(
+            "SELECT id, state, reason FROM workers WHERE instance = $1 ORDER BY created_at",
+        )
+        .bind(&self.settings.instance)
+        .fetch_all(self.store.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, state, reason)| (id.to_string(), state, reason))
+            .collect())
+    }
+
+    /// Waits until no worker of this instance is alive, neither in the server, nor in the
+    /// database, nor at the provider.
+    pub async fn wait_no_workers(&self, timeout: Duration) -> anyhow::Result<()> {
+        wait_for("every worker to be gone", timeout, || async {
+            let in_server = self.server().alive_workers();
+            let at_provider = self.provider.list_managed(&self.settings.instance).await?;
+            let alive_rows: Vec<_> = self
+                .worker_rows()
+                .await?
+                .into_iter()
+                .filter(|(_, state, _)| {
+                    matches!(
+                        state.as_str(),
+                        "provisioning" | "idle" | "busy" | "terminating"
+                    )
+                })
+                .collect();
+            Ok(
+                if in_server == 0 && at_provider.is_empty() && alive_rows.is_empty() {
+                    Probe::Ready(())
+                } else {
+                    Probe::Pending(format!(
+                        "{in_server} in the server, {} at the provider, alive rows {alive_rows:?}",
+                        at_provider.len()
+                    ))
+                },
+            )
+        })
+        .await
+    }
+
+    /// The text of `/metrics`.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self
+            .server()
+            .metrics_addr()
+            .context("metrics are disabled")?;
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        anyhow::ensure!(
+            response.starts_with("HTTP/1.1 200"),
+            "metrics answered: {response}"
+        );
+        Ok(response)
+    }
+}
+
+/// A spec with a 60 s timeout.
+pub fn spec(command: &str) -> pb::JobSpec {
+    pb::JobSpec {
+        command: command.into(),
+        timeout_seconds: Some(60),
+        ..Default::default()
+    }
+}
+
+pub fn is_final(state: i32) -> bool {
+    matches!(
+        pb::JobState::try_from(state),
+        Ok(pb::JobState::Succeeded
+            | pb::JobState::Failed
+            | pb::JobState::Cancelled
+            | pb::JobState::TimedOut)
+    )
+}
+
+pub fn state_of(job: &pb::Job) -> pb::JobState {
+    pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified)
+}
+
+pub fn describe(job: &pb::Job) -> String {
+    format!(
+        "{:?} (exit {:?}, attempts {}, reason {:?})",
+        state_of(job),
+        job.exit_code,
+        job.attempts,
+        job.reason
+    )
+}
+
+/// The text of each line, lossily decoded.
+pub fn texts(lines: &[pb::LogLine]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| String::from_utf8_lossy(&l.data).into_owned())
+        .collect()
+}
+
+/// Sequence numbers must be 1, 2, 3, ... without gap or duplicate.
+pub fn assert_contiguous(lines: &[pb::LogLine]) {
+    let sequences: Vec<u64> = lines.iter().map(|l| l.sequence).collect();
+    let expected: Vec<u64> = (1..=lines.len() as u64).collect();
+    assert_eq!(sequences, expected, "sequences have a gap or a duplicate");
+}
