@@ -1,0 +1,127 @@
+# `nix run .#<app>`: thin wrappers that pin tools and versions around the repository's scripts
+# (scripts/e2e/*.sh, scripts/demo.sh), which CI and non-Nix users run directly. No test or
+# cluster logic lives here.
+#
+# Each app is a writeShellApplication (nixpkgs pkgs/build-support/trivial-builders/default.nix:
+# name, text, runtimeInputs, runtimeEnv, meta); its build runs shellcheck on the script, and
+# checks.apps builds them all. The shell is in nix/apps/*.sh, so it can be read and linted
+# as shell.
+#
+# Apps that use the worker image exist on Linux only, like the image.
+{
+  pkgs,
+  self,
+  toolchain,
+  constants,
+  kindNodeImage,
+  workerImage ? null,
+}:
+let
+  inherit (pkgs) lib;
+  inherit (pkgs.stdenv.hostPlatform) isLinux isDarwin;
+
+  # What the scripts call besides the cluster tools: coreutils & co., git (to find the checkout),
+  # curl and jq (health and metrics probes).
+  baseInputs = [
+    pkgs.bash
+    pkgs.coreutils
+    pkgs.findutils
+    pkgs.gnugrep
+    pkgs.gnused
+    pkgs.gawk
+    pkgs.gnutar
+    pkgs.gzip
+    pkgs.git
+    pkgs.curl
+    pkgs.jq
+    pkgs.procps
+  ]
+  ++ lib.optionals isLinux [
+    pkgs.util-linux
+    pkgs.iproute2
+  ];
+
+  # cargo builds and runs the suites from the checkout: the toolchain, a C compiler and linker
+  # (ring builds C and assembly; rustc links with `cc`), nextest, and PostgreSQL for the test
+  # harness's private database.
+  rustInputs = [
+    toolchain
+    pkgs.stdenv.cc
+    pkgs.cargo-nextest
+    pkgs.postgresql
+  ]
+  ++ lib.optionals isDarwin [ pkgs.libiconv ];
+
+  clusterInputs = [
+    pkgs.kind
+    pkgs.kubectl
+    pkgs.docker-client
+  ];
+
+  sharedEnv = {
+    HODEI_NIX_FLAKE_SOURCE = "${self}";
+    HODEI_NIX_PG_BIN = "${lib.getBin pkgs.postgresql}/bin";
+    HODEI_NIX_KIND_CLUSTER_NAME = constants.kindClusterName;
+    HODEI_NIX_KIND_NODE_IMAGE = kindNodeImage;
+    HODEI_NIX_WORKER_IMAGE = "${constants.workerImage.name}:${constants.workerImage.tag}";
+  }
+  // lib.optionalAttrs (workerImage != null) {
+    HODEI_NIX_WORKER_IMAGE_STREAM = "${workerImage}";
+  };
+
+  mkApp =
+    {
+      name,
+      description,
+      runtimeInputs,
+    }:
+    pkgs.writeShellApplication {
+      inherit name runtimeInputs;
+      runtimeEnv = sharedEnv;
+      text = builtins.readFile ./apps/common.sh + "\n" + builtins.readFile (./apps + "/${name}.sh");
+      meta = {
+        inherit description;
+        mainProgram = name;
+      };
+    };
+
+  drvs = {
+    kind-down = mkApp {
+      name = "kind-down";
+      description = "Delete the E2E Kind cluster (scripts/e2e/cleanup-kind.sh)";
+      runtimeInputs = baseInputs ++ clusterInputs;
+    };
+    demo = mkApp {
+      name = "demo";
+      description = "Start a private PostgreSQL and the server, run one job, tear down (scripts/demo.sh)";
+      runtimeInputs = baseInputs ++ rustInputs;
+    };
+  }
+  // lib.optionalAttrs (isLinux && workerImage != null) {
+    e2e-k8s = mkApp {
+      name = "e2e-k8s";
+      description = "Run the Kubernetes E2E suite on a pinned Kind cluster with the Nix-built worker image";
+      runtimeInputs = baseInputs ++ rustInputs ++ clusterInputs;
+    };
+    e2e-docker = mkApp {
+      name = "e2e-docker";
+      description = "Run the Docker provider's E2E suite with the Nix-built worker image";
+      runtimeInputs = baseInputs ++ rustInputs ++ [ pkgs.docker-client ];
+    };
+    kind-up = mkApp {
+      name = "kind-up";
+      description = "Create the E2E Kind cluster from the pinned node image and load the worker image";
+      runtimeInputs = baseInputs ++ clusterInputs;
+    };
+  };
+in
+{
+  inherit drvs;
+
+  # The flake's `apps` schema: type, program, and meta.description (shown by `nix flake show`).
+  apps = lib.mapAttrs (name: drv: {
+    type = "app";
+    program = "${drv}/bin/${name}";
+    meta.description = drv.meta.description;
+  }) drvs;
+}
