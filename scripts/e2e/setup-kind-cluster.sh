@@ -189,6 +189,12 @@ fi
 step "Waiting for the API server and the nodes"
 kctl get --raw /readyz >/dev/null ||
   die "the API server of ${CLUSTER} does not answer; if its node container stopped (e.g. after a Docker restart), delete the cluster with scripts/e2e/cleanup-kind.sh and run this script again"
+# 'kubectl wait --all' fails at once while no node has registered yet, so wait for one first.
+deadline=$((SECONDS + WAIT_SECONDS))
+until [[ -n "$(kctl get nodes -o name 2>/dev/null)" ]]; do
+  ((SECONDS < deadline)) || die "no node registered with the API server of ${CLUSTER} within ${WAIT_SECONDS}s"
+  sleep 2
+done
 kctl wait --for=condition=Ready nodes --all --timeout="${WAIT_SECONDS}s"
 
 step "Applying the test namespace and the provider's RBAC"

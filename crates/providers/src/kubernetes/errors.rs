@@ -14,7 +14,8 @@ pub(super) struct Request<'a> {
     /// Plural resource name as RBAC spells it: `pods`, `secrets`.
     pub resource: &'static str,
     pub name: Option<&'a str>,
-    pub namespace: &'a str,
+    /// None for requests outside any namespace (`GET /version`).
+    pub namespace: Option<&'a str>,
 }
 
 impl fmt::Display for Request<'_> {
@@ -23,7 +24,10 @@ impl fmt::Display for Request<'_> {
         if let Some(name) = self.name {
             write!(f, " {name}")?;
         }
-        write!(f, " in namespace {}", self.namespace)
+        match self.namespace {
+            Some(namespace) => write!(f, " in namespace {namespace}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -53,7 +57,7 @@ pub(super) fn from_kube(err: kube::Error, request: &Request<'_>, api: &str) -> P
         };
     };
     let message = status.message.trim();
-    let namespace = request.namespace;
+    let namespace = request.namespace.unwrap_or("(none)");
     if status.is_forbidden() {
         if message.contains("PodSecurity") {
             return rejected(format!(
@@ -132,7 +136,7 @@ mod tests {
             verb: "create",
             resource: "pods",
             name: Some("hodei-worker-1"),
-            namespace: "hodei-e2e",
+            namespace: Some("hodei-e2e"),
         }
     }
 

@@ -115,7 +115,7 @@ impl KubernetesProvider {
             verb: "get",
             resource: "version",
             name: None,
-            namespace: &self.config.namespace,
+            namespace: None,
         };
         let version = self
             .call(&version_request, self.client.apiserver_version())
@@ -145,7 +145,7 @@ impl KubernetesProvider {
             verb,
             resource,
             name,
-            namespace: &self.config.namespace,
+            namespace: Some(&self.config.namespace),
         }
     }
 
