@@ -28,6 +28,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Address of the Hodei server (http:// or https://)
     #[arg(
@@ -76,7 +77,10 @@ pub enum OutputFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Queue a shell command as a job, print its output as it runs and exit with its exit code
-    #[command(long_about = RUN_LONG_ABOUT)]
+    #[command(
+        long_about = RUN_LONG_ABOUT,
+        override_usage = "hodei run [OPTIONS] [--] <CMD>..."
+    )]
     Run(RunArgs),
     /// List, inspect, cancel jobs and read their logs
     #[command(subcommand)]

@@ -2,7 +2,8 @@
 //!
 //! The generated clients have no `connect` constructor (it would collide with the `Connect`
 //! RPC), so the channel is built here from an [`Endpoint`]: TLS when the URL is `https://`,
-//! a connect timeout, and HTTP/2 keep-alive so a silently dead connection under a long
+//! a connect timeout, a limit on waiting for an answer (a port that accepts connections but
+//! does not speak gRPC), and HTTP/2 keep-alive so a silently dead connection under a long
 //! `--follow` is noticed instead of waiting forever.
 
 use std::{path::PathBuf, time::Duration};
@@ -17,6 +18,9 @@ use crate::error::{CliError, root_cause};
 
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a call may wait for the server's answer to begin. For `SubscribeLogs` that is the
+/// start of the stream, not its end, so following a long job is not cut short.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -68,6 +72,8 @@ impl Clients {
     }
 }
 
+const PEM_MARKER: &[u8] = b"-----BEGIN CERTIFICATE-----";
+
 fn endpoint(options: &ConnectOptions) -> Result<Endpoint, CliError> {
     let url = options.server.as_str();
     let https = if url.starts_with("https://") {
@@ -83,9 +89,9 @@ fn endpoint(options: &ConnectOptions) -> Result<Endpoint, CliError> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|err| CliError::Usage(format!("the server URL {url:?} is not valid: {err}")))?
         .connect_timeout(options.connect_timeout)
+        .timeout(ANSWER_TIMEOUT)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
-        .keep_alive_while_idle(true);
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
 
     match (&options.tls_ca, https) {
         (Some(path), false) => Err(CliError::Usage(format!(
@@ -100,6 +106,15 @@ fn endpoint(options: &ConnectOptions) -> Result<Endpoint, CliError> {
                         path: path.clone(),
                         source,
                     })?;
+                    // Checked here because rustls would only say "no certificates" at connect.
+                    if !pem.windows(PEM_MARKER.len()).any(|w| w == PEM_MARKER) {
+                        return Err(CliError::ReadCa {
+                            path: path.clone(),
+                            source: std::io::Error::other(
+                                "it holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                            ),
+                        });
+                    }
                     ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem))
                 }
                 None => ClientTlsConfig::new().with_native_roots(),
@@ -134,6 +149,15 @@ mod tests {
     fn a_ca_with_plain_http_is_a_usage_error() {
         let err = endpoint(&options("http://h:1", Some("/ca.pem"))).unwrap_err();
         assert!(matches!(err, CliError::Usage(_)), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_before_connecting() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(file.path(), "not a certificate").expect("write");
+        let path = file.path().to_str().expect("utf-8");
+        let err = endpoint(&options("https://h:1", Some(path))).unwrap_err();
+        assert!(err.to_string().contains("no PEM certificate"), "{err}");
     }
 
     #[test]

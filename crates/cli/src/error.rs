@@ -50,6 +50,15 @@ impl CliError {
     /// An RPC failure: a dropped connection reads like the connect failure, anything else is the
     /// server's own message.
     pub fn from_status(url: &str, status: tonic::Status) -> Self {
+        if is_answer_timeout(&status) {
+            return CliError::Unreachable {
+                url: url.to_owned(),
+                cause: format!(
+                    "no answer within {}s",
+                    crate::connection::ANSWER_TIMEOUT.as_secs()
+                ),
+            };
+        }
         if is_transport_failure(&status) {
             return CliError::Unreachable {
                 url: url.to_owned(),
@@ -72,6 +81,18 @@ impl CliError {
 /// than sent by the server: tonic attaches the transport error as its source.
 pub fn is_transport_failure(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::Unavailable && status.source().is_some()
+}
+
+/// Whether the client gave up waiting for the answer ([`crate::connection::ANSWER_TIMEOUT`]).
+fn is_answer_timeout(status: &tonic::Status) -> bool {
+    let mut source = status.source();
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// The innermost cause of an error chain, which is the specific one ("Connection refused (os

@@ -115,7 +115,7 @@ async fn given_help_when_asked_then_usage_is_printed_and_exit_is_0() {
     assert!(
         outcome
             .stdout()
-            .contains("Usage: hodei run [OPTIONS] <CMD>..."),
+            .contains("Usage: hodei run [OPTIONS] [--] <CMD>..."),
         "{}",
         outcome.stdout()
     );

@@ -301,3 +301,32 @@ async fn given_workers_when_listed_then_all_asks_for_finished_ones_and_json_has_
         .collect();
     assert_eq!(include_finished, [false, true]);
 }
+
+#[tokio::test]
+async fn given_a_closed_stdout_when_logs_are_followed_then_it_stops_quietly_instead_of_following() {
+    let fake = FakeServer::start(vec![]).await;
+    let id = fake.add_job("x", vec![Step::Out(b"a"), Step::WaitForRelease, exits(0)]);
+    let mut child = fake
+        .hodei(&["jobs", "logs", "-f", &id])
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take()); // as `| head -0` does
+
+    let outcome = support::wait(child).await;
+
+    assert_eq!(outcome.code, Some(0));
+    assert_eq!(outcome.stderr, "", "no panic, no complaint");
+    fake.release();
+}
+
+#[tokio::test]
+async fn given_a_closed_stdout_when_jobs_are_listed_then_there_is_no_panic() {
+    let fake = fake_with_three_jobs().await;
+    let mut child = fake.hodei(&["jobs", "list"]).spawn().expect("spawn");
+    drop(child.stdout.take());
+
+    let outcome = support::wait(child).await;
+
+    assert_eq!(outcome.code, Some(0));
+    assert_eq!(outcome.stderr, "");
+}

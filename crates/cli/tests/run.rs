@@ -6,7 +6,7 @@ mod support;
 use std::{process::Stdio, time::Duration};
 
 use hodei_proto::v1 as pb;
-use support::{DEADLINE, FakeServer, Faults, Step, exits, finish, wait};
+use support::{CuttableProxy, DEADLINE, FakeServer, Faults, Step, exits, finish, wait};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test]
@@ -284,6 +284,82 @@ async fn given_a_stream_that_breaks_mid_run_when_run_then_it_resumes_without_dup
         [1, 3],
         "resubscribed from the line after the last one printed"
     );
+}
+
+#[tokio::test]
+async fn given_a_stream_that_ends_before_the_job_when_run_then_it_resubscribes_from_the_next_line()
+{
+    let fake = FakeServer::start(vec![
+        Step::Out(b"1"),
+        Step::Out(b"2"),
+        Step::Sleep(Duration::from_millis(100)),
+        Step::Out(b"3"),
+        exits(0),
+    ])
+    .await;
+    fake.set_faults(Faults {
+        break_first_stream_after: Some(1),
+        end_cleanly: true,
+        ..Faults::default()
+    });
+
+    let outcome = finish(fake.hodei(&["run", "--", "count"])).await;
+
+    assert_eq!(outcome.code, Some(0), "stderr: {}", outcome.stderr);
+    assert_eq!(outcome.stdout(), "1\n2\n3\n");
+    let from: Vec<u64> = fake
+        .subscriptions()
+        .iter()
+        .map(|s| s.from_sequence)
+        .collect();
+    assert_eq!(from, [1, 2]);
+}
+
+#[tokio::test]
+async fn given_the_connection_drops_mid_run_when_run_then_it_reconnects_and_resumes() {
+    let fake = FakeServer::start(vec![
+        Step::Out(b"1"),
+        Step::Out(b"2"),
+        Step::WaitForRelease,
+        Step::Out(b"3"),
+        Step::Err(b"4"),
+        exits(7),
+    ])
+    .await;
+    let proxy = CuttableProxy::start(fake.addr).await;
+    let mut child = support::hodei(&proxy.url, &["run", "--", "work"])
+        .spawn()
+        .expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut printed = String::new();
+    while printed != "1\n2\n" {
+        tokio::time::timeout(DEADLINE, stdout.read_line(&mut printed))
+            .await
+            .expect("in time")
+            .expect("read");
+    }
+
+    proxy.cut();
+    fake.release();
+
+    let mut rest = String::new();
+    tokio::time::timeout(
+        DEADLINE,
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut rest),
+    )
+    .await
+    .expect("in time")
+    .expect("read");
+    let outcome = wait(child).await;
+    assert_eq!(outcome.code, Some(7), "stderr: {}", outcome.stderr);
+    assert_eq!(rest, "3\n");
+    assert_eq!(outcome.stderr, "4\n");
+    let from: Vec<u64> = fake
+        .subscriptions()
+        .iter()
+        .map(|s| s.from_sequence)
+        .collect();
+    assert_eq!(from, [1, 3]);
 }
 
 #[tokio::test]

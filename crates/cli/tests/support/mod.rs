@@ -72,6 +72,9 @@ pub struct Faults {
     /// Every `SubscribeLogs` after the first of a job fails with `Unavailable`, as while a
     /// server restarts.
     pub refuse_resubscriptions: bool,
+    /// The first stream ends normally (no error) where `break_first_stream_after` says, as a
+    /// server or proxy closing streams early would.
+    pub end_cleanly: bool,
 }
 
 #[derive(Default)]
@@ -537,9 +540,11 @@ impl pb::log_stream_service_server::LogStreamService for Shared {
                     }
                 }
                 if break_after.is_some_and(|n| sent >= n) {
-                    let _ = sender
-                        .send(Err(Status::unavailable("connection reset (injected)")))
-                        .await;
+                    if !faults.end_cleanly {
+                        let _ = sender
+                            .send(Err(Status::unavailable("connection reset (injected)")))
+                            .await;
+                    }
                     return;
                 }
                 if finished || !request.follow {
@@ -583,4 +588,48 @@ impl pb::worker_query_service_server::WorkerQueryService for Shared {
 /// Env maps as sorted pairs, for assertions.
 pub fn sorted(env: &std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
     env.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// A TCP proxy in front of the fake whose [`cut`](CuttableProxy::cut) drops every open
+/// connection at once, as a network failure or a server crash does; new connections are still
+/// accepted.
+pub struct CuttableProxy {
+    pub url: String,
+    cut: watch::Sender<u64>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl CuttableProxy {
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (cut, _) = watch::channel(0);
+        let cuts = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut cut = cuts.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                    // Both sockets are dropped here, mid-stream.
+                });
+            }
+        });
+        Self { url, cut, task }
+    }
+
+    pub fn cut(&self) {
+        self.cut.send_modify(|n| *n += 1);
+    }
 }
