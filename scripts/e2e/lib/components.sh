@@ -59,8 +59,9 @@ containerd_up() {
 }
 
 cri_ready() {
-  "${BIN_DIR}/crictl" --runtime-endpoint "unix://${CONTAINERD_SOCKET}" info 2>/dev/null |
-    grep -q '"type": "RuntimeReady"'
+  local status
+  status="$("${BIN_DIR}/crictl" --config "${CONF_DIR}/crictl.yaml" info 2>/dev/null)" || return 1
+  grep -q '"type": "RuntimeReady"' <<<"${status}"
 }
 
 node_ready() {

@@ -112,8 +112,12 @@ import_archive() {
     die "importing ${archive} into containerd failed (see ${LOG_DIR}/containerd.log)"
 }
 
+# Output is captured first: `grep -q` may exit before ctr finishes writing, and the SIGPIPE
+# would fail the pipeline under pipefail.
 image_in_containerd() {
-  ctr_k8s images ls -q | grep -qxF "$1"
+  local images
+  images="$(ctr_k8s images ls -q)" || return 1
+  grep -qxF -- "$1" <<<"${images}"
 }
 
 # Docker names an image `name:tag`; containerd stores it fully qualified.

@@ -37,11 +37,22 @@ spec:
   restartPolicy: Never
   automountServiceAccountToken: false
   terminationGracePeriodSeconds: 1
+  # Pod Security "restricted" (enforced on the test namespace), as the worker Pods run.
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 65532
+    runAsGroup: 65532
+    seccompProfile:
+      type: RuntimeDefault
   containers:
   - name: main
     image: ${image}
     imagePullPolicy: IfNotPresent
     command: ${command_json}
+    securityContext:
+      allowPrivilegeEscalation: false
+      capabilities:
+        drop: ["ALL"]
 EOF
   local phase="" deadline=$((SECONDS + 120))
   while ((SECONDS < deadline)); do
