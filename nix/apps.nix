@@ -20,8 +20,9 @@ let
   inherit (pkgs) lib;
   inherit (pkgs.stdenv.hostPlatform) isLinux isDarwin;
 
-  # What the scripts call besides the cluster tools: coreutils & co., git (to find the checkout),
-  # curl and jq (health and metrics probes).
+  # What the scripts call besides the cluster and Rust tools: coreutils & co., git (also to find
+  # the checkout), curl and jq for HTTP probes and JSON. The host's PATH stays behind these, so a
+  # tool missing here is still found on the host, unpinned.
   baseInputs = [
     pkgs.bash
     pkgs.coreutils
@@ -49,8 +50,7 @@ let
     pkgs.stdenv.cc
     pkgs.cargo-nextest
     pkgs.postgresql
-  ]
-  ++ lib.optionals isDarwin [ pkgs.libiconv ];
+  ];
 
   clusterInputs = [
     pkgs.kind
@@ -67,6 +67,11 @@ let
   }
   // lib.optionalAttrs (workerImage != null) {
     HODEI_NIX_WORKER_IMAGE_STREAM = "${workerImage}";
+  }
+  # Rust's std links libiconv on macOS; outside a Nix build no setup hook passes its -L flag, and
+  # clang reads LIBRARY_PATH.
+  // lib.optionalAttrs isDarwin {
+    LIBRARY_PATH = "${lib.getLib pkgs.libiconv}/lib";
   };
 
   mkApp =

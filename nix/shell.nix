@@ -20,8 +20,10 @@ pkgs.mkShell {
     pkgs.shellcheck
     pkgs.git
     pkgs.jq
-  ]
-  ++ lib.optionals pkgs.stdenv.hostPlatform.isDarwin [ pkgs.libiconv ];
+  ];
+
+  # Rust's std links libiconv on macOS; as a build input its -L flag reaches the linker.
+  buildInputs = lib.optionals pkgs.stdenv.hostPlatform.isDarwin [ pkgs.libiconv ];
 
   # The test harness (crates/testkit/src/postgres.rs) starts a private PostgreSQL from
   # HODEI_PG_BIN before looking at pg_config, /usr/lib/postgresql or PATH: point it at the
