@@ -54,14 +54,14 @@ in
   # The default suite: everything not #[ignore]d. The harness starts a throw-away PostgreSQL from
   # HODEI_PG_BIN in a temporary directory (Unix socket, no TCP port), which the sandbox allows.
   # HODEI_WORKER_BINARY hands the end-to-end tests the worker built by Nix, so the testkit does
-  # not try to run cargo build from inside a test. The `ci` profile (.config/nextest.toml) writes
-  # JUnit, copied to $out.
+  # not try to run cargo build from inside a test. The `ci` profile of .config/nextest.toml, when
+  # that file exists, writes JUnit, copied to $out.
   nextest = craneLib.cargoNextest (
     commonArgs
     // {
       inherit cargoArtifacts;
       cargoExtraArgs = "--locked --workspace";
-      cargoNextestExtraArgs = "--profile ci";
+      cargoNextestExtraArgs = lib.optionalString (builtins.pathExists ../.config/nextest.toml) "--profile ci";
       nativeCheckInputs = [ pkgs.postgresql ];
       HODEI_PG_BIN = "${lib.getBin pkgs.postgresql}/bin";
       HODEI_WORKER_BINARY = lib.getExe rust.hodei-worker;

@@ -57,6 +57,7 @@ let
     inherit (builtins) mapAttrs attrValues;
     optionalAttrs = cond: attrs: if cond then attrs else { };
     optionals = cond: list: if cond then list else [ ];
+    optionalString = cond: string: if cond then string else "";
     getExe =
       drv:
       if drv ? meta.mainProgram then
