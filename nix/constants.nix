@@ -16,7 +16,7 @@
   # Kubernetes 1.34 everywhere (k8s-openapi feature v1_34; the air-gapped cluster builds v1.34.x).
   # Kind supports a node image only with the Kind release it was built for ("best effort" with
   # others: https://kind.sigs.k8s.io/docs/design/node-image), and newer node images can break
-  # older Kind (v0.32.0 added support for containerd's config version 4, which its images use).
+  # older Kind (kind v0.32.0 learned containerd's config version 4, which newer images use).
   # So the image is chosen by the version of the `kind` that nixpkgs ships; an unknown version
   # stops evaluation with a message instead of silently pairing mismatched versions.
   #   0.30.0: v1.34.0 is that release's default image, verified in kind's source at tag v0.30.0,
