@@ -7,6 +7,8 @@ use clap::{Parser, ValueEnum};
 use hodei_grpc::{Settings, TlsFiles};
 use hodei_providers::{
     WorkerProvider,
+    docker::{DockerProvider, DockerProviderConfig},
+    kubernetes::{KubernetesProvider, KubernetesProviderConfig, RestartPolicy},
     local::{LocalProvider, LocalProviderConfig},
 };
 
@@ -93,6 +95,26 @@ pub struct Config {
     /// Local provider: the hodei-worker executable. Default: next to hodei-server, else PATH.
     #[arg(long, env = "HODEI_WORKER_BINARY")]
     pub worker_binary: Option<PathBuf>,
+
+    /// Docker and Kubernetes providers: the worker image (never `:latest`).
+    #[arg(
+        long,
+        env = "HODEI_WORKER_IMAGE",
+        default_value = "hodei-worker:e2e-test"
+    )]
+    pub worker_image: String,
+    /// Docker provider: network for worker containers (default: the engine's default bridge).
+    #[arg(long, env = "HODEI_DOCKER_NETWORK")]
+    pub docker_network: Option<String>,
+    /// Kubernetes provider: namespace of the worker Pods.
+    #[arg(long, env = "HODEI_K8S_NAMESPACE", default_value = "hodei-workers")]
+    pub k8s_namespace: String,
+    /// Kubernetes provider: restartPolicy of worker Pods (Never, OnFailure, Always).
+    #[arg(long, env = "HODEI_K8S_RESTART_POLICY", default_value = "Never")]
+    pub k8s_restart_policy: String,
+    /// Kubernetes provider: service account of worker Pods (its token is never mounted).
+    #[arg(long, env = "HODEI_K8S_SERVICE_ACCOUNT")]
+    pub k8s_service_account: Option<String>,
 
     #[arg(long, env = "HODEI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -187,11 +209,21 @@ impl Config {
                 config.kill_grace = self.kill_grace;
                 Ok(Arc::new(LocalProvider::new(config)?))
             }
-            ProviderKind::Docker | ProviderKind::Kubernetes => {
-                anyhow::bail!(
-                    "provider {:?} is not available in this build",
-                    self.provider
-                )
+            ProviderKind::Docker => {
+                let mut config = DockerProviderConfig::new(&self.worker_image);
+                config.network = self.docker_network.clone();
+                config.stop_grace = self.kill_grace;
+                Ok(Arc::new(DockerProvider::connect(config).await?))
+            }
+            ProviderKind::Kubernetes => {
+                let mut config =
+                    KubernetesProviderConfig::new(&self.k8s_namespace, &self.worker_image);
+                config.restart_policy = self
+                    .k8s_restart_policy
+                    .parse::<RestartPolicy>()
+                    .map_err(|e| anyhow::anyhow!("--k8s-restart-policy: {e}"))?;
+                config.service_account = self.k8s_service_account.clone();
+                Ok(Arc::new(KubernetesProvider::connect(config).await?))
             }
         }
     }
