@@ -42,7 +42,13 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-pg_bin=$(find_pg_bin)
+if ! pg_bin=$(find_pg_bin 2>/dev/null); then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    say "PostgreSQL is not installed; installing Debian's postgresql package"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  pg_bin=$(find_pg_bin)
+fi
 work=$(mktemp -d /tmp/hodei-demo.XXXXXX)
 server_pid=""
 pg_pid=""
