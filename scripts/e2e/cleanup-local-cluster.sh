@@ -57,19 +57,19 @@ cluster_pids() {
   done
 }
 
-# stop_pid NAME PID: TERM, then KILL after a grace period.
+# stop_pid NAME PID: TERM, then KILL after a 20 s grace period (polled every 0.2 s).
 stop_pid() {
-  local name=$1 pid=$2 waited=0
+  local name=$1 pid=$2 polls=0
   kill -TERM "${pid}" 2>/dev/null || return 0
   while kill -0 "${pid}" 2>/dev/null; do
-    if ((waited >= 20)); then
+    if ((polls >= 100)); then
       warn "${name} (pid ${pid}) ignored SIGTERM for 20s: SIGKILL"
       kill -KILL "${pid}" 2>/dev/null || true
       sleep 1
       break
     fi
-    sleep 1
-    waited=$((waited + 1))
+    sleep 0.2
+    polls=$((polls + 1))
   done
   info "stopped ${name} (pid ${pid})"
 }
@@ -282,9 +282,11 @@ main() {
   remove_pods
 
   step "Stop the control plane"
-  stop_component kube-scheduler
-  stop_component kube-controller-manager
-  stop_component kube-apiserver
+  # Each takes a second or two to shut down gracefully: stop them together, etcd last.
+  stop_component kube-scheduler &
+  stop_component kube-controller-manager &
+  stop_component kube-apiserver &
+  wait
   stop_component etcd
 
   step "Stop containerd and any shim or container left"

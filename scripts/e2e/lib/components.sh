@@ -114,6 +114,13 @@ start_apiserver() {
     --service-account-signing-key-file "${PKI_DIR}/sa.key" \
     --api-audiences https://kubernetes.default.svc.cluster.local \
     --service-cluster-ip-range "${SERVICE_CIDR}" \
+    --requestheader-client-ca-file "${PKI_DIR}/front-proxy-ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User \
+    --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "${PKI_DIR}/front-proxy-client.crt" \
+    --proxy-client-key-file "${PKI_DIR}/front-proxy-client.key" \
     --authorization-mode Node,RBAC \
     --enable-admission-plugins NodeRestriction,ServiceAccount \
     --allow-privileged=true \

@@ -85,6 +85,23 @@ generate_pki() {
   new_cert kubelet-client "/O=system:nodes/CN=system:node:${node}" "$(client_ext)"
   new_cert kubelet-server "/CN=${node}" "$(server_ext "DNS:${node},DNS:localhost,IP:127.0.0.1,IP:${node_ip}")"
 
+  # Front proxy (aggregation layer) identity. Nothing is aggregated here, but without a
+  # request-header CA the controller-manager and the scheduler log an error every few seconds.
+  if [[ ! -f "${PKI_DIR}/front-proxy-ca.crt" || ! -f "${PKI_DIR}/front-proxy-ca.key" ]]; then
+    openssl genrsa -out "${PKI_DIR}/front-proxy-ca.key" 2048 2>/dev/null
+    openssl req -x509 -new -key "${PKI_DIR}/front-proxy-ca.key" -subj "/CN=hodei-local-front-proxy-ca" \
+      -days "${CERT_DAYS}" -sha256 -out "${PKI_DIR}/front-proxy-ca.crt" \
+      -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature"
+  fi
+  if [[ ! -f "${PKI_DIR}/front-proxy-client.crt" || ! -f "${PKI_DIR}/front-proxy-client.key" ]]; then
+    openssl genrsa -out "${PKI_DIR}/front-proxy-client.key" 2048 2>/dev/null
+    openssl req -new -key "${PKI_DIR}/front-proxy-client.key" -subj "/CN=front-proxy-client" |
+      openssl x509 -req -CA "${PKI_DIR}/front-proxy-ca.crt" -CAkey "${PKI_DIR}/front-proxy-ca.key" \
+        -CAcreateserial -days "${CERT_DAYS}" -sha256 -extfile <(client_ext) \
+        -out "${PKI_DIR}/front-proxy-client.crt" 2>/dev/null
+  fi
+
   if [[ ! -f "${PKI_DIR}/sa.key" ]]; then
     openssl genrsa -out "${PKI_DIR}/sa.key" 2048 2>/dev/null
     openssl rsa -in "${PKI_DIR}/sa.key" -pubout -out "${PKI_DIR}/sa.pub" 2>/dev/null
