@@ -175,11 +175,13 @@ remove_network() {
   fi
 }
 
-# Our FORWARD rules carry IPTABLES_COMMENT ("hodei-local-cluster"); the bridge plugin's
-# masquerade rules carry `name: "hodei-local"` (the conflist's network name) and jump to
-# per-Pod CNI-* chains. Normally the CNI DEL of each sandbox already removed the latter.
+# Our FORWARD rules carry IPTABLES_COMMENT; the bridge plugin's masquerade rules carry
+# `name: "<CNI_NETWORK>"` and jump to per-Pod CNI-* chains (normally the CNI DEL of each sandbox
+# already removed those). Both name this cluster's bridge, so another cluster's rules stay.
 cluster_iptables_rules() {
-  iptables -t "$1" -S 2>/dev/null | grep -F -- 'hodei-local' | grep -- '^-A ' || true
+  local cni_comment="name: \\\"${CNI_NETWORK}\\\""
+  iptables -t "$1" -S 2>/dev/null | grep -F -e "${IPTABLES_COMMENT}" -e "${cni_comment}" |
+    grep -- '^-A ' || true
 }
 
 remove_iptables_rules() {
@@ -200,12 +202,26 @@ remove_iptables_rules() {
 }
 
 # The kubelet's QoS and Pod cgroups (cgroupfs driver) in every hierarchy.
+other_kubelets() {
+  local dir
+  for dir in /proc/[0-9]*; do
+    [[ "$(readlink "${dir}/exe" 2>/dev/null)" == */kubelet ]] && echo "${dir#/proc/}"
+  done
+  return 0
+}
+
 cluster_cgroups() {
   find /sys/fs/cgroup -mindepth 2 -maxdepth 2 -type d -name kubepods 2>/dev/null || true
 }
 
 remove_cgroups() {
   local cgroup dir count=0
+  # kubepods is the cgroup of every kubelet on the host with the cgroupfs driver: leave it to
+  # any kubelet still running (another cluster's).
+  if [[ -n "$(other_kubelets)" ]]; then
+    info "another kubelet runs on this host (pid $(other_kubelets | tr '\n' ' ')): kubepods cgroups left to it"
+    return
+  fi
   for cgroup in $(cluster_cgroups); do
     while read -r dir; do
       rmdir "${dir}" 2>/dev/null && count=$((count + 1))
@@ -255,7 +271,9 @@ verify() {
   else
     info "ok: no iptables rule of the cluster"
   fi
-  if [[ -n "$(cluster_cgroups)" ]]; then
+  if [[ -n "$(other_kubelets)" ]]; then
+    info "ok: kubepods cgroups belong to another kubelet still running"
+  elif [[ -n "$(cluster_cgroups)" ]]; then
     warn "cgroups remain: $(cluster_cgroups | tr '\n' ' ')"
     failed=1
   else

@@ -161,6 +161,7 @@ render() {
     -e "s|@CNI_CONF_DIR@|${CNI_CONF_DIR}|g" \
     -e "s|@CNI_STATE_DIR@|${CNI_STATE_DIR}|g" \
     -e "s|@CNI_BRIDGE@|${CNI_BRIDGE}|g" \
+    -e "s|@CNI_NETWORK@|${CNI_NETWORK}|g" \
     -e "s|@POD_CIDR@|${POD_CIDR}|g" \
     -e "s|@POD_GATEWAY@|${POD_GATEWAY}|g" \
     -e "s|@PKI_DIR@|${PKI_DIR}|g" \

@@ -38,8 +38,11 @@ SERVICE_API_IP="${HODEI_CLUSTER_SERVICE_API_IP:-10.96.0.1}"
 APISERVER_PORT="${HODEI_CLUSTER_APISERVER_PORT:-6443}"
 ETCD_CLIENT_PORT="${HODEI_CLUSTER_ETCD_PORT:-2379}"
 ETCD_PEER_PORT="${HODEI_CLUSTER_ETCD_PEER_PORT:-2380}"
-# Comment that tags every iptables rule the cluster adds, so cleanup finds exactly those.
-IPTABLES_COMMENT="hodei-local-cluster"
+# The CNI network is named after its bridge, and the iptables rules the cluster adds carry a
+# comment naming it too, so cleanup finds exactly this cluster's rules (the bridge plugin's
+# masquerade rules carry `name: "<network>"`).
+CNI_NETWORK="${CNI_BRIDGE}"
+IPTABLES_COMMENT="hodei-local-cluster:${CNI_BRIDGE}"
 
 step() { printf '\n==> %s\n' "$*"; }
 info() { printf '    %s\n' "$*"; }
@@ -66,7 +69,8 @@ component_pid() {
   local name=$1 pid
   [[ -f "${PID_DIR}/${name}.pid" ]] || return 0
   pid="$(<"${PID_DIR}/${name}.pid")"
-  if [[ -n "${pid}" ]] && kill -0 "${pid}" 2>/dev/null; then
+  # A killed component can linger as a zombie until init reaps it: that is not running.
+  if [[ -n "${pid}" ]] && kill -0 "${pid}" 2>/dev/null && [[ "$(ps -o stat= -p "${pid}")" != Z* ]]; then
     echo "${pid}"
   fi
 }
