@@ -165,6 +165,8 @@ start_scheduler() {
   wait_for "kube-scheduler /healthz on 127.0.0.1:10259" 120 kube-scheduler component_healthz 10259
 }
 
+# --containerd is cAdvisor's (deprecated, still honoured) socket flag: without it cAdvisor looks
+# for /run/containerd/containerd.sock and Pods get no CPU/memory statistics.
 start_kubelet() {
   local node=$1 node_ip=$2
   start_component kubelet "${BIN_DIR}/kubelet" \
@@ -173,6 +175,7 @@ start_kubelet() {
     --root-dir "${KUBELET_ROOT}" \
     --hostname-override "${node}" \
     --node-ip "${node_ip}" \
+    --containerd "${CONTAINERD_SOCKET}" \
     --v=1
   wait_for "node ${node} Ready" 180 kubelet node_ready "${node}"
 }
