@@ -131,6 +131,7 @@ start_apiserver() {
 
 start_controller_manager() {
   local kubeconfig="${CONF_DIR}/controller-manager.kubeconfig"
+  require_port_free kube-controller-manager 10257
   # One controller identity per controller (--use-service-account-credentials), as kubeadm
   # does; the garbage collector is among the default controllers (it deletes the Secrets a
   # worker Pod owns); the root CA goes into every ServiceAccount token volume.
@@ -154,6 +155,7 @@ start_controller_manager() {
 
 start_scheduler() {
   local kubeconfig="${CONF_DIR}/scheduler.kubeconfig"
+  require_port_free kube-scheduler 10259
   start_component kube-scheduler "${BIN_DIR}/kube-scheduler" \
     --kubeconfig "${kubeconfig}" \
     --authentication-kubeconfig "${kubeconfig}" \
@@ -169,6 +171,8 @@ start_scheduler() {
 # for /run/containerd/containerd.sock and Pods get no CPU/memory statistics.
 start_kubelet() {
   local node=$1 node_ip=$2
+  require_port_free kubelet 10250
+  require_port_free kubelet 10248
   start_component kubelet "${BIN_DIR}/kubelet" \
     --config "${CONF_DIR}/kubelet-config.yaml" \
     --kubeconfig "${CONF_DIR}/kubelet.kubeconfig" \
