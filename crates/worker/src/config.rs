@@ -1,0 +1,392 @@
+//! The worker's configuration: `HODEI_*` environment variables (or the equivalent flags),
+//! checked once at start-up so that a mistake is one sentence naming the variable, and exit 2.
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use tonic::codegen::http::Uri;
+
+/// The one-time registration token the provider hands to the worker. A secret.
+pub const ENV_TOKEN: &str = "HODEI_TOKEN";
+/// The server's gRPC address, `http://host:port` or `https://host:port`.
+pub const ENV_SERVER: &str = "HODEI_SERVER";
+/// The id the provider gave this worker; the token is bound to it.
+pub const ENV_WORKER_ID: &str = "HODEI_WORKER_ID";
+/// PEM text of a CA to trust for `https://` (how the container providers pass it). A secret in
+/// the sense that jobs do not inherit it: they have no business with the worker's trust store.
+pub const ENV_TLS_CA_PEM: &str = "HODEI_TLS_CA_PEM";
+/// Path of a PEM file with a CA to trust for `https://`.
+pub const ENV_TLS_CA: &str = "HODEI_TLS_CA";
+/// How long to keep trying to reach the server and register.
+pub const ENV_REGISTER_TIMEOUT_SECS: &str = "HODEI_REGISTER_TIMEOUT_SECS";
+
+/// Variables of the worker's environment that jobs must not see.
+pub const SECRET_ENV: [&str; 2] = [ENV_TOKEN, ENV_TLS_CA_PEM];
+
+const DEFAULT_REGISTER_TIMEOUT_SECS: u64 = 60;
+
+/// Command line and environment as clap sees them; everything optional so that
+/// [`Config::from_args`] can name the missing variable itself.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hodei-worker",
+    version,
+    about = "The Hodei worker agent: registers with the server, runs the jobs it is given and \
+             streams their output. Normally started by a provider, configured by HODEI_* variables."
+)]
+pub struct Args {
+    /// One-time registration token (prefer the variable: flags are visible in `ps`).
+    #[arg(long, env = ENV_TOKEN, value_name = ENV_TOKEN, hide_env_values = true)]
+    token: Option<String>,
+    /// Server address, e.g. http://10.0.0.1:50051 or https://hodei.example:50051.
+    #[arg(long, env = ENV_SERVER, value_name = ENV_SERVER)]
+    server: Option<String>,
+    /// This worker's id, as issued by the provider.
+    #[arg(long, env = ENV_WORKER_ID, value_name = ENV_WORKER_ID)]
+    worker_id: Option<String>,
+    /// PEM text of a CA certificate to trust for https://.
+    #[arg(long, env = ENV_TLS_CA_PEM, value_name = ENV_TLS_CA_PEM, hide_env_values = true)]
+    tls_ca_pem: Option<String>,
+    /// Path of a PEM file with a CA certificate to trust for https://.
+    #[arg(long, env = ENV_TLS_CA, value_name = ENV_TLS_CA)]
+    tls_ca: Option<PathBuf>,
+    /// Seconds to keep retrying while the server is unreachable [default: 60].
+    #[arg(long, env = ENV_REGISTER_TIMEOUT_SECS, value_name = ENV_REGISTER_TIMEOUT_SECS)]
+    register_timeout_secs: Option<String>,
+}
+
+/// A validated configuration. Its `Debug` and `Display` never show the token or the CA.
+#[derive(Clone)]
+pub struct Config {
+    pub server: String,
+    pub worker_id: String,
+    pub token: Token,
+    pub tls_ca: Option<TlsCa>,
+    pub register_timeout: Duration,
+}
+
+/// The registration token; shown as `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token itself, for the registration request only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A CA certificate to trust, and where it came from (for the start-up summary).
+#[derive(Clone)]
+pub struct TlsCa {
+    pub pem: Vec<u8>,
+    pub source: String,
+}
+
+impl fmt::Debug for TlsCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsCa")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var} is not set: {hint}")]
+    Missing {
+        var: &'static str,
+        hint: &'static str,
+    },
+    #[error(
+        "{ENV_SERVER}={value:?} is not a server address: {reason}; \
+         write it like http://10.0.0.1:50051 or https://hodei.example:50051"
+    )]
+    InvalidServer { value: String, reason: String },
+    #[error("{ENV_REGISTER_TIMEOUT_SECS}={value:?} is not a whole number of seconds")]
+    InvalidRegisterTimeout { value: String },
+    #[error("{ENV_TLS_CA_PEM} and {ENV_TLS_CA} are both set; set only one of them")]
+    TwoCas,
+    #[error("{ENV_TLS_CA}={path}: cannot read the CA file: {source}")]
+    ReadCa {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{var} does not hold a PEM certificate (no \"-----BEGIN CERTIFICATE-----\" line)")]
+    NotPem { var: &'static str },
+}
+
+impl Config {
+    /// Reads the process's flags and environment. `--help` and `--version` print and exit here.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_args(Args::parse())
+    }
+
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let token = required(
+            args.token,
+            ENV_TOKEN,
+            "it must hold the one-time registration token issued for this worker by its provider",
+        )?;
+        let server = required(
+            args.server,
+            ENV_SERVER,
+            "it must hold the server's address, e.g. http://10.0.0.1:50051",
+        )?;
+        check_server(&server)?;
+        let worker_id = required(
+            args.worker_id,
+            ENV_WORKER_ID,
+            "it must hold the worker id issued by the provider together with the token",
+        )?;
+        let register_timeout = match args.register_timeout_secs.as_deref().map(str::trim) {
+            None | Some("") => Duration::from_secs(DEFAULT_REGISTER_TIMEOUT_SECS),
+            Some(value) => value.parse().map(Duration::from_secs).map_err(|_| {
+                ConfigError::InvalidRegisterTimeout {
+                    value: value.to_string(),
+                }
+            })?,
+        };
+        let tls_ca_pem = args.tls_ca_pem.filter(|pem| !pem.trim().is_empty());
+        let tls_ca_path = args.tls_ca.filter(|path| !path.as_os_str().is_empty());
+        let tls_ca = match (tls_ca_pem, tls_ca_path) {
+            (Some(_), Some(_)) => return Err(ConfigError::TwoCas),
+            (Some(pem), None) => Some(TlsCa {
+                pem: checked_pem(pem.into_bytes(), ENV_TLS_CA_PEM)?,
+                source: ENV_TLS_CA_PEM.to_string(),
+            }),
+            (None, Some(path)) => {
+                let pem = std::fs::read(&path).map_err(|source| ConfigError::ReadCa {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Some(TlsCa {
+                    pem: checked_pem(pem, ENV_TLS_CA)?,
+                    source: path.display().to_string(),
+                })
+            }
+            (None, None) => None,
+        };
+        Ok(Self {
+            server,
+            worker_id,
+            token: Token(token),
+            tls_ca,
+            register_timeout,
+        })
+    }
+
+    pub fn uses_tls(&self) -> bool {
+        self.server.starts_with("https://")
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("server", &self.server)
+            .field("worker_id", &self.worker_id)
+            .field("token", &self.token)
+            .field("tls_ca", &self.tls_ca)
+            .field("register_timeout", &self.register_timeout)
+            .finish()
+    }
+}
+
+/// The start-up summary: everything but the secrets.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tls = match (&self.tls_ca, self.uses_tls()) {
+            (_, false) => "off".to_string(),
+            (Some(ca), true) => format!("CA from {}", ca.source),
+            (None, true) => "system CAs".to_string(),
+        };
+        write!(
+            f,
+            "server={} worker_id={} tls={tls} register_timeout={}s token=<redacted>",
+            self.server,
+            self.worker_id,
+            self.register_timeout.as_secs()
+        )
+    }
+}
+
+fn required(
+    value: Option<String>,
+    var: &'static str,
+    hint: &'static str,
+) -> Result<String, ConfigError> {
+    match value {
+        Some(value) if !value.trim().is_empty() => Ok(value.trim().to_string()),
+        _ => Err(ConfigError::Missing { var, hint }),
+    }
+}
+
+fn check_server(value: &str) -> Result<(), ConfigError> {
+    let invalid = |reason: &str| ConfigError::InvalidServer {
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let uri: Uri = value.parse().map_err(|_| invalid("it is not a URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(invalid("it must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("it has no host"));
+    }
+    Ok(())
+}
+
+fn checked_pem(pem: Vec<u8>, var: &'static str) -> Result<Vec<u8>, ConfigError> {
+    let marker = b"-----BEGIN CERTIFICATE-----";
+    if pem.windows(marker.len()).any(|window| window == marker) {
+        Ok(pem)
+    } else {
+        Err(ConfigError::NotPem { var })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+    fn args(pairs: &[(&str, &str)]) -> Args {
+        let mut argv = vec!["hodei-worker".to_string()];
+        for (flag, value) in pairs {
+            argv.push(format!("--{flag}={value}"));
+        }
+        Args::try_parse_from(argv).expect("flags parse")
+    }
+
+    fn complete() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("token", "secret-token"),
+            ("server", "http://10.0.0.1:50051"),
+            ("worker-id", "w-1"),
+        ]
+    }
+
+    fn with(extra: &[(&str, &str)]) -> Args {
+        let pairs: Vec<(&str, &str)> = complete()
+            .into_iter()
+            .filter(|(flag, _)| !extra.iter().any(|(other, _)| other == flag))
+            .chain(extra.iter().copied())
+            .collect();
+        args(&pairs)
+    }
+
+    fn without(flag: &str) -> Args {
+        let pairs: Vec<_> = complete().into_iter().filter(|(f, _)| *f != flag).collect();
+        args(&pairs)
+    }
+
+    #[test]
+    fn a_complete_configuration_has_the_default_register_timeout_and_no_tls() {
+        let config = Config::from_args(with(&[])).unwrap();
+        assert_eq!(config.server, "http://10.0.0.1:50051");
+        assert_eq!(config.worker_id, "w-1");
+        assert_eq!(config.token.expose(), "secret-token");
+        assert_eq!(config.register_timeout, Duration::from_secs(60));
+        assert!(config.tls_ca.is_none());
+        assert!(!config.uses_tls());
+    }
+
+    #[test]
+    fn each_missing_required_variable_is_named() {
+        for (flag, var) in [
+            ("token", ENV_TOKEN),
+            ("server", ENV_SERVER),
+            ("worker-id", ENV_WORKER_ID),
+        ] {
+            let err = Config::from_args(without(flag)).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("{var} is not set")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_blank_token_counts_as_missing() {
+        let err = Config::from_args(with(&[("token", "  ")])).unwrap_err();
+        assert!(matches!(err, ConfigError::Missing { var: ENV_TOKEN, .. }));
+    }
+
+    #[test]
+    fn a_server_without_scheme_is_rejected_naming_the_variable() {
+        let err = Config::from_args(with(&[("server", "10.0.0.1:50051")])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("HODEI_SERVER=\"10.0.0.1:50051\""),
+            "{text}"
+        );
+        assert!(text.contains("http://"), "{text}");
+    }
+
+    #[test]
+    fn a_non_numeric_register_timeout_is_rejected_naming_the_variable() {
+        let err = Config::from_args(with(&[("register-timeout-secs", "soon")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("HODEI_REGISTER_TIMEOUT_SECS="),
+            "{err}"
+        );
+        let config = Config::from_args(with(&[("register-timeout-secs", "5")])).unwrap();
+        assert_eq!(config.register_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_ca_is_taken_from_pem_text_or_from_a_file_but_not_both() {
+        let config = Config::from_args(with(&[("tls-ca-pem", PEM)])).unwrap();
+        assert_eq!(config.tls_ca.unwrap().pem, PEM.as_bytes());
+
+        let dir = std::env::temp_dir().join(format!("hodei-worker-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ca.pem");
+        std::fs::write(&file, PEM).unwrap();
+        let path = file.to_str().unwrap();
+        let config = Config::from_args(with(&[("tls-ca", path)])).unwrap();
+        assert_eq!(config.tls_ca.unwrap().source, path);
+
+        let err = Config::from_args(with(&[("tls-ca", path), ("tls-ca-pem", PEM)])).unwrap_err();
+        assert!(matches!(err, ConfigError::TwoCas), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_ca_that_is_not_pem_or_not_readable_is_rejected_naming_the_variable() {
+        let err = Config::from_args(with(&[("tls-ca-pem", "not a certificate")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("HODEI_TLS_CA_PEM does not"),
+            "{err}"
+        );
+        let err = Config::from_args(with(&[("tls-ca", "/nonexistent/ca.pem")])).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("HODEI_TLS_CA=/nonexistent/ca.pem: cannot read"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn neither_debug_nor_display_shows_the_token_or_the_ca() {
+        let config = Config::from_args(with(&[("tls-ca-pem", PEM)])).unwrap();
+        for text in [format!("{config:?}"), config.to_string()] {
+            assert!(!text.contains("secret-token"), "{text}");
+            assert!(!text.contains("MIIB"), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+    }
+}

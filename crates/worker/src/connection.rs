@@ -1,0 +1,282 @@
+//! Reaching the server: the gRPC channel, `Register` with retries, and opening the session.
+//!
+//! A Pod may start before its network works, so both steps are retried with backoff while the
+//! server cannot be reached, until `HODEI_REGISTER_TIMEOUT_SECS` has passed. A gRPC status the
+//! server itself sent (say `Unauthenticated` for a replayed token) is an answer, not an outage:
+//! it ends the worker at once.
+
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use hodei_proto::v1::{
+    RegisterRequest, ServerMessage, WorkerMessage,
+    worker_agent_service_client::WorkerAgentServiceClient,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{
+    Request, Status, Streaming,
+    metadata::MetadataValue,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
+
+use crate::{
+    config::{Config, Token},
+    error::{WorkerError, root_cause},
+    heartbeat,
+};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Upper bound of one attempt, covering TLS and HTTP/2 handshakes with a server that accepts
+/// connections but never answers.
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+/// HTTP/2 pings notice a silently dead connection (a vanished node) within about 30 s.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+/// Messages queued towards the server. Small on purpose: a log batch may be ~1 MiB, and a full
+/// queue is what makes the job's output readers wait when the network or the server is slow.
+const OUTBOUND_CAPACITY: usize = 4;
+
+pub type AgentClient = WorkerAgentServiceClient<Channel>;
+
+/// What `Register` gave this worker.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub session_token: Token,
+    pub heartbeat_interval: Duration,
+}
+
+/// The open session: messages to the server are sent into `outbound` (closing it by dropping
+/// every sender ends the worker's half of the stream); the server's messages arrive on `inbound`.
+pub struct SessionStreams {
+    pub outbound: mpsc::Sender<WorkerMessage>,
+    pub inbound: Streaming<ServerMessage>,
+}
+
+/// The endpoint for `HODEI_SERVER`: timeouts, keep-alives, and TLS for `https://`.
+pub fn endpoint(config: &Config) -> Result<Endpoint, WorkerError> {
+    let endpoint = Endpoint::from_shared(config.server.clone())
+        .map_err(|err| WorkerError::Config(invalid_server(config, &err)))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_keepalive(Some(TCP_KEEPALIVE))
+        .http2_keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    if !config.uses_tls() {
+        if let Some(ca) = &config.tls_ca {
+            tracing::warn!(
+                ca = ca.source,
+                "a CA is configured but the server address is http://; the CA is not used"
+            );
+        }
+        return Ok(endpoint);
+    }
+    let tls = match &config.tls_ca {
+        Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.pem)),
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    endpoint
+        .tls_config(tls)
+        .map_err(|err| WorkerError::Config(invalid_server(config, &err)))
+}
+
+fn invalid_server(
+    config: &Config,
+    err: &(dyn std::error::Error + 'static),
+) -> crate::config::ConfigError {
+    crate::config::ConfigError::InvalidServer {
+        value: config.server.clone(),
+        reason: root_cause(err),
+    }
+}
+
+/// Connects and exchanges the one-time token for a session, retrying while the server cannot
+/// be reached until `deadline`.
+pub async fn register(
+    config: &Config,
+    endpoint: &Endpoint,
+    deadline: Instant,
+) -> Result<(AgentClient, Registration), WorkerError> {
+    let request = RegisterRequest {
+        worker_id: config.worker_id.clone(),
+        token: config.token.expose().to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        hostname: hostname(),
+    };
+    retrying(&config.server, "registration", deadline, || {
+        let request = request.clone();
+        async move {
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|err| Failure::Retry(root_cause(&err)))?;
+            let mut client = WorkerAgentServiceClient::new(channel);
+            let response = client.register(request).await.map_err(Failure::from)?;
+            let response = response.into_inner();
+            Ok((
+                client,
+                Registration {
+                    session_token: Token::new(response.session_token),
+                    heartbeat_interval: heartbeat::interval_from_ms(response.heartbeat_interval_ms),
+                },
+            ))
+        }
+    })
+    .await
+}
+
+/// Opens the `Connect` stream with the session credential. Its first message, `ready`, is
+/// already queued when the server sees the stream.
+pub async fn open_session(
+    client: &AgentClient,
+    server: &str,
+    session_token: &Token,
+    deadline: Instant,
+) -> Result<SessionStreams, WorkerError> {
+    let authorization = MetadataValue::try_from(format!("Bearer {}", session_token.expose()))
+        .map_err(|_| WorkerError::Refused {
+            step: "session",
+            code: tonic::Code::InvalidArgument,
+            message: "the session token it issued cannot be sent as gRPC metadata".into(),
+        })?;
+    retrying(server, "session", deadline, || {
+        let mut client = client.clone();
+        let authorization = authorization.clone();
+        async move {
+            let (outbound, receiver) = mpsc::channel(OUTBOUND_CAPACITY);
+            outbound
+                .try_send(heartbeat::ready())
+                .map_err(|_| Failure::Retry("cannot queue the ready message".into()))?;
+            let mut request = Request::new(ReceiverStream::new(receiver));
+            request
+                .metadata_mut()
+                .insert("authorization", authorization);
+            let response = client.connect(request).await.map_err(Failure::from)?;
+            Ok(SessionStreams {
+                outbound,
+                inbound: response.into_inner(),
+            })
+        }
+    })
+    .await
+}
+
+/// How one attempt failed.
+enum Failure {
+    /// The server could not be reached or is (by its own word) unavailable: try again.
+    Retry(String),
+    /// The server answered no.
+    Fatal(Status),
+}
+
+impl From<Status> for Failure {
+    fn from(status: Status) -> Self {
+        // A status with a source was made on this side from an I/O error; one without was
+        // sent by the server (or a proxy), and only "unavailable" invites another try.
+        if std::error::Error::source(&status).is_some() || status.code() == tonic::Code::Unavailable
+        {
+            let cause = match std::error::Error::source(&status) {
+                Some(source) => root_cause(source),
+                None => status.message().to_string(),
+            };
+            Failure::Retry(cause)
+        } else {
+            Failure::Fatal(status)
+        }
+    }
+}
+
+async fn retrying<T, F, Fut>(
+    server: &str,
+    step: &'static str,
+    deadline: Instant,
+    mut attempt: F,
+) -> Result<T, WorkerError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Failure>>,
+{
+    let started = Instant::now();
+    let mut delay = FIRST_RETRY_DELAY;
+    for number in 1u32.. {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let budget = ATTEMPT_TIMEOUT.min(remaining).max(CONNECT_TIMEOUT);
+        let cause = match tokio::time::timeout(budget, attempt()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(Failure::Fatal(status))) => {
+                return Err(WorkerError::Refused {
+                    step,
+                    code: status.code(),
+                    message: status.message().to_string(),
+                });
+            }
+            Ok(Err(Failure::Retry(cause))) => cause,
+            Err(_) => format!("no answer within {}s", budget.as_secs()),
+        };
+        if Instant::now() + delay >= deadline {
+            return Err(WorkerError::Unreachable {
+                server: server.to_string(),
+                waited: started.elapsed(),
+                cause,
+            });
+        }
+        tracing::warn!(
+            step,
+            attempt = number,
+            %cause,
+            retry_in_ms = delay.as_millis() as u64,
+            "cannot reach the server yet; retrying"
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+    unreachable!("the attempt counter does not run out before the deadline")
+}
+
+/// This machine's (or Pod's) host name, for the server's log; empty if unknown.
+fn hostname() -> String {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the pointer and length describe `buffer`, which outlives the call.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if result != 0 {
+        return String::new();
+    }
+    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+    String::from_utf8_lossy(&buffer[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_sent_by_the_server_is_fatal_unless_it_says_unavailable() {
+        assert!(matches!(
+            Failure::from(Status::unauthenticated("token already used")),
+            Failure::Fatal(_)
+        ));
+        assert!(matches!(
+            Failure::from(Status::unavailable("database down")),
+            Failure::Retry(cause) if cause == "database down"
+        ));
+    }
+
+    #[test]
+    fn a_status_made_from_a_local_io_error_is_retried() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let status = Status::from_error(Box::new(io));
+        assert!(
+            matches!(Failure::from(status), Failure::Retry(cause) if cause == "Connection refused")
+        );
+    }
+
+    #[test]
+    fn the_hostname_is_known() {
+        assert!(!hostname().is_empty());
+    }
+}

@@ -1,0 +1,91 @@
+//! The Hodei worker agent.
+//!
+//! A provider starts `hodei-worker` with `HODEI_TOKEN`, `HODEI_SERVER` and `HODEI_WORKER_ID`.
+//! The worker registers ([`connection::register`]), opens its session
+//! ([`connection::open_session`]) and serves it ([`session::Session`]): it runs each assigned
+//! job with `/bin/sh -c` in a process group of its own ([`process`], [`job`]), streams the
+//! job's output line by line while it runs ([`output`], [`batch`]), heartbeats
+//! ([`heartbeat`]), and reports how the job ended. It exits when the server tells it to, when it
+//! gets SIGTERM/SIGINT, or — with exit code 1 — when the connection is lost.
+//!
+//! Where to start reading: [`run`], then `session.rs`, then `job.rs`.
+
+pub mod batch;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod heartbeat;
+pub mod job;
+pub mod output;
+pub mod process;
+pub mod session;
+pub mod signals;
+
+use std::{future::Future, pin::pin, time::Instant};
+
+pub use config::{Config, ConfigError};
+pub use error::WorkerError;
+
+use crate::{connection::ATTEMPT_TIMEOUT, session::Session};
+
+/// Runs the worker to its end. `terminate` resolves when the worker should stop (SIGTERM or
+/// SIGINT in the binary, see [`signals::termination`]). `Ok` means a clean exit (status 0).
+pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<(), WorkerError> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "hodei-worker starting: {config}"
+    );
+    let mut terminate = pin!(terminate);
+    let endpoint = connection::endpoint(&config)?;
+    let deadline = Instant::now() + config.register_timeout;
+
+    let (client, registration) = tokio::select! {
+        registered = connection::register(&config, &endpoint, deadline) => registered?,
+        () = &mut terminate => {
+            tracing::info!("termination signal received before registration; exiting");
+            return Ok(());
+        }
+    };
+    tracing::info!(
+        heartbeat_interval_ms = registration.heartbeat_interval.as_millis() as u64,
+        "registered"
+    );
+
+    // The registration is spent; the session gets at least one full attempt of its own.
+    let deadline = deadline.max(Instant::now() + ATTEMPT_TIMEOUT);
+    let streams = tokio::select! {
+        opened = connection::open_session(&client, &config.server, &registration.session_token, deadline) => opened?,
+        () = &mut terminate => {
+            tracing::info!("termination signal received before the session opened; exiting");
+            return Ok(());
+        }
+    };
+    tracing::info!("session open; waiting for work");
+    Session::new(streams, registration.heartbeat_interval)
+        .run(terminate)
+        .await
+}
+
+#[cfg(test)]
+mod test_support {
+    /// Processes of group `pgid` that are still alive (zombies are dead, just not yet reaped).
+    pub fn live_processes_in_group(pgid: u32) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    return false;
+                };
+                // "pid (comm) state ppid pgrp ...": comm may contain anything, so split after it.
+                let Some((_, rest)) = stat.rsplit_once(')') else {
+                    return false;
+                };
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str())
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,46 @@
+//! `hodei-worker`: see the `hodei_worker` library for everything.
+
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let config = match hodei_worker::Config::from_env() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("hodei-worker: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+
+    // One thread: the worker waits on a handful of sockets and pipes, and a small footprint
+    // matters more than parallelism next to the job it runs.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("hodei-worker: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let terminate = hodei_worker::signals::termination()?;
+        hodei_worker::run(config, terminate).await
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("hodei-worker: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The real `hodei-worker` binary: configuration errors, a full run against the fake server,
+//! exit codes, signals, and what a job can see of the worker's environment.
+
+mod support;
+
+use std::{process::Stdio, time::Duration};
+
+use hodei_proto::v1::{JobOutcome, worker_message::Msg};
+use support::{DEADLINE, FakeServer, TOKEN, WORKER_ID, is_alive, survivors_of_group};
+use tokio::{
+    io::AsyncReadExt,
+    process::{Child, Command},
+};
+
+/// A PEM-looking CA that must not leak into jobs (the fake speaks plain HTTP, so it is unused).
+const CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nTUlJQ-not-really\n-----END CERTIFICATE-----\n";
+
+/// The worker binary with a clean environment: only what the test sets.
+fn worker(vars: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hodei-worker"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .envs(vars.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+fn worker_for(fake: &FakeServer) -> Command {
+    worker(&[
+        ("HODEI_TOKEN", TOKEN),
+        ("HODEI_SERVER", &fake.url),
+        ("HODEI_WORKER_ID", WORKER_ID),
+        ("HODEI_TLS_CA_PEM", CA_PEM),
+    ])
+}
+
+struct Exit {
+    code: Option<i32>,
+    stderr: String,
+}
+
+async fn wait(mut child: Child) -> Exit {
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let mut text = String::new();
+    let read = async {
+        stderr.read_to_string(&mut text).await.expect("read stderr");
+        child.wait().await.expect("wait")
+    };
+    let status = tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("the worker exits in time");
+    Exit {
+        code: status.code(),
+        stderr: text,
+    }
+}
+
+#[tokio::test]
+async fn given_no_hodei_token_when_started_then_it_exits_2_with_one_sentence_naming_it() {
+    let exit = wait(
+        worker(&[
+            ("HODEI_SERVER", "http://127.0.0.1:1"),
+            ("HODEI_WORKER_ID", WORKER_ID),
+        ])
+        .spawn()
+        .expect("spawn"),
+    )
+    .await;
+
+    assert_eq!(exit.code, Some(2));
+    assert_eq!(exit.stderr.lines().count(), 1, "{}", exit.stderr);
+    assert!(
+        exit.stderr
+            .starts_with("hodei-worker: HODEI_TOKEN is not set"),
+        "{}",
+        exit.stderr
+    );
+}
+
+#[tokio::test]
+async fn given_an_invalid_server_address_when_started_then_it_exits_2_naming_the_variable_but_not_the_token()
+ {
+    let exit = wait(
+        worker(&[
+            ("HODEI_TOKEN", TOKEN),
+            ("HODEI_SERVER", "10.0.0.1:50051"),
+            ("HODEI_WORKER_ID", WORKER_ID),
+        ])
+        .spawn()
+        .expect("spawn"),
+    )
+    .await;
+
+    assert_eq!(exit.code, Some(2));
+    assert!(
+        exit.stderr
+            .starts_with("hodei-worker: HODEI_SERVER=\"10.0.0.1:50051\""),
+        "{}",
+        exit.stderr
+    );
+    assert!(!exit.stderr.contains(TOKEN), "{}", exit.stderr);
+}
+
+#[tokio::test]
+async fn given_a_fake_server_when_the_binary_runs_a_job_then_it_reports_it_hides_its_secrets_and_exits_0_on_shutdown()
+ {
+    let mut fake = FakeServer::start().await;
+    let child = worker_for(&fake).spawn().expect("spawn");
+    let mut session = fake.session().await;
+
+    session
+        .assign(
+            "job-1",
+            r#"echo "token=${HODEI_TOKEN-unset} ca=${HODEI_TLS_CA_PEM-unset} worker=$HODEI_WORKER_ID job=$HODEI_JOB_ID attempt=$HODEI_JOB_ATTEMPT var=$JOB_VAR"; printf '\377\376raw'"#,
+        )
+        .await;
+    let job = session.job_until_finished().await;
+    session.shutdown("test over", false).await;
+    session.expect_close().await;
+    let exit = wait(child).await;
+
+    assert_eq!(
+        job.stdout()[0],
+        format!("token=unset ca=unset worker={WORKER_ID} job=job-1 attempt=1 var=from-the-job")
+    );
+    assert_eq!(
+        job.lines[1].1, b"\xff\xferaw",
+        "non-UTF-8 output is passed unchanged"
+    );
+    assert_eq!(job.outcome(), JobOutcome::Exited);
+    assert_eq!(job.finished().exit_code, Some(0));
+    assert_eq!(exit.code, Some(0), "stderr: {}", exit.stderr);
+    assert!(
+        !exit.stderr.contains(TOKEN),
+        "the token was logged: {}",
+        exit.stderr
+    );
+    assert!(
+        !exit.stderr.contains("TUlJQ"),
+        "the CA was logged: {}",
+        exit.stderr
+    );
+    assert!(
+        exit.stderr.contains(&format!("server={}", fake.url)),
+        "the configuration is printed at start-up: {}",
+        exit.stderr
+    );
+}
+
+#[tokio::test]
+async fn given_a_running_job_when_the_server_drops_the_stream_then_the_binary_kills_the_job_and_exits_1()
+ {
+    let mut fake = FakeServer::start().await;
+    let child = worker_for(&fake).spawn().expect("spawn");
+    let mut session = fake.session().await;
+
+    session.assign("job-1", "sleep 300 & sleep 300").await;
+    let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
+        panic!("expected JobStarted");
+    };
+    session.end_stream();
+    let exit = wait(child).await;
+
+    assert_eq!(exit.code, Some(1), "stderr: {}", exit.stderr);
+    let last = exit.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("hodei-worker: lost connection to the server: "),
+        "{}",
+        exit.stderr
+    );
+    assert_eq!(survivors_of_group(started.pid).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn given_a_running_job_when_the_binary_gets_sigterm_then_it_reports_the_job_cancelled_and_exits_0()
+ {
+    let mut fake = FakeServer::start().await;
+    let child = worker_for(&fake).spawn().expect("spawn");
+    let mut session = fake.session().await;
+
+    session.assign("job-1", "sleep 300 & sleep 300").await;
+    let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
+        panic!("expected JobStarted");
+    };
+    signal(&child, libc::SIGTERM);
+    let job = session.job_until_finished().await;
+    session.expect_close().await;
+    let exit = wait(child).await;
+
+    assert_eq!(job.outcome(), JobOutcome::Cancelled);
+    assert_eq!(job.finished().message, "worker terminated");
+    assert_eq!(exit.code, Some(0), "stderr: {}", exit.stderr);
+    assert_eq!(survivors_of_group(started.pid).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn given_a_running_job_when_the_worker_is_killed_outright_then_the_jobs_shell_dies_with_it() {
+    let mut fake = FakeServer::start().await;
+    let child = worker_for(&fake).spawn().expect("spawn");
+    let mut session = fake.session().await;
+
+    session.assign("job-1", "sleep 300; echo never").await;
+    let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
+        panic!("expected JobStarted");
+    };
+    // Its `sleep` is not covered by the parent-death signal: kill the group whatever happens.
+    let _group = KillGroupOnDrop(started.pid);
+    assert!(is_alive(started.pid));
+    signal(&child, libc::SIGKILL);
+    let exit = wait(child).await;
+
+    assert_eq!(exit.code, None, "killed by a signal");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while is_alive(started.pid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !is_alive(started.pid),
+        "the job's shell {} outlived the worker",
+        started.pid
+    );
+}
+
+struct KillGroupOnDrop(u32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: killpg has no memory-safety preconditions.
+        unsafe { libc::killpg(self.0 as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+#[tokio::test]
+async fn given_a_token_the_server_rejects_when_the_binary_starts_then_it_exits_1_saying_why() {
+    let fake = FakeServer::start().await;
+    let child = worker(&[
+        ("HODEI_TOKEN", "replayed-token"),
+        ("HODEI_SERVER", &fake.url),
+        ("HODEI_WORKER_ID", WORKER_ID),
+    ])
+    .spawn()
+    .expect("spawn");
+
+    let exit = wait(child).await;
+
+    assert_eq!(exit.code, Some(1));
+    assert_eq!(
+        exit.stderr.lines().last(),
+        Some(
+            "hodei-worker: the server refused the registration: token already used (Unauthenticated)"
+        ),
+        "{}",
+        exit.stderr
+    );
+    assert!(!exit.stderr.contains("replayed-token"), "{}", exit.stderr);
+}
+
+fn signal(child: &Child, signal: libc::c_int) {
+    let pid = child.id().expect("running") as libc::pid_t;
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
