@@ -1,7 +1,7 @@
 //! The worker's configuration: `HODEI_*` environment variables (or the equivalent flags),
 //! checked once at start-up so that a mistake is one sentence naming the variable, and exit 2.
 
-use std::{fmt, path::PathBuf, time::Duration};
+use std::{ffi::OsString, fmt, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use tonic::codegen::http::Uri;
@@ -37,22 +37,22 @@ const DEFAULT_REGISTER_TIMEOUT_SECS: u64 = 60;
 pub struct Args {
     /// One-time registration token (prefer the variable: flags are visible in `ps`).
     #[arg(long, env = ENV_TOKEN, value_name = ENV_TOKEN, hide_env_values = true)]
-    token: Option<String>,
+    token: Option<OsString>,
     /// Server address, e.g. http://10.0.0.1:50051 or https://hodei.example:50051.
     #[arg(long, env = ENV_SERVER, value_name = ENV_SERVER)]
-    server: Option<String>,
+    server: Option<OsString>,
     /// This worker's id, as issued by the provider.
     #[arg(long, env = ENV_WORKER_ID, value_name = ENV_WORKER_ID)]
-    worker_id: Option<String>,
+    worker_id: Option<OsString>,
     /// PEM text of a CA certificate to trust for https://.
     #[arg(long, env = ENV_TLS_CA_PEM, value_name = ENV_TLS_CA_PEM, hide_env_values = true)]
-    tls_ca_pem: Option<String>,
+    tls_ca_pem: Option<OsString>,
     /// Path of a PEM file with a CA certificate to trust for https://.
     #[arg(long, env = ENV_TLS_CA, value_name = ENV_TLS_CA)]
     tls_ca: Option<PathBuf>,
     /// Seconds to keep retrying while the server is unreachable [default: 60].
     #[arg(long, env = ENV_REGISTER_TIMEOUT_SECS, value_name = ENV_REGISTER_TIMEOUT_SECS)]
-    register_timeout_secs: Option<String>,
+    register_timeout_secs: Option<OsString>,
 }
 
 /// A validated configuration. Its `Debug` and `Display` never show the token or the CA.
@@ -122,6 +122,8 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{var} is not valid UTF-8")]
+    NotUtf8 { var: &'static str },
     #[error("{var} does not hold a PEM certificate (no \"-----BEGIN CERTIFICATE-----\" line)")]
     NotPem { var: &'static str },
 }
@@ -134,22 +136,23 @@ impl Config {
 
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
         let token = required(
-            args.token,
+            text(args.token, ENV_TOKEN)?,
             ENV_TOKEN,
             "it must hold the one-time registration token issued for this worker by its provider",
         )?;
         let server = required(
-            args.server,
+            text(args.server, ENV_SERVER)?,
             ENV_SERVER,
             "it must hold the server's address, e.g. http://10.0.0.1:50051",
         )?;
         check_server(&server)?;
         let worker_id = required(
-            args.worker_id,
+            text(args.worker_id, ENV_WORKER_ID)?,
             ENV_WORKER_ID,
             "it must hold the worker id issued by the provider together with the token",
         )?;
-        let register_timeout = match args.register_timeout_secs.as_deref().map(str::trim) {
+        let register_timeout = text(args.register_timeout_secs, ENV_REGISTER_TIMEOUT_SECS)?;
+        let register_timeout = match register_timeout.as_deref().map(str::trim) {
             None | Some("") => Duration::from_secs(DEFAULT_REGISTER_TIMEOUT_SECS),
             Some(value) => value.parse().map(Duration::from_secs).map_err(|_| {
                 ConfigError::InvalidRegisterTimeout {
@@ -157,7 +160,8 @@ impl Config {
                 }
             })?,
         };
-        let tls_ca_pem = args.tls_ca_pem.filter(|pem| !pem.trim().is_empty());
+        let tls_ca_pem =
+            text(args.tls_ca_pem, ENV_TLS_CA_PEM)?.filter(|pem| !pem.trim().is_empty());
         let tls_ca_path = args.tls_ca.filter(|path| !path.as_os_str().is_empty());
         let tls_ca = match (tls_ca_pem, tls_ca_path) {
             (Some(_), Some(_)) => return Err(ConfigError::TwoCas),
@@ -219,6 +223,17 @@ impl fmt::Display for Config {
             self.register_timeout.as_secs()
         )
     }
+}
+
+/// Variables are read as raw bytes so that non-UTF-8 is reported naming the variable.
+fn text(value: Option<OsString>, var: &'static str) -> Result<Option<String>, ConfigError> {
+    value
+        .map(|value| {
+            value
+                .into_string()
+                .map_err(|_| ConfigError::NotUtf8 { var })
+        })
+        .transpose()
 }
 
 fn required(
@@ -317,6 +332,19 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_rejected_naming_the_variable() {
+        use std::os::unix::ffi::OsStringExt;
+        let argv = [
+            OsString::from("hodei-worker"),
+            OsString::from("--token=t"),
+            OsString::from("--server=http://h:1"),
+            OsString::from_vec(b"--worker-id=\xff".to_vec()),
+        ];
+        let err = Config::from_args(Args::try_parse_from(argv).unwrap()).unwrap_err();
+        assert_eq!(err.to_string(), "HODEI_WORKER_ID is not valid UTF-8");
     }
 
     #[test]

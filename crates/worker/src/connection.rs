@@ -203,7 +203,9 @@ where
 {
     let started = Instant::now();
     let mut delay = FIRST_RETRY_DELAY;
-    for number in 1u32.. {
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let budget = ATTEMPT_TIMEOUT.min(remaining).max(CONNECT_TIMEOUT);
         let cause = match tokio::time::timeout(budget, attempt()).await {
@@ -218,24 +220,26 @@ where
             Ok(Err(Failure::Retry(cause))) => cause,
             Err(_) => format!("no answer within {}s", budget.as_secs()),
         };
-        if Instant::now() + delay >= deadline {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
             return Err(WorkerError::Unreachable {
                 server: server.to_string(),
                 waited: started.elapsed(),
                 cause,
             });
         }
+        // The last attempt is made at the deadline, not one backoff step before it.
+        let pause = delay.min(remaining);
         tracing::warn!(
             step,
-            attempt = number,
+            attempts,
             %cause,
-            retry_in_ms = delay.as_millis() as u64,
+            retry_in_ms = pause.as_millis() as u64,
             "cannot reach the server yet; retrying"
         );
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(pause).await;
         delay = (delay * 2).min(MAX_RETRY_DELAY);
     }
-    unreachable!("the attempt counter does not run out before the deadline")
 }
 
 /// This machine's (or Pod's) host name, for the server's log; empty if unknown.

@@ -9,9 +9,9 @@ pub enum WorkerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(
-        "cannot reach the server at {server} within {}s: {cause} \
+        "cannot reach the server at {server} (tried for {:.1}s): {cause} \
          (is HODEI_SERVER right, and can this worker reach it over the network?)",
-        .waited.as_secs()
+        .waited.as_secs_f64()
     )]
     Unreachable {
         server: String,

@@ -1,6 +1,6 @@
 //! `hodei-worker`: see the `hodei_worker` library for everything.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
 use tracing_subscriber::EnvFilter;
 
@@ -14,6 +14,8 @@ fn main() -> ExitCode {
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not in a container's log.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
@@ -38,7 +40,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!("{err}");
+            // One plain sentence, the last line of the log, whatever the log filter.
             eprintln!("hodei-worker: {err}");
             ExitCode::from(err.exit_code())
         }

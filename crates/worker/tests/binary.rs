@@ -226,6 +226,77 @@ async fn given_a_running_job_when_the_worker_is_killed_outright_then_the_jobs_sh
     );
 }
 
+#[tokio::test]
+#[ignore = "needs root and unshare(1) to run the worker as PID 1 of a new PID namespace; run with --ignored"]
+async fn given_the_worker_is_pid_1_when_a_jobs_orphans_die_then_they_are_reaped() {
+    let mut fake = FakeServer::start().await;
+    let worker_command = worker_for(&fake);
+    // `unshare` stays outside as the parent; its child, the worker, is PID 1 inside.
+    let mut command = {
+        let mut wrapped = Command::new("unshare");
+        wrapped
+            .args(["--pid", "--fork", "--kill-child"])
+            .arg(worker_command.as_std().get_program());
+        wrapped
+            .env_clear()
+            .envs(
+                worker_command
+                    .as_std()
+                    .get_envs()
+                    .filter_map(|(name, value)| Some((name, value?))),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        wrapped
+    };
+    let child = command.spawn().expect("spawn unshare");
+    let mut session = fake.session().await;
+    let worker = children_of(child.id().expect("running"))
+        .into_iter()
+        .next()
+        .expect("the worker inside the namespace");
+
+    // The background `sleep` is orphaned when the shell exits, so it becomes the worker's
+    // child; the runner then kills it and the worker must collect it.
+    session.assign("job-1", "sleep 300 & echo started").await;
+    let job = session.job_until_finished().await;
+    assert_eq!(job.stdout(), vec!["started"]);
+    for _ in 0..2 {
+        let _ = session.recv().await;
+    }
+
+    let zombies: Vec<u32> = children_of(worker)
+        .into_iter()
+        .filter(|pid| !is_alive(*pid))
+        .collect();
+    assert_eq!(
+        zombies,
+        Vec::<u32>::new(),
+        "unreaped children of the worker"
+    );
+    session.shutdown("done", false).await;
+    session.expect_close().await;
+    assert_eq!(wait(child).await.code, Some(0));
+}
+
+/// Direct children of `pid`, from `/proc/<pid>/task/*/children`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|children| {
+            children
+                .split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
 struct KillGroupOnDrop(u32);
 
 impl Drop for KillGroupOnDrop {
