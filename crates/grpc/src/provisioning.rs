@@ -129,8 +129,8 @@ async fn fail(core: &Arc<Core>, worker: WorkerId, job: JobId, reason: String) {
     core.wake_dispatcher();
 }
 
-/// Records a new worker with its token and claims the oldest queued job for it.
-/// Returns None (and records nothing) when the queue turned out to be empty.
+/// Claims the oldest queued job for a new worker (recorded with its token in the same
+/// transaction) and starts provisioning it. False when the queue turned out to be empty.
 pub async fn start_worker_for_next_job(core: &Arc<Core>) -> anyhow::Result<bool> {
     let worker = WorkerId::new();
     let token = OneTimeToken::generate();
@@ -138,8 +138,9 @@ pub async fn start_worker_for_next_job(core: &Arc<Core>) -> anyhow::Result<bool>
     let expires = Utc::now()
         + chrono::Duration::from_std(settings.provisioning_timeout)
             .unwrap_or(chrono::Duration::minutes(5));
-    core.store
-        .insert_worker(
+    let claimed = core
+        .store
+        .claim_job_for_new_worker(
             worker,
             &settings.instance,
             core.provider.name(),
@@ -147,14 +148,7 @@ pub async fn start_worker_for_next_job(core: &Arc<Core>) -> anyhow::Result<bool>
             expires,
         )
         .await?;
-    let Some(job) = core.store.claim_next_job(worker).await? else {
-        core.store
-            .set_worker_state(
-                worker,
-                WorkerState::Terminated,
-                "not needed: the queue was empty",
-            )
-            .await?;
+    let Some(job) = claimed else {
         return Ok(false);
     };
     core.registry.insert_provisioning(worker, job.id);

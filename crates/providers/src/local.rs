@@ -279,13 +279,17 @@ async fn forward_output(
     }
 }
 
+/// Signals the process group led by `pid` (how we start workers), or the process alone when it
+/// leads no group (a process someone else started with our labels).
 fn signal_group(pid: u32, signal: libc::c_int) {
-    let Ok(pgid) = libc::pid_t::try_from(pid) else {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
         return;
     };
-    // SAFETY: kill(2) with a negative pid signals the process group; no memory is involved.
+    // SAFETY: kill(2) only sends a signal; a negative pid addresses the process group.
     unsafe {
-        libc::kill(-pgid, signal);
+        if libc::kill(-pid, signal) != 0 {
+            libc::kill(pid, signal);
+        }
     }
 }
 

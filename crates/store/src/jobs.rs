@@ -112,27 +112,8 @@ impl Store {
     /// Binds the oldest queued job to `worker` (`Queued → Assigned`), starting a new attempt.
     /// Concurrent claimers never get the same job (`FOR UPDATE SKIP LOCKED`).
     pub async fn claim_next_job(&self, worker: WorkerId) -> Result<Option<Job>, StoreError> {
-        let row: Option<JobRow> = sqlx::query_as(concat!(
-            "WITH next AS (
-                SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1
-                FOR UPDATE SKIP LOCKED
-             ), claimed AS (
-                UPDATE jobs j SET state = 'assigned', worker_id = $1, attempts = j.attempts + 1,
-                       exit_code = NULL
-                FROM next WHERE j.id = next.id
-                RETURNING j.*
-             ), attempt AS (
-                INSERT INTO job_attempts (job_id, attempt, worker_id)
-                SELECT id, attempts, $1 FROM claimed
-             )
-             SELECT ",
-            job_columns!(),
-            " FROM claimed"
-        ))
-        .bind(worker.as_uuid())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(Job::try_from).transpose()
+        let mut conn = self.pool.acquire().await?;
+        claim_next_job_in(&mut conn, worker).await
     }
 
     /// `Assigned → Running` once the worker reports the command started.
@@ -268,4 +249,32 @@ impl Store {
         .await?;
         row.map(Job::try_from).transpose()
     }
+}
+
+/// The claim statement, on any connection (so it can run inside a caller's transaction).
+pub(crate) async fn claim_next_job_in(
+    conn: &mut sqlx::PgConnection,
+    worker: WorkerId,
+) -> Result<Option<Job>, StoreError> {
+    let row: Option<JobRow> = sqlx::query_as(concat!(
+        "WITH next AS (
+            SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1
+            FOR UPDATE SKIP LOCKED
+         ), claimed AS (
+            UPDATE jobs j SET state = 'assigned', worker_id = $1, attempts = j.attempts + 1,
+                   exit_code = NULL
+            FROM next WHERE j.id = next.id
+            RETURNING j.*
+         ), attempt AS (
+            INSERT INTO job_attempts (job_id, attempt, worker_id)
+            SELECT id, attempts, $1 FROM claimed
+         )
+         SELECT ",
+        job_columns!(),
+        " FROM claimed"
+    ))
+    .bind(worker.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(Job::try_from).transpose()
 }

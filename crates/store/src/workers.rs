@@ -42,6 +42,42 @@ impl Store {
         Ok(())
     }
 
+    /// Claims the oldest queued job for a worker that does not exist yet, and records that
+    /// worker (`Provisioning`) with its token, all in one transaction: either the job is bound
+    /// to a recorded worker, or nothing changed (`None`: the queue was empty).
+    pub async fn claim_job_for_new_worker(
+        &self,
+        id: WorkerId,
+        instance: &str,
+        provider: &str,
+        token: SecretHash,
+        token_expires_at: DateTime<Utc>,
+    ) -> Result<Option<hodei_domain::Job>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(job) = crate::jobs::claim_next_job_in(&mut tx, id).await? else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        sqlx::query(
+            "INSERT INTO workers (id, instance, provider, state) VALUES ($1, $2, $3, 'provisioning')",
+        )
+        .bind(id.as_uuid())
+        .bind(instance)
+        .bind(provider)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO worker_tokens (token_hash, worker_id, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(token.as_bytes().as_slice())
+        .bind(id.as_uuid())
+        .bind(token_expires_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(job))
+    }
+
     pub async fn set_worker_resource(
         &self,
         id: WorkerId,

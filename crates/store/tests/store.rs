@@ -374,3 +374,46 @@ async fn listing_pages_newest_first_and_filters_by_state() {
     assert_eq!(cancelled.len(), 1);
     assert_eq!(store.count_queued().await.unwrap(), 4);
 }
+
+#[tokio::test]
+async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
+    let (_db, store) = store().await;
+    let soon = Utc::now() + chrono::Duration::seconds(60);
+    let empty = store
+        .claim_job_for_new_worker(
+            WorkerId::new(),
+            "test",
+            "local",
+            OneTimeToken::generate().hash(),
+            soon,
+        )
+        .await
+        .unwrap();
+    assert!(empty.is_none());
+    assert!(
+        store.list_workers(true, 10).await.unwrap().is_empty(),
+        "no job, no worker row"
+    );
+
+    let job = store.insert_job(&spec("true", 1)).await.unwrap();
+    let worker = WorkerId::new();
+    let claimed = store
+        .claim_job_for_new_worker(
+            worker,
+            "test",
+            "local",
+            OneTimeToken::generate().hash(),
+            soon,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.id, job.id);
+    assert_eq!(claimed.worker_id, Some(worker));
+    let recorded = store.get_worker(worker).await.unwrap().unwrap();
+    assert_eq!(recorded.state, WorkerState::Provisioning);
+    assert_eq!(
+        store.jobs_held_by_instance("test").await.unwrap(),
+        vec![(job.id, worker)]
+    );
+}
