@@ -377,3 +377,105 @@ pub fn assert_contiguous(lines: &[pb::LogLine]) {
     let expected: Vec<u64> = (1..=lines.len() as u64).collect();
     assert_eq!(sequences, expected, "sequences have a gap or a duplicate");
 }
+
+/// Where workers outside this process reach the server (HU-10.2).
+///
+/// The server binds `0.0.0.0`; what differs is the address a container or Pod must dial:
+/// - `HODEI_E2E_SERVER_HOST`, when set, wins;
+/// - Docker Desktop (macOS, Windows): `host.docker.internal`;
+/// - Linux Docker: the gateway of the network the containers join (default `bridge`);
+/// - Linux Kind: the gateway of the `kind` Docker network;
+/// - the air-gapped local cluster: the CNI bridge's gateway, written by
+///   `scripts/e2e/setup-local-cluster.sh` to `<run dir>/host-address`.
+///
+/// `kubectl port-forward` cannot help here: it only forwards from the host *into* a Pod.
+pub mod reachability {
+    use std::process::Command;
+
+    use anyhow::{Context, bail};
+
+    /// Which kind of infrastructure the workers run on.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum WorkerNetwork {
+        /// Containers on the default (or `network`) Docker network.
+        Docker,
+        /// Pods of a Kind cluster.
+        Kind,
+        /// Pods of the cluster built by `scripts/e2e/setup-local-cluster.sh`.
+        LocalCluster,
+    }
+
+    pub const OVERRIDE: &str = "HODEI_E2E_SERVER_HOST";
+
+    /// The host address workers on `network` use to reach a server on this machine.
+    pub fn server_host_for(network: WorkerNetwork, docker_network: &str) -> anyhow::Result<String> {
+        if let Ok(host) = std::env::var(OVERRIDE)
+            && !host.trim().is_empty()
+        {
+            return Ok(host.trim().to_string());
+        }
+        match network {
+            WorkerNetwork::LocalCluster => {
+                let run_dir = std::env::var("HODEI_CLUSTER_RUN_DIR")
+                    .unwrap_or_else(|_| "/tmp/hodei-local-cluster".into());
+                let path = format!("{run_dir}/host-address");
+                let host = std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "reading {path}: is the local cluster up? (scripts/e2e/setup-local-cluster.sh), \
+                         or set {OVERRIDE}"
+                    )
+                })?;
+                Ok(host.trim().to_string())
+            }
+            WorkerNetwork::Docker | WorkerNetwork::Kind => {
+                if is_docker_desktop()? {
+                    return Ok("host.docker.internal".into());
+                }
+                let network = if network == WorkerNetwork::Kind {
+                    "kind"
+                } else {
+                    docker_network
+                };
+                docker_network_gateway(network)
+            }
+        }
+    }
+
+    fn is_docker_desktop() -> anyhow::Result<bool> {
+        let os = docker(&["info", "--format", "{{.OperatingSystem}}"])?;
+        Ok(os.contains("Docker Desktop"))
+    }
+
+    /// The IPv4 gateway of a Docker network, e.g. 172.17.0.1 for `bridge`.
+    pub fn docker_network_gateway(network: &str) -> anyhow::Result<String> {
+        let gateways = docker(&[
+            "network",
+            "inspect",
+            network,
+            "--format",
+            "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
+        ])?;
+        gateways
+            .split_whitespace()
+            .find(|g| g.parse::<std::net::Ipv4Addr>().is_ok())
+            .map(str::to_string)
+            .with_context(|| {
+                format!("Docker network {network} has no IPv4 gateway (got {gateways:?}); set {OVERRIDE}")
+            })
+    }
+
+    fn docker(args: &[&str]) -> anyhow::Result<String> {
+        let output = Command::new("docker")
+            .args(args)
+            .output()
+            .context("running the docker CLI (is it installed?)")?;
+        if !output.status.success() {
+            bail!(
+                "docker {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+}
