@@ -22,22 +22,7 @@ impl Store {
         token_expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO workers (id, instance, provider, state) VALUES ($1, $2, $3, 'provisioning')",
-        )
-        .bind(id.as_uuid())
-        .bind(instance)
-        .bind(provider)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO worker_tokens (token_hash, worker_id, expires_at) VALUES ($1, $2, $3)",
-        )
-        .bind(token.as_bytes().as_slice())
-        .bind(id.as_uuid())
-        .bind(token_expires_at)
-        .execute(&mut *tx)
-        .await?;
+        insert_worker_in(&mut tx, id, instance, provider, token, token_expires_at).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -58,22 +43,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         };
-        sqlx::query(
-            "INSERT INTO workers (id, instance, provider, state) VALUES ($1, $2, $3, 'provisioning')",
-        )
-        .bind(id.as_uuid())
-        .bind(instance)
-        .bind(provider)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO worker_tokens (token_hash, worker_id, expires_at) VALUES ($1, $2, $3)",
-        )
-        .bind(token.as_bytes().as_slice())
-        .bind(id.as_uuid())
-        .bind(token_expires_at)
-        .execute(&mut *tx)
-        .await?;
+        insert_worker_in(&mut tx, id, instance, provider, token, token_expires_at).await?;
         tx.commit().await?;
         Ok(Some(job))
     }
@@ -232,4 +202,32 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// The worker row and its token, on the caller's transaction.
+async fn insert_worker_in(
+    conn: &mut sqlx::PgConnection,
+    id: WorkerId,
+    instance: &str,
+    provider: &str,
+    token: SecretHash,
+    token_expires_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO workers (id, instance, provider, state) VALUES ($1, $2, $3, 'provisioning')",
+    )
+    .bind(id.as_uuid())
+    .bind(instance)
+    .bind(provider)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO worker_tokens (token_hash, worker_id, expires_at) VALUES ($1, $2, $3)",
+    )
+    .bind(token.as_bytes().as_slice())
+    .bind(id.as_uuid())
+    .bind(token_expires_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
