@@ -105,6 +105,14 @@ impl RunningJob {
     }
 }
 
+impl Drop for RunningJob {
+    fn drop(&mut self) {
+        // Dropping the runner drops its process group, which kills the job: a session that
+        // ends abruptly leaves nothing running. A no-op once the job has finished.
+        self.task.abort();
+    }
+}
+
 /// How the job came to an end, as far as the runner knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Ending {
@@ -571,6 +579,20 @@ mod tests {
             survivors_of_group(started_pid(&messages)).await,
             Vec::<u32>::new()
         );
+    }
+
+    #[tokio::test]
+    async fn dropping_a_running_job_kills_its_whole_process_group() {
+        let (out, mut sent) = mpsc::channel(4);
+        let job = RunningJob::start(spec("sleep 300 & sleep 300"), out);
+        let Some(Msg::JobStarted(started)) = sent.recv().await.and_then(|m| m.msg) else {
+            panic!("expected JobStarted");
+        };
+        assert!(!crate::test_support::live_processes_in_group(started.pid).is_empty());
+
+        drop(job);
+
+        assert_eq!(survivors_of_group(started.pid).await, Vec::<u32>::new());
     }
 
     #[test]

@@ -38,12 +38,17 @@ enum Leaving {
     Terminated,
 }
 
-/// Whether the session goes on after a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the session does after an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Flow {
     Continue,
+    /// Close the stream and exit cleanly.
     Close,
+    /// The connection is gone, for this reason.
+    Lost(String),
 }
+
+const STREAM_CLOSED: &str = "the stream to the server closed";
 
 enum Event {
     Server(Result<Option<ServerMessage>, Status>),
@@ -89,46 +94,48 @@ impl Session {
                     Event::Terminate
                 }
             };
-            match event {
-                Event::Server(Ok(Some(message))) => {
-                    if self.on_message(message).await? == Flow::Close {
-                        return self.close().await;
-                    }
-                }
-                Event::Server(Ok(None)) => {
-                    return self.lost("the server ended the session".into()).await;
-                }
-                Event::Server(Err(status)) => return self.lost(describe(&status)).await,
+            let flow = match event {
+                Event::Server(Ok(Some(message))) => self.on_message(message).await,
+                Event::Server(Ok(None)) => Flow::Lost("the server ended the session".into()),
+                Event::Server(Err(status)) => Flow::Lost(describe(&status)),
                 Event::JobFinished(report) => {
                     self.job = None;
                     process::reap_orphans();
-                    self.send(Msg::JobFinished(report)).await?;
-                    if self.leaving.is_some() {
-                        return self.close().await;
+                    match self.send(Msg::JobFinished(report)).await {
+                        Flow::Continue if self.leaving.is_some() => Flow::Close,
+                        flow => flow,
                     }
                 }
                 Event::Heartbeat => {
                     if self.job.is_none() {
                         process::reap_orphans();
                     }
-                    self.beat()?;
+                    self.beat()
                 }
                 Event::Terminate => {
                     tracing::info!("termination signal received");
                     self.leaving = Some(Leaving::Terminated);
                     match &self.job {
-                        Some(job) => job.stop(Stop::Cancel("worker terminated".into())),
-                        None => return self.close().await,
+                        Some(job) => {
+                            job.stop(Stop::Cancel("worker terminated".into()));
+                            Flow::Continue
+                        }
+                        None => Flow::Close,
                     }
                 }
+            };
+            match flow {
+                Flow::Continue => {}
+                Flow::Close => return self.close().await,
+                Flow::Lost(cause) => return self.lost(cause).await,
             }
         }
     }
 
-    async fn on_message(&mut self, message: ServerMessage) -> Result<Flow, WorkerError> {
+    async fn on_message(&mut self, message: ServerMessage) -> Flow {
         let Some(message) = message.msg else {
             tracing::debug!("empty message from the server ignored");
-            return Ok(Flow::Continue);
+            return Flow::Continue;
         };
         match message {
             server_message::Msg::Assign(assign) => {
@@ -142,15 +149,15 @@ impl Session {
                 };
                 if let Some(message) = refusal {
                     tracing::warn!(job = assign.job_id, message, "assignment refused");
-                    self.send(Msg::JobFinished(JobFinished {
-                        job_id: assign.job_id,
-                        outcome: JobOutcome::SpawnFailed as i32,
-                        exit_code: None,
-                        signal: None,
-                        message,
-                    }))
-                    .await?;
-                    return Ok(Flow::Continue);
+                    return self
+                        .send(Msg::JobFinished(JobFinished {
+                            job_id: assign.job_id,
+                            outcome: JobOutcome::SpawnFailed as i32,
+                            exit_code: None,
+                            signal: None,
+                            message,
+                        }))
+                        .await;
                 }
                 tracing::info!(
                     job = assign.job_id,
@@ -177,7 +184,7 @@ impl Session {
                 self.leaving
                     .get_or_insert_with(|| Leaving::Shutdown(shutdown.reason.clone()));
                 match &self.job {
-                    None => return Ok(Flow::Close),
+                    None => return Flow::Close,
                     Some(job) if shutdown.now => job.stop(Stop::Cancel(shutdown.reason)),
                     Some(job) => tracing::info!(
                         job = job.job_id(),
@@ -186,26 +193,24 @@ impl Session {
                 }
             }
         }
-        Ok(Flow::Continue)
+        Flow::Continue
     }
 
     /// Queues a message for the server; failing means the stream is gone.
-    async fn send(&self, message: Msg) -> Result<(), WorkerError> {
-        self.out
-            .send(WorkerMessage { msg: Some(message) })
-            .await
-            .map_err(|_| WorkerError::LostConnection("the stream to the server closed".into()))
+    async fn send(&self, message: Msg) -> Flow {
+        match self.out.send(WorkerMessage { msg: Some(message) }).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Lost(STREAM_CLOSED.into()),
+        }
     }
 
     /// A heartbeat is skipped when the queue is full: the queued output shows the server that
     /// the worker is alive just as well.
-    fn beat(&self) -> Result<(), WorkerError> {
+    fn beat(&self) -> Flow {
         let running = self.job.as_ref().map(RunningJob::job_id);
         match self.out.try_send(heartbeat::beat(running)) {
-            Ok(()) | Err(TrySendError::Full(_)) => Ok(()),
-            Err(TrySendError::Closed(_)) => Err(WorkerError::LostConnection(
-                "the stream to the server closed".into(),
-            )),
+            Ok(()) | Err(TrySendError::Full(_)) => Flow::Continue,
+            Err(TrySendError::Closed(_)) => Flow::Lost(STREAM_CLOSED.into()),
         }
     }
 
