@@ -455,13 +455,43 @@ pub mod reachability {
             "--format",
             "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
         ])?;
-        gateways
+        if let Some(gateway) = gateways
             .split_whitespace()
             .find(|g| g.parse::<std::net::Ipv4Addr>().is_ok())
-            .map(str::to_string)
+        {
+            return Ok(gateway.to_string());
+        }
+        // Some engines (Debian's docker.io 20.10) list only the subnet of the default bridge;
+        // the engine then gives the bridge the subnet's first address, which is the gateway.
+        let subnets = docker(&[
+            "network",
+            "inspect",
+            network,
+            "--format",
+            "{{range .IPAM.Config}}{{.Subnet}} {{end}}",
+        ])?;
+        subnets
+            .split_whitespace()
+            .find_map(first_host_of_ipv4_subnet)
+            .map(|gateway| gateway.to_string())
             .with_context(|| {
-                format!("Docker network {network} has no IPv4 gateway (got {gateways:?}); set {OVERRIDE}")
+                format!(
+                    "Docker network {network} has no IPv4 gateway (gateways {gateways:?}, \
+                     subnets {subnets:?}); set {OVERRIDE}"
+                )
             })
+    }
+
+    /// `172.17.0.0/16` → `172.17.0.1`; None for anything but an IPv4 CIDR with room for hosts.
+    pub fn first_host_of_ipv4_subnet(cidr: &str) -> Option<std::net::Ipv4Addr> {
+        let (address, prefix) = cidr.split_once('/')?;
+        let address: std::net::Ipv4Addr = address.parse().ok()?;
+        let prefix: u32 = prefix.parse().ok()?;
+        if prefix > 30 {
+            return None;
+        }
+        let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+        Some(std::net::Ipv4Addr::from((u32::from(address) & mask) + 1))
     }
 
     fn docker(args: &[&str]) -> anyhow::Result<String> {
@@ -477,5 +507,47 @@ pub mod reachability {
             );
         }
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+}
+
+impl TestServer {
+    /// Opens a log subscription from `from_sequence`, following live output.
+    pub async fn subscribe(
+        &self,
+        id: &str,
+        from_sequence: u64,
+    ) -> anyhow::Result<tonic::Streaming<pb::LogLine>> {
+        Ok(self
+            .logs()
+            .await?
+            .subscribe_logs(pb::SubscribeLogsRequest {
+                job_id: id.into(),
+                from_sequence,
+                follow: true,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Cancels a job, returning the job as the server answered.
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<pb::Job, tonic::Status> {
+        let mut jobs = self
+            .jobs()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        jobs.cancel_job(pb::CancelJobRequest {
+            job_id: id.into(),
+            reason: reason.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+    }
+
+    /// Waits until the job is running on a worker.
+    pub async fn wait_running(&self, id: &str) -> anyhow::Result<pb::Job> {
+        self.wait_job(id, "running", Duration::from_secs(60), |j| {
+            state_of(j) == pb::JobState::Running
+        })
+        .await
     }
 }

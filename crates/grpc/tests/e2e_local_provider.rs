@@ -115,16 +115,7 @@ async fn a_subscriber_receives_the_first_line_before_the_job_ends() -> anyhow::R
     let id = server
         .queue("for i in 1 2 3 4 5 6 7 8 9 10; do echo line-$i; sleep 0.2; done")
         .await?;
-    let mut stream = server
-        .logs()
-        .await?
-        .subscribe_logs(pb::SubscribeLogsRequest {
-            job_id: id.clone(),
-            from_sequence: 1,
-            follow: true,
-        })
-        .await?
-        .into_inner();
+    let mut stream = server.subscribe(&id, 1).await?;
     let first = tokio::time::timeout(JOB_TIMEOUT, stream.message())
         .await??
         .ok_or_else(|| anyhow::anyhow!("stream ended without a line"))?;
@@ -178,16 +169,7 @@ async fn a_subscriber_joining_mid_job_gets_history_then_live_lines_without_gap_o
     assert_eq!(texts(&lines), expected);
 
     // Resuming from a sequence gives exactly the rest.
-    let mut resumed = server
-        .logs()
-        .await?
-        .subscribe_logs(pb::SubscribeLogsRequest {
-            job_id: id.clone(),
-            from_sequence: 58,
-            follow: true,
-        })
-        .await?
-        .into_inner();
+    let mut resumed = server.subscribe(&id, 58).await?;
     let mut tail = Vec::new();
     while let Some(line) = resumed.message().await? {
         tail.push(line.sequence);
@@ -208,30 +190,13 @@ async fn cancelling_a_running_job_kills_it_and_its_children_and_ends_cancelled()
             pid_file.display()
         ))
         .await?;
-    let mut stream = server
-        .logs()
-        .await?
-        .subscribe_logs(pb::SubscribeLogsRequest {
-            job_id: id.clone(),
-            from_sequence: 1,
-            follow: true,
-        })
-        .await?
-        .into_inner();
+    let mut stream = server.subscribe(&id, 1).await?;
     let first = tokio::time::timeout(JOB_TIMEOUT, stream.message()).await??;
     assert_eq!(first.map(|l| l.data), Some("started".into()));
     let child: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
     assert!(process_is_running(child));
 
-    let response = server
-        .jobs()
-        .await?
-        .cancel_job(pb::CancelJobRequest {
-            job_id: id.clone(),
-            reason: "test says stop".into(),
-        })
-        .await?
-        .into_inner();
+    let response = server.cancel(&id, "test says stop").await?;
     assert_eq!(response.id, id);
     let job = server.wait_finished(&id, Duration::from_secs(20)).await?;
     assert_eq!(
@@ -255,15 +220,7 @@ async fn cancelling_a_running_job_kills_it_and_its_children_and_ends_cancelled()
     .await?;
 
     // Cancelling again is refused with the reason.
-    let again = server
-        .jobs()
-        .await?
-        .cancel_job(pb::CancelJobRequest {
-            job_id: id.clone(),
-            reason: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let again = server.cancel(&id, "").await.unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition);
     assert!(
         again.message().contains("already ended (cancelled)"),
@@ -278,31 +235,12 @@ async fn cancelling_a_queued_job_ends_it_at_once_without_a_worker() -> anyhow::R
     // No worker may start: the only slot is taken by a long job.
     let server = TestServer::local(|s| s.max_workers = 1).await?;
     let blocker = server.queue("sleep 30").await?;
-    server
-        .wait_job(&blocker, "running", JOB_TIMEOUT, |j| {
-            state_of(j) == pb::JobState::Running
-        })
-        .await?;
+    server.wait_running(&blocker).await?;
     let queued = server.queue("echo never").await?;
-    let job = server
-        .jobs()
-        .await?
-        .cancel_job(pb::CancelJobRequest {
-            job_id: queued.clone(),
-            reason: String::new(),
-        })
-        .await?
-        .into_inner();
+    let job = server.cancel(&queued, "").await?;
     assert_eq!(state_of(&job), pb::JobState::Cancelled);
     assert_eq!(job.attempts, 0);
-    server
-        .jobs()
-        .await?
-        .cancel_job(pb::CancelJobRequest {
-            job_id: blocker.clone(),
-            reason: String::new(),
-        })
-        .await?;
+    server.cancel(&blocker, "").await?;
     server.wait_finished(&blocker, JOB_TIMEOUT).await?;
     server.shutdown().await
 }
@@ -561,11 +499,7 @@ async fn a_worker_killed_mid_job_has_its_job_requeued_and_completed_by_another_w
     let id = server
         .queue("echo attempt-$HODEI_JOB_ATTEMPT; sleep 2; echo done")
         .await?;
-    let running = server
-        .wait_job(&id, "running", JOB_TIMEOUT, |j| {
-            state_of(j) == pb::JobState::Running
-        })
-        .await?;
+    let running = server.wait_running(&id).await?;
     let first_worker = running.worker_id.clone();
     let pid = worker_pid(&server, &first_worker).await?;
     // SAFETY: signalling a process this test's server started.
@@ -611,11 +545,7 @@ async fn a_worker_that_stops_heartbeating_is_declared_lost_and_its_job_requeued(
     let id = server
         .queue("if [ \"$HODEI_JOB_ATTEMPT\" = 1 ]; then sleep 60; fi; echo finished")
         .await?;
-    let running = server
-        .wait_job(&id, "running", JOB_TIMEOUT, |j| {
-            state_of(j) == pb::JobState::Running
-        })
-        .await?;
+    let running = server.wait_running(&id).await?;
     let pid = worker_pid(&server, &running.worker_id).await?;
     let stopped = Instant::now();
     // SAFETY: as above. SIGSTOP freezes the worker: its connection stays open, but silent.
@@ -667,11 +597,7 @@ async fn restarting_the_server_gracefully_loses_no_job() -> anyhow::Result<()> {
     for i in 0..6 {
         ids.push(server.queue(&format!("sleep 1; echo ok-{i}")).await?);
     }
-    server
-        .wait_job(&ids[0], "running", JOB_TIMEOUT, |j| {
-            state_of(j) == pb::JobState::Running
-        })
-        .await?;
+    server.wait_running(&ids[0]).await?;
     server.restart().await?;
     for id in &ids {
         let job = server.wait_finished(id, JOB_TIMEOUT).await?;
@@ -693,11 +619,7 @@ async fn a_server_crash_with_jobs_queued_and_running_loses_no_job() -> anyhow::R
     for i in 0..5 {
         ids.push(server.queue(&format!("sleep 1; echo ok-{i}")).await?);
     }
-    server
-        .wait_job(&ids[0], "running", JOB_TIMEOUT, |j| {
-            state_of(j) == pb::JobState::Running
-        })
-        .await?;
+    server.wait_running(&ids[0]).await?;
     server.crash_and_restart().await?;
     for id in &ids {
         let job = server.wait_finished(id, JOB_TIMEOUT).await?;
