@@ -1,0 +1,343 @@
+#!/usr/bin/env bash
+# Runs the Kubernetes E2E suite (crates/grpc/tests/e2e_kubernetes_provider.rs) against a real
+# cluster: Kind (default) or the air-gapped local cluster. Brings the cluster up, builds the
+# worker image if missing, runs the suite with cargo nextest, and cleans up on every exit path.
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
+
+CLUSTER_KIND="${HODEI_E2E_CLUSTER:-kind}"
+WORKER_IMAGE="${HODEI_WORKER_IMAGE:-hodei-worker:e2e-test}"
+IMAGE_ARCHIVE="${HODEI_WORKER_IMAGE_ARCHIVE:-}"
+NAMESPACE="${HODEI_K8S_TEST_NAMESPACE:-hodei-e2e}"
+KEEP_CLUSTER="${HODEI_KEEP_CLUSTER:-0}"
+PROFILE="${NEXTEST_PROFILE:-default}"
+# Where the Kind setup writes its kubeconfig and env file (as setup-kind-cluster.sh).
+KIND_KUBECONFIG="${HODEI_E2E_KUBECONFIG:-${REPO_ROOT}/target/e2e/kubeconfig}"
+LOCAL_RUN_DIR="${HODEI_CLUSTER_RUN_DIR:-/tmp/hodei-local-cluster}"
+# Snapshots of `kubectl get pods -A` taken while a worker Pod runs: proof the suite used Pods.
+SNAPSHOT_FILE="${HODEI_E2E_POD_SNAPSHOTS:-${REPO_ROOT}/target/e2e/pods-during-suite.txt}"
+# Exactly what the provider labels (crates/providers/src/labels.rs).
+SELECTOR="app.kubernetes.io/managed-by=hodei"
+
+REBUILD_IMAGE=0
+NEXTEST_ARGS=()
+CURRENT_STEP="start"
+CLUSTER_TOUCHED=0
+WATCH_PID=""
+KUBECTL=(kubectl)
+STARTED=${SECONDS}
+
+usage() {
+  cat <<USAGE
+Usage: $(basename "$0") [--keep-cluster] [--rebuild-image] [--help] [-- NEXTEST_ARGS...]
+
+Runs the Kubernetes E2E suite against a real cluster:
+  1. checks the tools it needs (and says how to install a missing one);
+  2. builds the worker image ${WORKER_IMAGE} with scripts/build-worker-image.sh if the Docker
+     engine does not have it (skipped when HODEI_WORKER_IMAGE_ARCHIVE is set);
+  3. builds the suite (cargo test -p hodei-grpc --test e2e_kubernetes_provider --no-run)
+     before any cluster exists;
+  4. brings the cluster up: Kind (scripts/e2e/setup-kind-cluster.sh) or the air-gapped local
+     cluster (scripts/e2e/setup-local-cluster.sh); both apply deploy/kubernetes/*-test.yaml and
+     load the worker image;
+  5. runs: cargo nextest run -p hodei-grpc --test e2e_kubernetes_provider
+           --profile \$NEXTEST_PROFILE --run-ignored only
+           -E 'binary(e2e_kubernetes_provider)' [NEXTEST_ARGS...]
+     with KUBECONFIG, HODEI_E2E_K8S=1, HODEI_K8S_TEST_NAMESPACE and HODEI_WORKER_IMAGE exported,
+     saving 'kubectl get pods -A' while worker Pods run to ${SNAPSHOT_FILE#"${REPO_ROOT}/"};
+  6. on every exit path (success, failure, Ctrl-C): deletes the Pods and Secrets labelled
+     ${SELECTOR}, then the cluster (scripts/e2e/cleanup-kind.sh or
+     cleanup-local-cluster.sh, which verifies that nothing is left) unless HODEI_KEEP_CLUSTER=1.
+
+  --keep-cluster    keep the cluster afterwards (same as HODEI_KEEP_CLUSTER=1)
+  --rebuild-image   rebuild the worker image even if it exists (after changing the worker)
+  -h, --help        this text
+  -- ARGS           passed to cargo nextest, e.g. -- --no-capture test_k8s_pod_cleanup
+
+Environment (defaults in brackets):
+  HODEI_E2E_CLUSTER           kind or local [kind]
+  HODEI_KEEP_CLUSTER          1: keep the cluster for the next run [0]
+  NEXTEST_PROFILE             nextest profile (.config/nextest.toml) [default]
+  HODEI_WORKER_IMAGE          worker image, never :latest [hodei-worker:e2e-test]
+  HODEI_WORKER_IMAGE_ARCHIVE  load this image tarball instead of the Docker engine's image
+                              (what 'nix run .#e2e-k8s' passes) [none]
+  HODEI_K8S_TEST_NAMESPACE    test namespace [hodei-e2e]
+  HODEI_E2E_SERVER_HOST       host address Pods use to reach the tests' server [detected]
+  Kind only:   KIND_CLUSTER_NAME [hodei-e2e], KIND_NODE_IMAGE [Kind's default],
+               HODEI_E2E_KUBECONFIG [<repo>/target/e2e/kubeconfig]
+  local only:  HODEI_CLUSTER_RUN_DIR [/tmp/hodei-local-cluster], HODEI_CLUSTER_CACHE
+               [~/.cache/hodei-local-cluster]; needs root (docs/air-gapped-cluster.md)
+USAGE
+}
+
+step() {
+  CURRENT_STEP="$*"
+  printf '\n==> [%4ss] %s\n' "$((SECONDS - STARTED))" "$*"
+}
+info() { printf '    %s\n' "$*"; }
+warn() { printf 'WARNING: %s\n' "$*" >&2; }
+die() {
+  printf 'ERROR: %s\n' "$*" >&2
+  exit 1
+}
+
+kctl() { "${KUBECTL[@]}" "$@"; }
+
+# --- cleanup, on every exit path -------------------------------------------------------------
+
+stop_pod_watch() {
+  if [[ -n "${WATCH_PID}" ]]; then
+    kill "${WATCH_PID}" 2>/dev/null || true
+    wait "${WATCH_PID}" 2>/dev/null || true
+    WATCH_PID=""
+  fi
+  rm -f "${SNAPSHOT_FILE}.partial"
+}
+
+delete_managed_objects() {
+  if [[ -z "${KUBECONFIG:-}" || ! -f "${KUBECONFIG}" ]]; then
+    info "no kubeconfig: no cluster to clean"
+    return 0
+  fi
+  if ! kctl get --raw /readyz >/dev/null 2>&1; then
+    warn "the API server does not answer: Pods and Secrets are left to the cluster cleanup"
+    return 0
+  fi
+  if ! kctl get namespace "${NAMESPACE}" >/dev/null 2>&1; then
+    info "namespace ${NAMESPACE} does not exist"
+    return 0
+  fi
+  kctl -n "${NAMESPACE}" delete pods,secrets -l "${SELECTOR}" \
+    --ignore-not-found --wait --timeout=120s | sed 's/^/    /'
+  local left
+  left="$(kctl -n "${NAMESPACE}" get pods,secrets -l "${SELECTOR}" -o name 2>/dev/null || true)"
+  if [[ -n "${left}" ]]; then
+    warn "still present after 120s: ${left//$'\n'/ }"
+    return 1
+  fi
+  info "no worker Pod or Secret left in ${NAMESPACE}"
+}
+
+remove_cluster() {
+  case "${CLUSTER_KIND}" in
+    kind) bash "${SCRIPT_DIR}/cleanup-kind.sh" ;;
+    local) bash "${SCRIPT_DIR}/cleanup-local-cluster.sh" ;;
+  esac
+}
+
+on_exit() {
+  local status=$? cleanup_failed=0
+  trap - EXIT INT TERM
+  stop_pod_watch
+  if ((status != 0)); then
+    printf '\nFAILED (exit %s) during: %s\n' "${status}" "${CURRENT_STEP}" >&2
+  fi
+  if ((CLUSTER_TOUCHED)); then
+    step "Cleanup: worker Pods and Secrets (${SELECTOR}) in ${NAMESPACE}"
+    delete_managed_objects || cleanup_failed=1
+    if [[ "${KEEP_CLUSTER}" == "1" ]]; then
+      step "Cleanup: keeping the ${CLUSTER_KIND} cluster (HODEI_KEEP_CLUSTER=1)"
+      info "KUBECONFIG=${KUBECONFIG:-?}"
+    else
+      step "Cleanup: removing the ${CLUSTER_KIND} cluster"
+      remove_cluster || cleanup_failed=1
+    fi
+  fi
+  if ((cleanup_failed)); then
+    warn "cleanup incomplete (see above); run the cleanup script of the ${CLUSTER_KIND} cluster again"
+    ((status != 0)) || status=1
+  fi
+  printf '\n%s after %ss (exit %s)\n' "$( ((status == 0)) && echo 'Done' || echo 'Failed')" \
+    "$((SECONDS - STARTED))" "${status}"
+  exit "${status}"
+}
+trap on_exit EXIT
+# A signal ends the script through the EXIT trap, which cleans up.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- checks ----------------------------------------------------------------------------------
+
+require_tools() {
+  local missing=0
+  if ! command -v cargo >/dev/null 2>&1; then
+    warn "cargo is missing: install Rust with rustup (https://rustup.rs), or 'nix develop'"
+    missing=1
+  elif ! cargo nextest --version >/dev/null 2>&1; then
+    warn "cargo-nextest is missing: 'cargo install cargo-nextest --locked', or 'nix develop'"
+    missing=1
+  fi
+  # Kind's nodes are containers; the local cluster imports the worker image from the engine.
+  if ! command -v docker >/dev/null 2>&1; then
+    warn "docker is missing: install Docker Engine (https://docs.docker.com/engine/install/) or Docker Desktop"
+    missing=1
+  fi
+  if [[ "${CLUSTER_KIND}" == kind ]]; then
+    if ! command -v kind >/dev/null 2>&1; then
+      warn "kind is missing: 'go install sigs.k8s.io/kind@latest', a release binary (https://kind.sigs.k8s.io/docs/user/quick-start/#installation), or 'nix develop'"
+      missing=1
+    fi
+    if ! command -v kubectl >/dev/null 2>&1; then
+      warn "kubectl is missing: https://kubernetes.io/docs/tasks/tools/ or 'nix develop'"
+      missing=1
+    fi
+  elif ((EUID != 0)); then
+    warn "the local cluster manages mounts, cgroups and network devices: run this script as root (or use HODEI_E2E_CLUSTER=kind)"
+    missing=1
+  fi
+  ((missing == 0)) || die "install what is missing above and run this script again"
+  if ! docker info >/dev/null 2>&1; then
+    die "the Docker daemon does not answer ('docker info' failed): start it (e.g. 'sudo systemctl start docker')"
+  fi
+}
+
+check_image_name() {
+  local last="${WORKER_IMAGE##*/}"
+  if [[ "${last}" != *:* || "${last##*:}" == "latest" ]]; then
+    die "HODEI_WORKER_IMAGE=${WORKER_IMAGE} has no tag or ':latest': use a fixed tag such as hodei-worker:e2e-test"
+  fi
+}
+
+# --- steps -----------------------------------------------------------------------------------
+
+prepare_image() {
+  if [[ -n "${IMAGE_ARCHIVE}" ]]; then
+    [[ -f "${IMAGE_ARCHIVE}" ]] || die "HODEI_WORKER_IMAGE_ARCHIVE=${IMAGE_ARCHIVE} does not exist"
+    if [[ "${CLUSTER_KIND}" == kind ]]; then
+      info "the Kind setup loads the archive ${IMAGE_ARCHIVE}"
+    else
+      # The local cluster imports from the Docker engine.
+      info "loading ${IMAGE_ARCHIVE} into the Docker engine"
+      docker load --input "${IMAGE_ARCHIVE}" | sed 's/^/    /'
+    fi
+    return
+  fi
+  if ((REBUILD_IMAGE == 0)) && docker image inspect "${WORKER_IMAGE}" >/dev/null 2>&1; then
+    info "${WORKER_IMAGE} exists ($(docker image inspect --format '{{.Id}}' "${WORKER_IMAGE}" | cut -c1-19)); --rebuild-image rebuilds it"
+    return
+  fi
+  info "building ${WORKER_IMAGE} with scripts/build-worker-image.sh"
+  HODEI_WORKER_IMAGE="${WORKER_IMAGE}" bash "${REPO_ROOT}/scripts/build-worker-image.sh"
+}
+
+bring_up_cluster() {
+  CLUSTER_TOUCHED=1
+  case "${CLUSTER_KIND}" in
+    kind)
+      bash "${SCRIPT_DIR}/setup-kind-cluster.sh"
+      local env_file
+      env_file="$(dirname "${KIND_KUBECONFIG}")/kind.env"
+      [[ -f "${env_file}" ]] || die "setup-kind-cluster.sh wrote no ${env_file}"
+      # shellcheck source=/dev/null
+      source "${env_file}"
+      ;;
+    local)
+      bash "${SCRIPT_DIR}/setup-local-cluster.sh"
+      export KUBECONFIG="${LOCAL_RUN_DIR}/kubeconfig"
+      export HODEI_CLUSTER_RUN_DIR="${LOCAL_RUN_DIR}"
+      # The cluster's own kubectl (same version as the cluster); any kubectl works.
+      if [[ -x "${LOCAL_RUN_DIR}/bin/kubectl" ]]; then
+        KUBECTL=("${LOCAL_RUN_DIR}/bin/kubectl")
+      fi
+      ;;
+  esac
+  [[ -f "${KUBECONFIG:-}" ]] || die "no kubeconfig after the cluster setup (KUBECONFIG=${KUBECONFIG:-})"
+}
+
+# Every 2 s, keeps a `kubectl get pods -A` in which a worker Pod is Running.
+watch_pods() {
+  local snapshot="${SNAPSHOT_FILE}.partial"
+  while true; do
+    if kctl get pods -A -o wide >"${snapshot}" 2>/dev/null &&
+      grep -qE '^[^ ]+ +hodei-worker-[^ ]+ +1/1 +Running ' "${snapshot}"; then
+      {
+        printf -- '--- %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+        cat "${snapshot}"
+      } >>"${SNAPSHOT_FILE}"
+    fi
+    sleep 2
+  done
+}
+
+show_pod_snapshots() {
+  local count
+  count="$(grep -c -- '^--- ' "${SNAPSHOT_FILE}" 2>/dev/null || true)"
+  if [[ "${count:-0}" -eq 0 ]]; then
+    warn "no 'kubectl get pods -A' showed a Running worker Pod during the suite"
+    return
+  fi
+  info "${count} snapshot(s) of 'kubectl get pods -A' with Running worker Pods in ${SNAPSHOT_FILE}; the first:"
+  awk '/^--- /{n++} n==1' "${SNAPSHOT_FILE}" | sed 's/^/    /'
+}
+
+run_suite() {
+  export HODEI_E2E_K8S=1 HODEI_E2E_CLUSTER="${CLUSTER_KIND}"
+  export HODEI_K8S_TEST_NAMESPACE="${NAMESPACE}" HODEI_WORKER_IMAGE="${WORKER_IMAGE}"
+  info "KUBECONFIG=${KUBECONFIG} namespace ${NAMESPACE} image ${WORKER_IMAGE} profile ${PROFILE}"
+  mkdir -p "$(dirname "${SNAPSHOT_FILE}")"
+  : >"${SNAPSHOT_FILE}"
+  watch_pods &
+  WATCH_PID=$!
+  local status=0
+  # Only this test target is built: the other suites' binaries are not needed here.
+  (cd "${REPO_ROOT}" && cargo nextest run -p hodei-grpc --test e2e_kubernetes_provider \
+    --profile "${PROFILE}" --run-ignored only -E 'binary(e2e_kubernetes_provider)' \
+    "${NEXTEST_ARGS[@]}") || status=$?
+  stop_pod_watch
+  show_pod_snapshots
+  return "${status}"
+}
+
+# --- main ------------------------------------------------------------------------------------
+
+while (($#)); do
+  case "$1" in
+    --keep-cluster) KEEP_CLUSTER=1 ;;
+    --rebuild-image) REBUILD_IMAGE=1 ;;
+    -h | --help)
+      usage
+      exit 0
+      ;;
+    --)
+      shift
+      NEXTEST_ARGS=("$@")
+      break
+      ;;
+    *)
+      usage >&2
+      die "unknown argument: $1 (nextest arguments go after --)"
+      ;;
+  esac
+  shift
+done
+
+step "Checking tools and settings (cluster: ${CLUSTER_KIND})"
+case "${CLUSTER_KIND}" in
+  kind | local) ;;
+  *) die "HODEI_E2E_CLUSTER=${CLUSTER_KIND}: expected kind or local" ;;
+esac
+[[ -z "${IMAGE_ARCHIVE}" ]] && check_image_name
+require_tools
+export HODEI_KEEP_CLUSTER="${KEEP_CLUSTER}"
+info "$(cargo nextest --version | head -n 1)"
+
+step "Worker image ${WORKER_IMAGE}"
+prepare_image
+
+# Compile first: the cluster then lives only as long as the tests need it, and a compile
+# error is not mistaken for a cluster problem. nextest reuses these test binaries.
+step "Building the suite"
+(cd "${REPO_ROOT}" && cargo test -p hodei-grpc --test e2e_kubernetes_provider --no-run)
+
+step "Bringing up the ${CLUSTER_KIND} cluster"
+setup_started=${SECONDS}
+bring_up_cluster
+info "cluster ready in $((SECONDS - setup_started))s"
+
+step "Running the Kubernetes E2E suite"
+suite_started=${SECONDS}
+run_suite
+info "suite passed in $((SECONDS - suite_started))s"
+CURRENT_STEP="cleanup"
