@@ -75,7 +75,7 @@ remove_managed_containers() {
 }
 
 cleanup() {
-  local status=$?
+  local status=$? failed_step="${CURRENT_STEP}"
   trap - EXIT INT TERM
   # Only when the engine answers: with no engine there is nothing to remove.
   if docker info >/dev/null 2>&1; then
@@ -85,7 +85,7 @@ cleanup() {
     docker ps -a --filter "label=${MANAGED_LABEL}" | sed 's/^/      /'
   fi
   if ((status != 0)); then
-    printf '\nFAILED during: %s (exit %s)\n' "${CURRENT_STEP}" "${status}" >&2
+    printf '\nFAILED during: %s (exit %s)\n' "${failed_step}" "${status}" >&2
   fi
   exit "${status}"
 }
