@@ -40,7 +40,7 @@ use hodei_providers::{
 use hodei_testkit::{Probe, wait_for};
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::{EnvVar, Namespace, Node, Pod, Secret, ServiceAccount},
+    core::v1::{EnvVar, Namespace, Pod, Secret, ServiceAccount},
 };
 use kube::{
     Api, Client,
@@ -75,8 +75,8 @@ struct Cluster {
 
 impl Cluster {
     /// Connects to the cluster of `KUBECONFIG`, or panics with what to do: without
-    /// `HODEI_E2E_K8S=1`, a reachable API server, the test namespace and the worker image on a
-    /// node, nothing this suite asserts could be true.
+    /// `HODEI_E2E_K8S=1`, a reachable API server and the test namespace, nothing this suite
+    /// asserts could be true.
     async fn connect() -> Self {
         hodei_testkit::init_tracing();
         if std::env::var("HODEI_E2E_K8S").as_deref() != Ok("1") {
@@ -114,51 +114,15 @@ impl Cluster {
             ),
             Err(e) => panic!("cannot read namespace {namespace} at {url}: {e}"),
         }
-        let cluster = Self {
+        // The worker image is not checked here: the kubelet lists a newly loaded image in the
+        // node's status only after up to 40 s (30 s image cache, 10 s status updates). Without
+        // it, tests fail with the provider's "image pull failed for <image>".
+        Self {
             pods: Api::namespaced(client.clone(), &namespace),
             secrets: Api::namespaced(client.clone(), &namespace),
             config,
             client,
             namespace,
-        };
-        cluster.require_worker_image().await;
-        cluster
-    }
-
-    /// The worker image must be on a node: with `imagePullPolicy: IfNotPresent` and no registry
-    /// that has it, a missing image would fail every test as an image pull error.
-    async fn require_worker_image(&self) {
-        let image = KubernetesProviderConfig::for_tests().image;
-        let nodes: Api<Node> = Api::all(self.client.clone());
-        // The kubelet reports a newly imported image with its next status update (≤ 10 s).
-        let found = wait_for(
-            &format!("a node to list the worker image {image}"),
-            Duration::from_secs(30),
-            || async {
-                let listed: Vec<String> = nodes
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-                    .iter()
-                    .filter_map(|node| node.status.as_ref()?.images.as_ref())
-                    .flatten()
-                    .flat_map(|i| i.names.clone().unwrap_or_default())
-                    .collect();
-                Ok(
-                    if listed.iter().any(|name| image_name_matches(name, &image)) {
-                        Probe::Ready(())
-                    } else {
-                        Probe::Pending(format!("node images: {listed:?}"))
-                    },
-                )
-            },
-        )
-        .await;
-        if let Err(e) = found {
-            panic!(
-                "the worker image {image} is not on any node: {e:#}. Build it \
-                 (scripts/build-worker-image.sh) and load it (the setup scripts do)"
-            );
         }
     }
 
@@ -436,11 +400,6 @@ fn unique_instance(prefix: &str) -> String {
 
 fn name_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
     meta.name.clone().unwrap_or_default()
-}
-
-/// `docker.io/library/hodei-worker:e2e-test` is how containerd names `hodei-worker:e2e-test`.
-fn image_name_matches(listed: &str, image: &str) -> bool {
-    listed == image || listed.ends_with(&format!("/{image}"))
 }
 
 fn phase(pod: &Pod) -> &str {
@@ -1115,9 +1074,10 @@ async fn queued_to_pod_worker_registered_latency_over_20_jobs() -> anyhow::Resul
         );
         ids.push(uuid::Uuid::parse_str(&id)?);
     }
+    // Job ids are UUIDv7: ordering by id is queueing order.
     let rows: Vec<(uuid::Uuid, uuid::Uuid, f64)> = sqlx::query_as(
         "SELECT j.id, w.id, EXTRACT(EPOCH FROM (w.registered_at - j.created_at))::float8 \
-         FROM jobs j JOIN workers w ON w.id = j.worker_id WHERE j.id = ANY($1)",
+         FROM jobs j JOIN workers w ON w.id = j.worker_id WHERE j.id = ANY($1) ORDER BY j.id",
     )
     .bind(&ids)
     .fetch_all(server.store.pool())
@@ -1125,6 +1085,7 @@ async fn queued_to_pod_worker_registered_latency_over_20_jobs() -> anyhow::Resul
     assert_eq!(rows.len(), JOBS, "one registered worker per job");
     let workers: BTreeSet<uuid::Uuid> = rows.iter().map(|r| r.1).collect();
     assert_eq!(workers.len(), JOBS, "each job had a Pod of its own");
+    let in_queue_order: Vec<String> = rows.iter().map(|r| format!("{:.2}", r.2)).collect();
     let mut seconds: Vec<f64> = rows.iter().map(|r| r.2).collect();
     seconds.sort_by(f64::total_cmp);
     // Nearest-rank percentiles.
@@ -1132,14 +1093,10 @@ async fn queued_to_pod_worker_registered_latency_over_20_jobs() -> anyhow::Resul
     let (p50, p95) = (percentile(0.50), percentile(0.95));
     println!(
         "queued -> Pod worker registered over {JOBS} jobs ({:?} cluster): p50 {p50:.2} s, \
-         p95 {p95:.2} s, min {:.2} s, max {:.2} s; all: {:?}",
+         p95 {p95:.2} s, min {:.2} s, max {:.2} s; in queueing order: {in_queue_order:?}",
         worker_network(),
         seconds[0],
         seconds[JOBS - 1],
-        seconds
-            .iter()
-            .map(|s| format!("{s:.2}"))
-            .collect::<Vec<_>>()
     );
     assert!(seconds[0] > 0.0, "registered before queued? {seconds:?}");
     assert!(
