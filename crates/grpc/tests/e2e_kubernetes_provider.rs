@@ -1072,6 +1072,8 @@ async fn queued_to_pod_worker_registered_latency_over_20_jobs() -> anyhow::Resul
             "{}",
             describe(&job)
         );
+        // One attempt: jobs.worker_id is then the worker whose registration is measured.
+        assert_eq!(job.attempts, 1, "{}", describe(&job));
         ids.push(uuid::Uuid::parse_str(&id)?);
     }
     // Job ids are UUIDv7: ordering by id is queueing order.
