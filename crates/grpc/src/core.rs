@@ -1,13 +1,17 @@
 //! State shared by the services and background tasks of one server.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use hodei_domain::{Job, JobId, JobState, WorkerId, WorkerState};
 use hodei_providers::WorkerProvider;
-use hodei_store::{RequeueOutcome, Store};
+use hodei_store::{RequeueOutcome, Store, StoreError};
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -74,9 +78,40 @@ impl Core {
         self.hub.finish(job.id);
     }
 
+    /// Runs a database operation, waiting out an unreachable database (a restart, a fail-over)
+    /// for up to `database_outage_grace`, so a short outage delays work instead of losing it.
+    /// Any other error is returned at once. Operations must be safe to repeat: every state
+    /// change is guarded by the state it expects, so a repeat after a lost reply changes nothing.
+    pub async fn retry_db<T, F, Fut>(&self, what: &str, mut operation: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.settings.database_outage_grace;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match operation().await {
+                Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(what, error = %e, "database unreachable; retrying in {delay:?}");
+                    tokio::select! {
+                        _ = self.kill.cancelled() => return Err(e),
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// The attempt of `job` on `worker` failed for infrastructure reasons.
     pub async fn requeue_or_fail(&self, job: JobId, worker: WorkerId, reason: &str) {
-        match self.store.requeue_or_fail(job, worker, reason).await {
+        let outcome = self
+            .retry_db("re-queueing a job", || {
+                self.store.requeue_or_fail(job, worker, reason)
+            })
+            .await;
+        match outcome {
             Ok(RequeueOutcome::Requeued) => {
                 tracing::info!(%job, %worker, reason, "job re-queued");
                 self.wake_dispatcher();
@@ -99,13 +134,20 @@ impl Core {
         let core = self.clone();
         self.tasks.spawn(async move {
             let _ = core
-                .store
-                .set_worker_state(worker, WorkerState::Terminating, &reason)
+                .retry_db("recording a worker as terminating", || {
+                    core.store
+                        .set_worker_state(worker, WorkerState::Terminating, &reason)
+                })
                 .await;
             if let Err(e) = core.provider.destroy_worker(&worker).await {
                 tracing::warn!(%worker, error = %e, "destroying worker failed; the orphan sweep will retry");
             }
-            if let Err(e) = core.store.set_worker_state(worker, state, &reason).await {
+            let recorded = core
+                .retry_db("recording a worker's end", || {
+                    core.store.set_worker_state(worker, state, &reason)
+                })
+                .await;
+            if let Err(e) = recorded {
                 tracing::error!(%worker, error = %e, "cannot record worker state");
             }
             core.registry.remove(worker);

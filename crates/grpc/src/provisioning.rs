@@ -15,7 +15,10 @@ use crate::{core::Core, registry::Phase};
 /// Any failure is classified, recorded on the worker, and re-queues (or fails) the job.
 pub async fn provision(core: Arc<Core>, worker: WorkerId, job: JobId, token: OneTimeToken) {
     let started = Instant::now();
-    let spec = match core.store.get_job(job).await {
+    let found = core
+        .retry_db("reading a job to provision for", || core.store.get_job(job))
+        .await;
+    let spec = match found {
         Ok(Some(job)) => job.spec,
         Ok(None) => return fail(&core, worker, job, "job disappeared".into()).await,
         Err(e) => return fail(&core, worker, job, format!("database error: {e}")).await,
@@ -119,8 +122,10 @@ async fn fail(core: &Arc<Core>, worker: WorkerId, job: JobId, reason: String) {
     }
     tracing::warn!(%worker, %job, reason, "provisioning failed");
     let _ = core
-        .store
-        .set_worker_state(worker, WorkerState::Failed, &reason)
+        .retry_db("recording a failed worker", || {
+            core.store
+                .set_worker_state(worker, WorkerState::Failed, &reason)
+        })
         .await;
     core.requeue_or_fail(job, worker, &reason).await;
     if let Err(e) = core.provider.destroy_worker(&worker).await {

@@ -45,6 +45,9 @@ pub type Outbound = mpsc::Sender<Result<pb::ServerMessage, Status>>;
 const BACKSTOP_SLACK: Duration = Duration::from_secs(10);
 /// How long a send to the worker may block before the worker is considered stuck.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most lines one `LogBatch` may carry. The agent sends at most 1000; a message packed with
+/// tiny lines is refused before it costs a huge insert and a huge fan-out.
+pub const MAX_LINES_PER_BATCH: usize = 10_000;
 
 struct CurrentJob {
     job: Job,
@@ -160,7 +163,9 @@ impl Session {
                 message = inbound.message() => match message {
                     Ok(Some(message)) => {
                         self.last_seen = Instant::now();
-                        if let Err(end) = self.on_message(message).await {
+                        let handled = self.on_message(message).await;
+                        self.excuse_stall();
+                        if let Err(end) = handled {
                             return end;
                         }
                     }
@@ -170,7 +175,9 @@ impl Session {
                     }
                 },
                 Some(command) = commands.recv() => {
-                    if let Err(end) = self.on_command(command).await {
+                    let handled = self.on_command(command).await;
+                    self.excuse_stall();
+                    if let Err(end) = handled {
                         return end;
                     }
                 }
@@ -180,6 +187,16 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// The worker cannot be blamed for silence while the session was not listening: after a
+    /// handler that took longer than a heartbeat interval (a database outage waited out), the
+    /// silence is counted from now, so the messages queued meanwhile are read before the
+    /// heartbeat deadline can strike.
+    fn excuse_stall(&mut self) {
+        if self.last_seen.elapsed() > self.core.settings.heartbeat_interval {
+            self.last_seen = self.last_seen.max(Instant::now());
         }
     }
 
@@ -292,7 +309,11 @@ impl Session {
 
     /// Sends the job the worker was provisioned for (already claimed for it in the database).
     async fn assign_bound(&mut self, job: JobId) -> Result<(), End> {
-        match self.core.store.get_job(job).await {
+        let found = self
+            .core
+            .retry_db("reading an assigned job", || self.core.store.get_job(job))
+            .await;
+        match found {
             Ok(Some(job))
                 if job.state == JobState::Assigned && job.worker_id == Some(self.worker) =>
             {
@@ -322,8 +343,13 @@ impl Session {
                 .await;
             return Ok(());
         }
-        let store = &self.core.store;
-        let next_sequence = match store.last_log_sequence(job.id).await {
+        let core = &self.core;
+        let last = core
+            .retry_db("reading a job's last output line", || {
+                core.store.last_log_sequence(job.id)
+            })
+            .await;
+        let next_sequence = match last {
             Ok(last) => last + 1,
             Err(e) => {
                 self.core
@@ -333,7 +359,13 @@ impl Session {
                 return Ok(());
             }
         };
-        if let Err(e) = store.mark_worker_busy(self.worker, job.id).await {
+        let worker = self.worker;
+        let busy = core
+            .retry_db("recording a worker as busy", || {
+                core.store.mark_worker_busy(worker, job.id)
+            })
+            .await;
+        if let Err(e) = busy {
             tracing::warn!(worker = %self.worker, error = %e, "cannot record worker as busy");
         }
         let message = pb::AssignJob {
@@ -400,7 +432,13 @@ impl Session {
             current.backstop =
                 Some(Instant::now() + current.job.spec.timeout + kill_grace + BACKSTOP_SLACK);
         }
-        match self.core.store.mark_job_running(job, worker).await {
+        let core = &self.core;
+        let running = core
+            .retry_db("recording a job's start", || {
+                core.store.mark_job_running(job, worker)
+            })
+            .await;
+        match running {
             Ok(true) => {
                 let waited = (Utc::now() - created).to_std().unwrap_or_default();
                 self.core
@@ -426,6 +464,12 @@ impl Session {
         if batch.lines.is_empty() {
             return Ok(());
         }
+        if batch.lines.len() > MAX_LINES_PER_BATCH {
+            return Err(End::Lost(format!(
+                "protocol violation: a batch of {} lines (at most {MAX_LINES_PER_BATCH})",
+                batch.lines.len()
+            )));
+        }
         let job = current.job.id;
         let now = Utc::now();
         let first = current.next_sequence;
@@ -441,7 +485,11 @@ impl Session {
             })
             .collect();
         current.next_sequence += lines.len() as u64;
-        if let Err(e) = self.core.store.append_logs(job, &lines).await {
+        let core = &self.core;
+        let stored = core
+            .retry_db("storing output", || core.store.append_logs(job, &lines))
+            .await;
+        if let Err(e) = stored {
             // Losing output silently would be worse than losing the attempt: re-queue it.
             return Err(End::Lost(format!(
                 "cannot persist output of job {job}: {e}"
@@ -501,12 +549,13 @@ impl Session {
             return;
         };
         let job = current.job.id;
-        match self
-            .core
-            .store
-            .finish_job(job, self.worker, state, exit_code, reason)
-            .await
-        {
+        let (core, worker) = (&self.core, self.worker);
+        let finished = core
+            .retry_db("recording a job's end", || {
+                core.store.finish_job(job, worker, state, exit_code, reason)
+            })
+            .await;
+        match finished {
             Ok(Some(job)) => {
                 tracing::info!(worker = %self.worker, job = %job.id, state = %job.state, ?exit_code, "job finished");
                 self.core.job_finished(&job);
@@ -520,7 +569,13 @@ impl Session {
     }
 
     async fn after_job(&mut self) -> Result<(), End> {
-        if let Err(e) = self.core.store.mark_worker_idle(self.worker).await {
+        let (core, worker) = (&self.core, self.worker);
+        let idle = core
+            .retry_db("recording a worker as idle", || {
+                core.store.mark_worker_idle(worker)
+            })
+            .await;
+        if let Err(e) = idle {
             tracing::warn!(worker = %self.worker, error = %e, "cannot record worker as idle");
         }
         if self.jobs_run >= self.core.settings.max_jobs_per_worker {

@@ -43,6 +43,10 @@ pub struct Settings {
     pub worker_ca_pem: Option<String>,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
+    /// How long a database that cannot be reached (a restart, a fail-over) is waited out by
+    /// work in progress — recording output, a job's start or end, a re-queue — before that work
+    /// is given up.
+    pub database_outage_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +77,7 @@ impl Default for Settings {
             tls: None,
             worker_ca_pem: None,
             max_message_bytes: 4 << 20,
+            database_outage_grace: Duration::from_secs(60),
         }
     }
 }

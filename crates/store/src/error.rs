@@ -19,13 +19,23 @@ impl StoreError {
         }
     }
 
-    /// Whether the database could not be reached (as opposed to refusing a statement).
+    /// Whether the database could not be reached (as opposed to refusing a statement): the
+    /// connection broke, none could be made, or the server said it is shutting down or
+    /// starting up (SQLSTATE class 08, and 57P01–57P03, what a restart or fail-over looks like).
     pub fn is_connection_error(&self) -> bool {
-        matches!(
-            self,
+        match self {
             StoreError::Database(
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed
-            )
-        )
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed,
+            ) => true,
+            StoreError::Database(sqlx::Error::Database(error)) => error
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            _ => false,
+        }
+    }
+
+    /// A connection error worth waiting out: not a pool this process closed on purpose.
+    pub fn is_transient(&self) -> bool {
+        self.is_connection_error() && !matches!(self, StoreError::Database(sqlx::Error::PoolClosed))
     }
 }
