@@ -67,8 +67,11 @@ async fn dispatch_once(core: &Arc<Core>) -> anyhow::Result<()> {
         core.registry.unreserve(worker);
     }
 
-    // 2. New workers for what is still queued.
-    if core.store.count_queued().await? == 0 {
+    // 2. New workers for what is still queued. Room is checked first: counting the queue reads
+    // every queued row, which a full fleet working through a long queue would pay on each pass.
+    if core.registry.alive_count() >= core.settings.max_workers
+        || core.store.count_queued().await? == 0
+    {
         return Ok(());
     }
     while core.registry.alive_count() < core.settings.max_workers && !core.is_draining() {
