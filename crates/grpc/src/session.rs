@@ -272,7 +272,8 @@ impl Session {
 
     async fn on_command(&mut self, command: SessionCommand) -> Result<(), End> {
         match command {
-            SessionCommand::Assign(job) => self.assign(*job).await,
+            // The dispatcher's claim already recorded the worker as busy.
+            SessionCommand::Assign(job) => self.assign(*job, true).await,
             SessionCommand::Cancel { job, reason } => {
                 let Some(current) = self.current.as_mut().filter(|c| c.job.id == job) else {
                     return Ok(());
@@ -317,7 +318,7 @@ impl Session {
             Ok(Some(job))
                 if job.state == JobState::Assigned && job.worker_id == Some(self.worker) =>
             {
-                self.assign(job).await
+                self.assign(job, false).await
             }
             // Cancelled (or otherwise taken) while the worker was starting.
             Ok(_) => {
@@ -334,7 +335,9 @@ impl Session {
         }
     }
 
-    async fn assign(&mut self, job: Job) -> Result<(), End> {
+    /// Sends `job` to the worker; `recorded_busy` when the claim already recorded the worker
+    /// as busy with it.
+    async fn assign(&mut self, job: Job, recorded_busy: bool) -> Result<(), End> {
         if let Some(current) = &self.current {
             tracing::error!(worker = %self.worker, current = %current.job.id, new = %job.id,
                 "refusing to assign a second job to a busy worker");
@@ -344,11 +347,17 @@ impl Session {
             return Ok(());
         }
         let core = &self.core;
-        let last = core
-            .retry_db("reading a job's last output line", || {
-                core.store.last_log_sequence(job.id)
-            })
-            .await;
+        // Output is only stored by the session holding the job's current attempt, so a first
+        // attempt starts at 1 without asking; a retry continues after the earlier attempts.
+        let last = match job.attempts {
+            0 | 1 => Ok(0),
+            _ => {
+                core.retry_db("reading a job's last output line", || {
+                    core.store.last_log_sequence(job.id)
+                })
+                .await
+            }
+        };
         let next_sequence = match last {
             Ok(last) => last + 1,
             Err(e) => {
@@ -360,13 +369,15 @@ impl Session {
             }
         };
         let worker = self.worker;
-        let busy = core
-            .retry_db("recording a worker as busy", || {
-                core.store.mark_worker_busy(worker, job.id)
-            })
-            .await;
-        if let Err(e) = busy {
-            tracing::warn!(worker = %self.worker, error = %e, "cannot record worker as busy");
+        if !recorded_busy {
+            let busy = core
+                .retry_db("recording a worker as busy", || {
+                    core.store.mark_worker_busy(worker, job.id)
+                })
+                .await;
+            if let Err(e) = busy {
+                tracing::warn!(worker = %self.worker, error = %e, "cannot record worker as busy");
+            }
         }
         let message = pb::AssignJob {
             job_id: job.id.to_string(),

@@ -10,6 +10,25 @@ use crate::{
     rows::{AttemptRow, JobRow, job_columns},
 };
 
+/// The claim of the oldest queued job for `$1`: locked so concurrent claimers skip it, moved
+/// to `assigned` with one more attempt, which is recorded. A macro so `concat!` can extend it.
+macro_rules! claim_ctes {
+    () => {
+        "WITH next AS (
+            SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1
+            FOR UPDATE SKIP LOCKED
+         ), claimed AS (
+            UPDATE jobs j SET state = 'assigned', worker_id = $1, attempts = j.attempts + 1,
+                   exit_code = NULL
+            FROM next WHERE j.id = next.id
+            RETURNING j.*
+         ), attempt AS (
+            INSERT INTO job_attempts (job_id, attempt, worker_id)
+            SELECT id, attempts, $1 FROM claimed
+         )"
+    };
+}
+
 /// What became of a job whose attempt failed for infrastructure reasons.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequeueOutcome {
@@ -109,11 +128,24 @@ impl Store {
         Ok(count)
     }
 
-    /// Binds the oldest queued job to `worker` (`Queued → Assigned`), starting a new attempt.
-    /// Concurrent claimers never get the same job (`FOR UPDATE SKIP LOCKED`).
+    /// Binds the oldest queued job to the connected `worker` (`Queued → Assigned`), starting a
+    /// new attempt, and records the worker as busy with it, in one statement. Concurrent
+    /// claimers never get the same job (`FOR UPDATE SKIP LOCKED`).
     pub async fn claim_next_job(&self, worker: WorkerId) -> Result<Option<Job>, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        claim_next_job_in(&mut conn, worker).await
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            claim_ctes!(),
+            ", busy AS (
+                UPDATE workers w SET state = 'busy', current_job_id = claimed.id
+                FROM claimed WHERE w.id = $1 AND w.state IN ('idle', 'busy')
+             )
+             SELECT ",
+            job_columns!(),
+            " FROM claimed"
+        ))
+        .bind(worker.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Job::try_from).transpose()
     }
 
     /// `Assigned → Running` once the worker reports the command started.
@@ -257,19 +289,8 @@ pub(crate) async fn claim_next_job_in(
     worker: WorkerId,
 ) -> Result<Option<Job>, StoreError> {
     let row: Option<JobRow> = sqlx::query_as(concat!(
-        "WITH next AS (
-            SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1
-            FOR UPDATE SKIP LOCKED
-         ), claimed AS (
-            UPDATE jobs j SET state = 'assigned', worker_id = $1, attempts = j.attempts + 1,
-                   exit_code = NULL
-            FROM next WHERE j.id = next.id
-            RETURNING j.*
-         ), attempt AS (
-            INSERT INTO job_attempts (job_id, attempt, worker_id)
-            SELECT id, attempts, $1 FROM claimed
-         )
-         SELECT ",
+        claim_ctes!(),
+        " SELECT ",
         job_columns!(),
         " FROM claimed"
     ))

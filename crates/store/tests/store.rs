@@ -417,3 +417,31 @@ async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
         vec![(job.id, worker)]
     );
 }
+
+#[tokio::test]
+async fn a_connected_worker_that_claims_a_job_is_recorded_busy_with_it() {
+    let (_db, store) = store().await;
+    let job = store.insert_job(&spec("true", 1)).await.unwrap();
+    let (w, token) = worker(&store).await;
+    store
+        .register_worker(w, token.hash(), OneTimeToken::generate().hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store.get_worker(w).await.unwrap().unwrap().state,
+        WorkerState::Idle
+    );
+
+    let claimed = store.claim_next_job(w).await.unwrap().unwrap();
+    assert_eq!(claimed.id, job.id);
+    let busy = store.get_worker(w).await.unwrap().unwrap();
+    assert_eq!(busy.state, WorkerState::Busy);
+    assert_eq!(busy.current_job_id, Some(job.id));
+    // Nothing left to claim: the worker stays busy with the job it has.
+    assert!(store.claim_next_job(w).await.unwrap().is_none());
+    assert_eq!(
+        store.get_worker(w).await.unwrap().unwrap().current_job_id,
+        Some(job.id)
+    );
+}
