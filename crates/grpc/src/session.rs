@@ -549,15 +549,22 @@ impl Session {
             },
         };
         let reason = outcome.reason(current.job.spec.timeout);
-        self.finish_current(outcome.state(), outcome.exit_code(), &reason)
+        let recorded_idle = self
+            .finish_current(outcome.state(), outcome.exit_code(), &reason)
             .await;
-        self.after_job().await
+        self.after_job(recorded_idle).await
     }
 
     /// Records the current job's final state and forgets it.
-    async fn finish_current(&mut self, state: JobState, exit_code: Option<i32>, reason: &str) {
+    /// Returns whether the worker was recorded idle with it (it is when the job's end was).
+    async fn finish_current(
+        &mut self,
+        state: JobState,
+        exit_code: Option<i32>,
+        reason: &str,
+    ) -> bool {
         let Some(current) = self.current.take() else {
-            return;
+            return false;
         };
         let job = current.job.id;
         let (core, worker) = (&self.core, self.worker);
@@ -566,28 +573,36 @@ impl Session {
                 core.store.finish_job(job, worker, state, exit_code, reason)
             })
             .await;
+        self.jobs_run += 1;
         match finished {
             Ok(Some(job)) => {
                 tracing::info!(worker = %self.worker, job = %job.id, state = %job.state, ?exit_code, "job finished");
                 self.core.job_finished(&job);
+                true
             }
-            Ok(None) => tracing::info!(worker = %self.worker, %job, "job already ended elsewhere"),
+            Ok(None) => {
+                tracing::info!(worker = %self.worker, %job, "job already ended elsewhere");
+                false
+            }
             Err(e) => {
-                tracing::error!(worker = %self.worker, %job, error = %e, "cannot record job end")
+                tracing::error!(worker = %self.worker, %job, error = %e, "cannot record job end");
+                false
             }
         }
-        self.jobs_run += 1;
     }
 
-    async fn after_job(&mut self) -> Result<(), End> {
-        let (core, worker) = (&self.core, self.worker);
-        let idle = core
-            .retry_db("recording a worker as idle", || {
-                core.store.mark_worker_idle(worker)
-            })
-            .await;
-        if let Err(e) = idle {
-            tracing::warn!(worker = %self.worker, error = %e, "cannot record worker as idle");
+    /// `recorded_idle`: recording the job's end already recorded the worker idle.
+    async fn after_job(&mut self, recorded_idle: bool) -> Result<(), End> {
+        if !recorded_idle {
+            let (core, worker) = (&self.core, self.worker);
+            let idle = core
+                .retry_db("recording a worker as idle", || {
+                    core.store.mark_worker_idle(worker)
+                })
+                .await;
+            if let Err(e) = idle {
+                tracing::warn!(worker = %self.worker, error = %e, "cannot record worker as idle");
+            }
         }
         if self.jobs_run >= self.core.settings.max_jobs_per_worker {
             return self.retire("ran its maximum number of jobs", false).await;

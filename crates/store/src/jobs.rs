@@ -161,7 +161,8 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    /// Moves a job held by `worker` to a final state and closes its attempt.
+    /// Moves a job held by `worker` to a final state and closes its attempt; a worker recorded
+    /// busy with the job is recorded idle, with one more job run, in the same statement.
     /// `None` when the job is not held by that worker any more (the race was lost).
     pub async fn finish_job(
         &self,
@@ -180,6 +181,11 @@ impl Store {
              ), attempt AS (
                 UPDATE job_attempts a SET finished_at = now(), outcome = $3, reason = $5
                 FROM finished WHERE a.job_id = finished.id AND a.attempt = finished.attempts
+             ), idle AS (
+                UPDATE workers w SET state = 'idle', current_job_id = NULL,
+                       jobs_run = w.jobs_run + 1
+                FROM finished WHERE w.id = finished.worker_id AND w.state = 'busy'
+                  AND w.current_job_id = finished.id
              )
              SELECT ",
             job_columns!(),

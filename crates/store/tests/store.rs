@@ -419,7 +419,7 @@ async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
 }
 
 #[tokio::test]
-async fn a_connected_worker_that_claims_a_job_is_recorded_busy_with_it() {
+async fn a_connected_worker_is_recorded_busy_with_the_job_it_claims_and_idle_once_it_ends() {
     let (_db, store) = store().await;
     let job = store.insert_job(&spec("true", 1)).await.unwrap();
     let (w, token) = worker(&store).await;
@@ -444,4 +444,14 @@ async fn a_connected_worker_that_claims_a_job_is_recorded_busy_with_it() {
         store.get_worker(w).await.unwrap().unwrap().current_job_id,
         Some(job.id)
     );
+
+    store
+        .finish_job(job.id, w, JobState::Succeeded, Some(0), "exited with code 0")
+        .await
+        .unwrap()
+        .unwrap();
+    let idle = store.get_worker(w).await.unwrap().unwrap();
+    assert_eq!(idle.state, WorkerState::Idle);
+    assert_eq!(idle.current_job_id, None);
+    assert_eq!(idle.jobs_run, 1);
 }
