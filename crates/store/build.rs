@@ -1,0 +1,5 @@
+//! Rebuilds the crate when a migration is added: `sqlx::migrate!` embeds `migrations/` at
+//! compile time, but on stable Rust it only tracks the files that existed at the last build.
+fn main() {
+    println!("cargo:rerun-if-changed=migrations");
+}
