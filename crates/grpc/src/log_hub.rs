@@ -14,8 +14,10 @@ use std::{
 use hodei_domain::{JobId, LogLine};
 use tokio::sync::broadcast;
 
-/// Events per job buffered for subscribers before the slowest starts lagging.
-const CHANNEL_CAPACITY: usize = 256;
+/// Events per job buffered for subscribers before the slowest starts lagging. An event is one
+/// stored insert (at most ~5,000 lines or ~1 MiB, see `session.rs`), and a lagging subscriber
+/// keeps up to this many alive, so this bounds the memory one followed job can hold.
+const CHANNEL_CAPACITY: usize = 32;
 
 #[derive(Debug, Clone)]
 pub enum HubEvent {

@@ -12,6 +12,7 @@ use std::{
 };
 
 use chrono::Utc;
+use futures::FutureExt;
 use hodei_domain::{Job, JobId, JobState, LogLine, TerminalOutcome, WorkerId, WorkerState};
 use hodei_proto::v1::{self as pb, server_message, worker_message};
 use hodei_store::NewLogLine;
@@ -48,6 +49,10 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most lines one `LogBatch` may carry. The agent sends at most 1000; a message packed with
 /// tiny lines is refused before it costs a huge insert and a huge fan-out.
 pub const MAX_LINES_PER_BATCH: usize = 10_000;
+/// Output stored by one INSERT at most: batches the worker has already sent are merged up to
+/// these, so inserts grow when the database is the bottleneck and stay small when it is not.
+const COALESCE_LINES: usize = 5_000;
+const COALESCE_BYTES: usize = 1 << 20;
 
 struct CurrentJob {
     job: Job,
@@ -67,6 +72,8 @@ pub struct Session {
     idle_since: Option<Instant>,
     last_seen: Instant,
     last_heartbeat_write: Instant,
+    /// A message read while merging output batches, handled next.
+    read_ahead: Option<Result<Option<pb::WorkerMessage>, Status>>,
 }
 
 enum End {
@@ -74,6 +81,17 @@ enum End {
     Lost(String),
     /// The server is being killed: leave everything as it is.
     Killed,
+}
+
+/// A batch over [`MAX_LINES_PER_BATCH`] is a protocol violation.
+fn check_batch(batch: &pb::LogBatch) -> Result<(), End> {
+    if batch.lines.len() > MAX_LINES_PER_BATCH {
+        return Err(End::Lost(format!(
+            "protocol violation: a batch of {} lines (at most {MAX_LINES_PER_BATCH})",
+            batch.lines.len()
+        )));
+    }
+    Ok(())
 }
 
 impl Session {
@@ -89,6 +107,7 @@ impl Session {
             idle_since: Some(now),
             last_seen: now,
             last_heartbeat_write: now,
+            read_ahead: None,
         }
     }
 
@@ -157,23 +176,20 @@ impl Session {
     ) -> End {
         let kill = self.core.kill.clone();
         loop {
+            if let Some(message) = self.read_ahead.take() {
+                if let Err(end) = self.on_inbound(message, inbound).await {
+                    return end;
+                }
+                continue;
+            }
             let deadline = self.next_deadline();
             tokio::select! {
                 _ = kill.cancelled() => return End::Killed,
-                message = inbound.message() => match message {
-                    Ok(Some(message)) => {
-                        self.last_seen = Instant::now();
-                        let handled = self.on_message(message).await;
-                        self.excuse_stall();
-                        if let Err(end) = handled {
-                            return end;
-                        }
+                message = inbound.message() => {
+                    if let Err(end) = self.on_inbound(message, inbound).await {
+                        return end;
                     }
-                    Ok(None) => return self.stream_ended("worker closed its stream"),
-                    Err(status) => {
-                        return self.stream_ended(&format!("stream error: {}", status.message()));
-                    }
-                },
+                }
                 Some(command) = commands.recv() => {
                     let handled = self.on_command(command).await;
                     self.excuse_stall();
@@ -187,6 +203,24 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// One message from the worker's stream, or its end.
+    async fn on_inbound(
+        &mut self,
+        message: Result<Option<pb::WorkerMessage>, Status>,
+        inbound: &mut Streaming<pb::WorkerMessage>,
+    ) -> Result<(), End> {
+        match message {
+            Ok(Some(message)) => {
+                self.last_seen = Instant::now();
+                let handled = self.on_message(message, inbound).await;
+                self.excuse_stall();
+                handled
+            }
+            Ok(None) => Err(self.stream_ended("worker closed its stream")),
+            Err(status) => Err(self.stream_ended(&format!("stream error: {}", status.message()))),
         }
     }
 
@@ -402,7 +436,11 @@ impl Session {
         self.send(server_message::Msg::Assign(message)).await
     }
 
-    async fn on_message(&mut self, message: pb::WorkerMessage) -> Result<(), End> {
+    async fn on_message(
+        &mut self,
+        message: pb::WorkerMessage,
+        inbound: &mut Streaming<pb::WorkerMessage>,
+    ) -> Result<(), End> {
         let Some(message) = message.msg else {
             return Ok(());
         };
@@ -419,7 +457,7 @@ impl Session {
                 Ok(())
             }
             worker_message::Msg::JobStarted(started) => self.on_started(started).await,
-            worker_message::Msg::Logs(batch) => self.on_logs(batch).await,
+            worker_message::Msg::Logs(batch) => self.on_logs(batch, inbound).await,
             worker_message::Msg::JobFinished(finished) => self.on_finished(finished).await,
         }
     }
@@ -466,26 +504,53 @@ impl Session {
         Ok(())
     }
 
-    async fn on_logs(&mut self, batch: pb::LogBatch) -> Result<(), End> {
+    /// Stores and publishes a batch of output, merged with the batches of the same job that
+    /// have already arrived behind it (never waiting for more).
+    async fn on_logs(
+        &mut self,
+        batch: pb::LogBatch,
+        inbound: &mut Streaming<pb::WorkerMessage>,
+    ) -> Result<(), End> {
         let worker = self.worker;
-        let Some(current) = self.current_for(&batch.job_id) else {
+        if self.current_for(&batch.job_id).is_none() {
             tracing::warn!(%worker, job = batch.job_id, "output for a job the worker does not hold; dropped");
             return Ok(());
-        };
-        if batch.lines.is_empty() {
+        }
+        check_batch(&batch)?;
+        let pb::LogBatch {
+            job_id,
+            lines: mut chunks,
+        } = batch;
+        let mut bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
+        while chunks.len() < COALESCE_LINES && bytes < COALESCE_BYTES {
+            let Some(next) = inbound.message().now_or_never() else {
+                break;
+            };
+            match next {
+                Ok(Some(pb::WorkerMessage {
+                    msg: Some(worker_message::Msg::Logs(more)),
+                })) if more.job_id == job_id => {
+                    check_batch(&more)?;
+                    self.last_seen = Instant::now();
+                    bytes += more.lines.iter().map(|c| c.data.len()).sum::<usize>();
+                    chunks.extend(more.lines);
+                }
+                other => {
+                    self.read_ahead = Some(other);
+                    break;
+                }
+            }
+        }
+        if chunks.is_empty() {
             return Ok(());
         }
-        if batch.lines.len() > MAX_LINES_PER_BATCH {
-            return Err(End::Lost(format!(
-                "protocol violation: a batch of {} lines (at most {MAX_LINES_PER_BATCH})",
-                batch.lines.len()
-            )));
-        }
+        let Some(current) = self.current_for(&job_id) else {
+            return Ok(());
+        };
         let job = current.job.id;
         let now = Utc::now();
         let first = current.next_sequence;
-        let lines: Vec<NewLogLine> = batch
-            .lines
+        let lines: Vec<NewLogLine> = chunks
             .into_iter()
             .enumerate()
             .map(|(i, chunk)| NewLogLine {
