@@ -151,9 +151,12 @@ pub fn stream_from_proto(raw: i32) -> LogStreamKind {
     }
 }
 
-pub fn log_line_to_proto(line: &LogLine) -> pb::LogLine {
+/// `job_id` is `line.job_id` already formatted: callers convert many lines of one job, and
+/// formatting the id once per line cost as much as the rest of the conversion.
+pub fn log_line_to_proto(line: &LogLine, job_id: &str) -> pb::LogLine {
+    debug_assert_eq!(line.job_id.to_string(), job_id);
     pb::LogLine {
-        job_id: line.job_id.to_string(),
+        job_id: job_id.to_string(),
         sequence: line.sequence,
         stream: stream_to_proto(line.stream).into(),
         data: line.data.clone(),

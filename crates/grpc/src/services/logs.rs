@@ -55,6 +55,7 @@ impl LogStreamService for LogsService {
         let follower = Follower {
             core: self.core.clone(),
             job,
+            job_id: job.to_string(),
             next: request.from_sequence.max(1),
             tx,
         };
@@ -80,8 +81,12 @@ impl LogStreamService for LogsService {
         let from = request.from_sequence.max(1);
         let lines = store.logs(job, from, limit).await.map_err(store_status)?;
         let next_sequence = lines.last().map_or(from, |l| l.sequence + 1);
+        let job_id = job.to_string();
         Ok(Response::new(pb::GetLogsResponse {
-            lines: lines.iter().map(log_line_to_proto).collect(),
+            lines: lines
+                .iter()
+                .map(|line| log_line_to_proto(line, &job_id))
+                .collect(),
             next_sequence,
         }))
     }
@@ -92,6 +97,8 @@ impl LogStreamService for LogsService {
 struct Follower {
     core: Arc<Core>,
     job: JobId,
+    /// `job`, formatted once for every line sent.
+    job_id: String,
     next: u64,
     tx: mpsc::Sender<Result<pb::LogLine, Status>>,
 }
@@ -128,7 +135,7 @@ impl Follower {
                     }
                     for line in lines.iter() {
                         if line.sequence >= self.next {
-                            self.send(log_line_to_proto(line)).await?;
+                            self.send(log_line_to_proto(line, &self.job_id)).await?;
                             self.next = line.sequence + 1;
                         }
                     }
@@ -156,7 +163,7 @@ impl Follower {
             };
             let full_page = lines.len() == CATCH_UP_PAGE as usize;
             for line in &lines {
-                self.send(log_line_to_proto(line)).await?;
+                self.send(log_line_to_proto(line, &self.job_id)).await?;
                 self.next = line.sequence + 1;
             }
             if !full_page {
