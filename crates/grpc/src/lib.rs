@@ -18,6 +18,16 @@ mod session;
 mod settings;
 
 pub use server::{RunningServer, start};
+
+/// The gRPC-edge conversions, for the fuzz targets in `fuzz/`. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::convert::{
+        datetime, job_state_from_proto, job_state_to_proto, parse_job_id, spec_from_proto,
+        spec_to_proto, stream_from_proto, timestamp,
+    };
+    pub use tonic::Code;
+}
 pub use settings::{Settings, TlsFiles};
 
 /// A store failure as the client sees it: the database is the server's problem, not theirs.
