@@ -95,17 +95,14 @@ pub async fn pipe_rate(command: &str, expected_lines: u64) -> anyhow::Result<f64
 }
 
 /// Rows per second PostgreSQL takes with the statement the server uses for output
-/// (`INSERT … SELECT … FROM UNNEST(…)`), in batches of `batch` rows, into a table shaped like
-/// `job_logs`, one batch at a time on one connection.
+/// (`INSERT … SELECT … FROM UNNEST(…)`), in batches of `batch` rows, into a copy of `job_logs`
+/// (same columns, primary key and logging, no foreign key), one batch at a time on one
+/// connection.
 pub async fn insert_rate(db: &PgPool, rows: u64, batch: u64) -> anyhow::Result<f64> {
     let mut conn = db.acquire().await?;
-    sqlx::query(
-        "CREATE TEMP TABLE bench_logs (job_id uuid NOT NULL, sequence bigint NOT NULL, \
-         stream smallint NOT NULL, data bytea NOT NULL, emitted_at timestamptz NOT NULL, \
-         PRIMARY KEY (job_id, sequence))",
-    )
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("CREATE TABLE bench_logs (LIKE job_logs INCLUDING ALL)")
+        .execute(&mut *conn)
+        .await?;
     let job = uuid::Uuid::now_v7();
     let now = chrono::Utc::now();
     let started = Instant::now();

@@ -35,7 +35,7 @@ enum Benchmark {
         #[arg(long, default_value_t = 1000)]
         jobs: usize,
         /// Pause between jobs, so each finds the worker idle.
-        #[arg(long, default_value = "20", value_name = "MS")]
+        #[arg(long, default_value = "50", value_name = "MS")]
         interval_ms: u64,
     },
     /// `true` jobs per second, queued -> Succeeded, with warm workers.
@@ -100,7 +100,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Benchmark::All => vec![
             Benchmark::Dispatch {
                 jobs: 1000,
-                interval_ms: 20,
+                interval_ms: 50,
             },
             Benchmark::Throughput {
                 jobs: 10_000,
