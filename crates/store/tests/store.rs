@@ -446,7 +446,13 @@ async fn a_connected_worker_is_recorded_busy_with_the_job_it_claims_and_idle_onc
     );
 
     store
-        .finish_job(job.id, w, JobState::Succeeded, Some(0), "exited with code 0")
+        .finish_job(
+            job.id,
+            w,
+            JobState::Succeeded,
+            Some(0),
+            "exited with code 0",
+        )
         .await
         .unwrap()
         .unwrap();
