@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use hodei_grpc::{Settings, TlsFiles};
+use hodei_grpc::{RetryBackoff, Settings, TlsFiles};
 use hodei_providers::{
     WorkerProvider,
     docker::{DockerProvider, DockerProviderConfig},
@@ -82,6 +82,12 @@ pub struct Config {
     pub orphan_sweep_interval: Duration,
     #[arg(long, env = "HODEI_DEFAULT_JOB_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub default_job_timeout: Duration,
+    /// Wait before the second attempt of a job re-queued after an infrastructure failure;
+    /// doubled for each further attempt, up to --retry-backoff-max.
+    #[arg(long, env = "HODEI_RETRY_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
+    #[arg(long, env = "HODEI_RETRY_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    pub retry_backoff_max: Duration,
 
     /// PEM certificate chain; with --tls-key, serve gRPC over TLS.
     #[arg(long, env = "HODEI_TLS_CERT", requires = "tls_key")]
@@ -192,6 +198,10 @@ impl Config {
                 _ => None,
             },
             worker_ca_pem,
+            retry_backoff: RetryBackoff {
+                first: self.retry_backoff,
+                max: self.retry_backoff_max,
+            },
             ..Settings::default()
         };
         settings.job_limits.default_timeout = self.default_job_timeout;

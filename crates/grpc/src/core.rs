@@ -27,7 +27,7 @@ pub struct Core {
     /// `HODEI_SERVER` for new workers.
     pub worker_address: String,
     /// Wakes the dispatcher: a job was queued, a worker became idle or went away.
-    pub dispatch: Notify,
+    pub dispatch: Arc<Notify>,
     /// Set once a graceful shutdown begins: no new jobs are accepted or dispatched.
     draining: AtomicBool,
     /// Cancelled to stop every task at once without cleanup (a simulated crash), or at the very
@@ -52,7 +52,7 @@ impl Core {
             hub: Arc::new(LogHub::default()),
             metrics: Arc::new(Metrics::default()),
             worker_address,
-            dispatch: Notify::new(),
+            dispatch: Arc::new(Notify::new()),
             draining: AtomicBool::new(false),
             kill: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -69,6 +69,22 @@ impl Core {
 
     pub fn wake_dispatcher(&self) {
         self.dispatch.notify_one();
+    }
+
+    /// Wakes the dispatcher once `delay` has passed: a re-queued job becomes claimable then,
+    /// and nothing else may happen meanwhile to wake it sooner than its safety tick.
+    pub fn wake_dispatcher_after(&self, delay: Duration) {
+        if delay.is_zero() {
+            return self.wake_dispatcher();
+        }
+        let dispatch = self.dispatch.clone();
+        let kill = self.kill.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = kill.cancelled() => {}
+                _ = tokio::time::sleep(delay) => dispatch.notify_one(),
+            }
+        });
     }
 
     /// Records a job reaching a final state: subscribers are told, metrics counted.
@@ -108,13 +124,14 @@ impl Core {
     pub async fn requeue_or_fail(&self, job: JobId, worker: WorkerId, reason: &str) {
         let outcome = self
             .retry_db("re-queueing a job", || {
-                self.store.requeue_or_fail(job, worker, reason)
+                self.store
+                    .requeue_or_fail(job, worker, reason, self.settings.retry_backoff)
             })
             .await;
         match outcome {
-            Ok(RequeueOutcome::Requeued) => {
-                tracing::info!(%job, %worker, reason, "job re-queued");
-                self.wake_dispatcher();
+            Ok(RequeueOutcome::Requeued { retry_in }) => {
+                tracing::info!(%job, %worker, reason, ?retry_in, "job re-queued");
+                self.wake_dispatcher_after(retry_in);
             }
             Ok(RequeueOutcome::Failed) => {
                 tracing::warn!(%job, %worker, reason, "job failed: out of attempts");

@@ -28,6 +28,7 @@ pub mod fuzzing {
     };
     pub use tonic::Code;
 }
+pub use hodei_store::RetryBackoff;
 pub use settings::{Settings, TlsFiles};
 
 /// A store failure as the client sees it: the database is the server's problem, not theirs.

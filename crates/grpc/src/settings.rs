@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use hodei_domain::JobSpecLimits;
+use hodei_store::RetryBackoff;
 
 /// Server behaviour. `Default` gives the production defaults.
 #[derive(Debug, Clone)]
@@ -47,6 +48,8 @@ pub struct Settings {
     /// work in progress — recording output, a job's start or end, a re-queue — before that work
     /// is given up.
     pub database_outage_grace: Duration,
+    /// How long a job re-queued after an infrastructure failure waits before its next attempt.
+    pub retry_backoff: RetryBackoff,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +81,7 @@ impl Default for Settings {
             worker_ca_pem: None,
             max_message_bytes: 4 << 20,
             database_outage_grace: Duration::from_secs(60),
+            retry_backoff: RetryBackoff::default(),
         }
     }
 }

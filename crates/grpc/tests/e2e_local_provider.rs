@@ -495,7 +495,14 @@ async fn twenty_jobs_with_at_most_four_workers_all_succeed_exactly_once() -> any
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_has_its_job_requeued_and_completed_by_another_worker()
 -> anyhow::Result<()> {
-    let server = TestServer::local(|_| {}).await?;
+    let backoff = Duration::from_secs(2);
+    let server = TestServer::local(|s| {
+        s.retry_backoff = hodei_grpc::RetryBackoff {
+            first: backoff,
+            max: backoff,
+        }
+    })
+    .await?;
     let id = server
         .queue("echo attempt-$HODEI_JOB_ATTEMPT; sleep 2; echo done")
         .await?;
@@ -525,6 +532,14 @@ async fn a_worker_killed_mid_job_has_its_job_requeued_and_completed_by_another_w
         job.attempt_history[0]
     );
     assert_eq!(job.attempt_history[1].outcome, "succeeded");
+    // The second attempt waited out the retry backoff (both instants are PostgreSQL's).
+    let first_end = timestamp(&job.attempt_history[0].finished_at)?;
+    let second_start = timestamp(&job.attempt_history[1].started_at)?;
+    assert!(
+        second_start - first_end >= backoff,
+        "attempt 2 started {:?} after attempt 1 ended; the backoff is {backoff:?}",
+        second_start - first_end
+    );
 
     let lines = texts(&server.follow_logs(&id, JOB_TIMEOUT).await?);
     assert_eq!(lines.last().map(String::as_str), Some("done"));
@@ -962,4 +977,13 @@ async fn a_job_runs_over_tls_with_the_worker_trusting_the_configured_ca() -> any
         );
     }
     server.shutdown().await
+}
+
+/// A protobuf timestamp as a duration since the epoch, for differences between two of them.
+fn timestamp(ts: &Option<prost_types::Timestamp>) -> anyhow::Result<Duration> {
+    let ts = ts.as_ref().ok_or_else(|| anyhow::anyhow!("no timestamp"))?;
+    Ok(Duration::new(
+        u64::try_from(ts.seconds)?,
+        u32::try_from(ts.nanos)?,
+    ))
 }

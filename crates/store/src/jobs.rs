@@ -1,6 +1,6 @@
 //! The job queue and each job's state transitions.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use hodei_domain::{Job, JobAttempt, JobId, JobSpec, JobState, WorkerId};
 use uuid::Uuid;
@@ -15,7 +15,8 @@ use crate::{
 macro_rules! claim_ctes {
     () => {
         "WITH next AS (
-            SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1
+            SELECT id FROM jobs WHERE state = 'queued' AND (retry_at IS NULL OR retry_at <= now())
+            ORDER BY id LIMIT 1
             FOR UPDATE SKIP LOCKED
          ), claimed AS (
             UPDATE jobs j SET state = 'assigned', worker_id = $1, attempts = j.attempts + 1,
@@ -29,11 +30,42 @@ macro_rules! claim_ctes {
     };
 }
 
+/// How long a re-queued job waits before it can be claimed again: `first` after its first
+/// attempt, doubling with each further attempt, never more than `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBackoff {
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl RetryBackoff {
+    /// Claimable again at once.
+    pub const NONE: Self = Self {
+        first: Duration::ZERO,
+        max: Duration::ZERO,
+    };
+
+    /// The wait after `attempts` attempts (the same formula the re-queue statement applies).
+    pub fn delay_after(&self, attempts: u32) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(30);
+        self.first.saturating_mul(1u32 << doublings).min(self.max)
+    }
+}
+
+impl Default for RetryBackoff {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
 /// What became of a job whose attempt failed for infrastructure reasons.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequeueOutcome {
-    /// Back in the queue; attempts remain.
-    Requeued,
+    /// Back in the queue, claimable again after `retry_in`; attempts remain.
+    Requeued { retry_in: Duration },
     /// Out of attempts: now `Failed`.
     Failed,
     /// The job was no longer held by that worker (already finished or re-queued).
@@ -202,17 +234,23 @@ impl Store {
     }
 
     /// The attempt on `worker` failed for infrastructure reasons: re-queue the job if attempts
-    /// remain, otherwise fail it, recording `reason` either way.
+    /// remain (claimable again after `backoff`), otherwise fail it, recording `reason` either
+    /// way.
     pub async fn requeue_or_fail(
         &self,
         job: JobId,
         worker: WorkerId,
         reason: &str,
+        backoff: RetryBackoff,
     ) -> Result<RequeueOutcome, StoreError> {
-        let state: Option<(String,)> = sqlx::query_as(
+        let updated: Option<(String, i32)> = sqlx::query_as(
             "WITH updated AS (
                 UPDATE jobs SET
                     state = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,
+                    retry_at = CASE WHEN attempts < max_attempts
+                                    THEN now() + make_interval(secs => least(
+                                        $4 * power(2, least(attempts - 1, 30)), $5))
+                                    ELSE NULL END,
                     reason = CASE WHEN attempts < max_attempts
                                   THEN 'attempt ' || attempts || ' interrupted: ' || $3
                                   ELSE 'failed after ' || attempts || ' attempt(s): ' || $3 END,
@@ -225,15 +263,19 @@ impl Store {
                        reason = $3
                 FROM updated WHERE a.job_id = updated.id AND a.attempt = updated.attempts
              )
-             SELECT state FROM updated",
+             SELECT state, attempts FROM updated",
         )
         .bind(job.as_uuid())
         .bind(worker.as_uuid())
         .bind(reason)
+        .bind(backoff.first.as_secs_f64())
+        .bind(backoff.max.as_secs_f64())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(match state.as_ref().map(|(s,)| s.as_str()) {
-            Some("queued") => RequeueOutcome::Requeued,
+        Ok(match updated {
+            Some((state, attempts)) if state == "queued" => RequeueOutcome::Requeued {
+                retry_in: backoff.delay_after(u32::try_from(attempts).unwrap_or(u32::MAX)),
+            },
             Some(_) => RequeueOutcome::Failed,
             None => RequeueOutcome::NotHeld,
         })
@@ -304,4 +346,21 @@ pub(crate) async fn claim_next_job_in(
     .fetch_optional(&mut *conn)
     .await?;
     row.map(Job::try_from).transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_backoff_doubles_per_attempt_up_to_its_maximum() {
+        let backoff = RetryBackoff {
+            first: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
+        let delays: Vec<u64> = (1..=8).map(|a| backoff.delay_after(a).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(backoff.delay_after(u32::MAX), Duration::from_secs(60));
+        assert_eq!(RetryBackoff::NONE.delay_after(5), Duration::ZERO);
+    }
 }

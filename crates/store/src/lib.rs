@@ -21,7 +21,7 @@ use sqlx::{
 };
 
 pub use error::StoreError;
-pub use jobs::RequeueOutcome;
+pub use jobs::{RequeueOutcome, RetryBackoff};
 pub use logs::NewLogLine;
 pub use tokens::TokenRejection;
 

@@ -7,7 +7,7 @@ use chrono::Utc;
 use hodei_domain::{
     JobSpec, JobSpecLimits, JobState, LogStreamKind, OneTimeToken, Resources, WorkerId, WorkerState,
 };
-use hodei_store::{NewLogLine, RequeueOutcome, Store, TokenRejection};
+use hodei_store::{NewLogLine, RequeueOutcome, RetryBackoff, Store, TokenRejection};
 use hodei_testkit::TestDatabase;
 
 async fn store() -> (TestDatabase, Store) {
@@ -110,10 +110,12 @@ async fn an_infrastructure_failure_requeues_until_attempts_run_out() {
     store.claim_next_job(w1).await.unwrap().unwrap();
     assert_eq!(
         store
-            .requeue_or_fail(job.id, w1, "worker lost")
+            .requeue_or_fail(job.id, w1, "worker lost", RetryBackoff::NONE)
             .await
             .unwrap(),
-        RequeueOutcome::Requeued
+        RequeueOutcome::Requeued {
+            retry_in: Duration::ZERO
+        }
     );
     let requeued = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!(requeued.state, JobState::Queued);
@@ -124,7 +126,10 @@ async fn an_infrastructure_failure_requeues_until_attempts_run_out() {
     );
     // A stale worker cannot touch it any more.
     assert_eq!(
-        store.requeue_or_fail(job.id, w1, "again").await.unwrap(),
+        store
+            .requeue_or_fail(job.id, w1, "again", RetryBackoff::NONE)
+            .await
+            .unwrap(),
         RequeueOutcome::NotHeld
     );
 
@@ -133,7 +138,7 @@ async fn an_infrastructure_failure_requeues_until_attempts_run_out() {
     assert_eq!(claimed.attempts, 2);
     assert_eq!(
         store
-            .requeue_or_fail(job.id, w2, "worker lost")
+            .requeue_or_fail(job.id, w2, "worker lost", RetryBackoff::NONE)
             .await
             .unwrap(),
         RequeueOutcome::Failed
@@ -152,6 +157,55 @@ async fn an_infrastructure_failure_requeues_until_attempts_run_out() {
     assert_eq!(attempts[0].outcome, "requeued");
     assert_eq!(attempts[0].worker_id, w1);
     assert_eq!(attempts[1].outcome, "failed");
+}
+
+#[tokio::test]
+async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it() {
+    let (_db, store) = store().await;
+    let job = store.insert_job(&spec("true", 3)).await.unwrap();
+    let backoff = RetryBackoff {
+        first: Duration::from_millis(600),
+        max: Duration::from_secs(60),
+    };
+
+    let (w1, _) = worker(&store).await;
+    store.claim_next_job(w1).await.unwrap().unwrap();
+    assert_eq!(
+        store
+            .requeue_or_fail(job.id, w1, "image not found", backoff)
+            .await
+            .unwrap(),
+        RequeueOutcome::Requeued {
+            retry_in: Duration::from_millis(600)
+        }
+    );
+    let (w2, _) = worker(&store).await;
+    assert!(
+        store.claim_next_job(w2).await.unwrap().is_none(),
+        "claimed before its backoff ended"
+    );
+    assert_eq!(store.count_queued().await.unwrap(), 1, "it is still queued");
+    // A job queued later is not held up by it.
+    let later = store.insert_job(&spec("echo later", 1)).await.unwrap();
+    assert_eq!(
+        store.claim_next_job(w2).await.unwrap().unwrap().id,
+        later.id
+    );
+
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (w3, _) = worker(&store).await;
+    let again = store.claim_next_job(w3).await.unwrap().unwrap();
+    assert_eq!((again.id, again.attempts), (job.id, 2));
+    // The wait doubles with each attempt.
+    assert_eq!(
+        store
+            .requeue_or_fail(job.id, w3, "image not found", backoff)
+            .await
+            .unwrap(),
+        RequeueOutcome::Requeued {
+            retry_in: Duration::from_millis(1200)
+        }
+    );
 }
 
 #[tokio::test]
@@ -190,7 +244,10 @@ async fn a_finished_job_is_final_and_its_attempt_closed() {
             .is_none()
     );
     assert_eq!(
-        store.requeue_or_fail(job.id, w, "x").await.unwrap(),
+        store
+            .requeue_or_fail(job.id, w, "x", RetryBackoff::NONE)
+            .await
+            .unwrap(),
         RequeueOutcome::NotHeld
     );
     let attempts = store.job_attempts(job.id).await.unwrap();
