@@ -74,11 +74,18 @@ for target in "${TARGETS[@]}"; do
   cargo "+${TOOLCHAIN}" fuzz build "${target}"
 done
 
+mkdir -p fuzz/logs
 for target in "${TARGETS[@]}"; do
-  step "Fuzzing ${target} for ${SECONDS_PER_TARGET}s"
+  step "Fuzzing ${target} for ${SECONDS_PER_TARGET}s (libFuzzer's output: fuzz/logs/${target}.log)"
   mkdir -p "fuzz/corpus/${target}"
-  cargo "+${TOOLCHAIN}" fuzz run "${target}" "fuzz/corpus/${target}" -- \
-    -max_total_time="${SECONDS_PER_TARGET}" -print_final_stats=1
+  # libFuzzer prints a line per new input (thousands a minute): they go to the log, and only
+  # its final figures, or the end of the log when a target fails, are shown here.
+  if ! cargo "+${TOOLCHAIN}" fuzz run "${target}" "fuzz/corpus/${target}" -- \
+    -max_total_time="${SECONDS_PER_TARGET}" -print_final_stats=1 >"fuzz/logs/${target}.log" 2>&1; then
+    tail -n 60 "fuzz/logs/${target}.log" >&2
+    exit 1
+  fi
+  grep -E '^(Done|stat::)' "fuzz/logs/${target}.log" || tail -n 5 "fuzz/logs/${target}.log"
 done
 
 step "No crash in ${#TARGETS[@]} target(s), ${SECONDS_PER_TARGET}s each"
