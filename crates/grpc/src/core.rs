@@ -120,6 +120,27 @@ impl Core {
         }
     }
 
+    /// `job` was claimed for `worker` but never handed to it (the worker went away first): it
+    /// goes back to the queue without spending an attempt.
+    pub async fn release_unsent(&self, job: JobId, worker: WorkerId, why: &str) {
+        let released = self
+            .retry_db("releasing an unsent job", || {
+                self.store.release_unsent_job(job, worker)
+            })
+            .await;
+        match released {
+            Ok(true) => {
+                tracing::info!(%job, %worker, why, "job released before it was sent");
+                self.wake_dispatcher();
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(%job, %worker, error = %e, "cannot release an unsent job; re-queueing it");
+                self.requeue_or_fail(job, worker, why).await;
+            }
+        }
+    }
+
     /// The attempt of `job` on `worker` failed for infrastructure reasons.
     pub async fn requeue_or_fail(&self, job: JobId, worker: WorkerId, reason: &str) {
         let outcome = self

@@ -58,7 +58,7 @@ async fn dispatch_once(core: &Arc<Core>) -> anyhow::Result<()> {
         match core.registry.assign(worker, job_id) {
             Some(commands) if commands.send(SessionCommand::Assign(Box::new(job))).is_ok() => {}
             _ => {
-                core.requeue_or_fail(job_id, worker, "worker went away before the job was sent")
+                core.release_unsent(job_id, worker, "worker went away before the job was sent")
                     .await
             }
         }

@@ -66,6 +66,11 @@ pub async fn run(core: Arc<Core>) {
             .registry
             .stale_registrations(core.settings.heartbeat_timeout)
         {
+            // Its session may have opened since the snapshot: only a worker still unconnected
+            // is given up, or its job could run twice.
+            if !core.registry.retire_if_unconnected(worker) {
+                continue;
+            }
             let reason = "worker lost: registered but never opened its session".to_string();
             if let Some(job) = job {
                 core.requeue_or_fail(job, worker, &reason).await;

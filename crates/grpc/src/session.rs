@@ -140,7 +140,7 @@ impl Session {
                 }
             }
         };
-        self.finish(end).await;
+        self.finish(end, commands).await;
     }
 
     async fn expect_ready(
@@ -690,7 +690,7 @@ impl Session {
         }
     }
 
-    async fn finish(mut self, end: End) {
+    async fn finish(mut self, end: End, mut commands: mpsc::UnboundedReceiver<SessionCommand>) {
         let worker = self.worker;
         let (state, reason) = match end {
             End::Killed => return,
@@ -702,10 +702,32 @@ impl Session {
         } else {
             tracing::info!(%worker, reason, "worker retired");
         }
-        if let Some(current) = self.current.take() {
-            self.core
-                .requeue_or_fail(current.job.id, worker, &reason)
-                .await;
+        match self.current.as_ref().map(|c| c.cancel_reason.clone()) {
+            // A job the user cancelled is not run again because its worker died first.
+            Some(Some(cancelled)) => {
+                let why = format!(
+                    "cancelled: {cancelled} (the worker ended before confirming: {reason})"
+                );
+                self.finish_current(JobState::Cancelled, None, &why).await;
+            }
+            Some(None) => {
+                if let Some(current) = self.current.take() {
+                    self.core
+                        .requeue_or_fail(current.job.id, worker, &reason)
+                        .await;
+                }
+            }
+            None => {}
+        }
+        // Jobs the dispatcher handed to this session after it stopped reading its commands
+        // were claimed but never sent: they go back to the queue as they were.
+        commands.close();
+        while let Ok(command) = commands.try_recv() {
+            if let SessionCommand::Assign(job) = command {
+                self.core
+                    .release_unsent(job.id, worker, "worker went away before the job was sent")
+                    .await;
+            }
         }
         self.core.retire_worker(worker, state, reason);
     }

@@ -554,6 +554,51 @@ async fn a_worker_killed_mid_job_has_its_job_requeued_and_completed_by_another_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_whose_worker_dies_before_confirming_ends_cancelled_and_never_runs_again()
+-> anyhow::Result<()> {
+    let server = TestServer::local(|_| {}).await?;
+    let id = server
+        .queue("echo attempt-$HODEI_JOB_ATTEMPT; sleep 30")
+        .await?;
+    let running = server.wait_running(&id).await?;
+    let pid = worker_pid(&server, &running.worker_id).await?;
+    // SAFETY: signalling a process this test's server started. Frozen, the worker cannot
+    // confirm the cancel; then it dies.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGSTOP);
+    }
+    server
+        .cancel(&id, "no longer needed")
+        .await
+        .map_err(|s| anyhow::anyhow!("cancel: {s}"))?;
+    // Ordering only: the cancel reaches the session (a channel send) before the worker dies.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // SAFETY: as above.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+
+    let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
+    assert_eq!(
+        state_of(&job),
+        pb::JobState::Cancelled,
+        "{}",
+        describe(&job)
+    );
+    assert!(
+        job.reason.contains("no longer needed") && job.reason.contains("before confirming"),
+        "{}",
+        job.reason
+    );
+    assert_eq!(job.attempts, 1, "a cancelled job must not run again");
+    assert_eq!(job.attempt_history.len(), 1, "{:?}", job.attempt_history);
+    server.wait_no_workers(Duration::from_secs(20)).await?;
+    let again = server.get_job(&id).await?;
+    assert_eq!(again.attempts, 1, "{}", describe(&again));
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_stops_heartbeating_is_declared_lost_and_its_job_requeued()
 -> anyhow::Result<()> {
     let server = TestServer::local(|_| {}).await?;

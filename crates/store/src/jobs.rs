@@ -281,6 +281,34 @@ impl Store {
         })
     }
 
+    /// Undoes a claim whose job never reached `worker` (the worker went away between the claim
+    /// and the hand-over): the job is queued again as it was, without spending an attempt, and
+    /// the attempt record is removed. `false` if the job is not assigned to `worker` any more.
+    pub async fn release_unsent_job(
+        &self,
+        job: JobId,
+        worker: WorkerId,
+    ) -> Result<bool, StoreError> {
+        let released: Option<(i32,)> = sqlx::query_as(
+            "WITH released AS (
+                UPDATE jobs j SET state = 'queued', attempts = j.attempts - 1,
+                       worker_id = (SELECT a.worker_id FROM job_attempts a
+                                    WHERE a.job_id = j.id AND a.attempt = j.attempts - 1)
+                WHERE j.id = $1 AND j.worker_id = $2 AND j.state = 'assigned'
+                RETURNING j.id, j.attempts
+             ), attempt AS (
+                DELETE FROM job_attempts a USING released
+                WHERE a.job_id = released.id AND a.attempt = released.attempts + 1
+             )
+             SELECT attempts FROM released",
+        )
+        .bind(job.as_uuid())
+        .bind(worker.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(released.is_some())
+    }
+
     /// `Queued → Cancelled`. `None` if the job was not queued.
     pub async fn cancel_queued_job(
         &self,

@@ -209,6 +209,54 @@ async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it
 }
 
 #[tokio::test]
+async fn a_claim_never_sent_to_its_worker_is_undone_without_spending_an_attempt() {
+    let (_db, store) = store().await;
+    let job = store.insert_job(&spec("true", 2)).await.unwrap();
+
+    // First claim, never sent: back to queued with no attempt and no worker.
+    let (w1, _) = worker(&store).await;
+    store.claim_next_job(w1).await.unwrap().unwrap();
+    assert!(store.release_unsent_job(job.id, w1).await.unwrap());
+    let released = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (released.state, released.attempts, released.worker_id),
+        (JobState::Queued, 0, None)
+    );
+    assert!(store.job_attempts(job.id).await.unwrap().is_empty());
+    assert!(
+        !store.release_unsent_job(job.id, w1).await.unwrap(),
+        "only a job still assigned to that worker is released"
+    );
+
+    // A real first attempt, re-queued; the second claim is released: attempt 1 and its
+    // worker are what remain.
+    let (w2, _) = worker(&store).await;
+    store.claim_next_job(w2).await.unwrap().unwrap();
+    store
+        .requeue_or_fail(job.id, w2, "worker lost", RetryBackoff::NONE)
+        .await
+        .unwrap();
+    let (w3, _) = worker(&store).await;
+    assert_eq!(store.claim_next_job(w3).await.unwrap().unwrap().attempts, 2);
+    assert!(store.release_unsent_job(job.id, w3).await.unwrap());
+    let released = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (released.state, released.attempts, released.worker_id),
+        (JobState::Queued, 1, Some(w2))
+    );
+    let attempts = store.job_attempts(job.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(
+        (attempts[0].worker_id, attempts[0].outcome.as_str()),
+        (w2, "requeued")
+    );
+
+    // Both attempts are still there to be spent.
+    let (w4, _) = worker(&store).await;
+    assert_eq!(store.claim_next_job(w4).await.unwrap().unwrap().attempts, 2);
+}
+
+#[tokio::test]
 async fn a_finished_job_is_final_and_its_attempt_closed() {
     let (_db, store) = store().await;
     let job = store.insert_job(&spec("exit 3", 1)).await.unwrap();

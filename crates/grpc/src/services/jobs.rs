@@ -1,6 +1,9 @@
 //! `JobService`: queue, inspect, list and cancel jobs.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
+
+/// How long a cancel waits for a job being handed to an idle worker to reach it.
+const RESERVED_HANDOVER_WAIT: Duration = Duration::from_secs(2);
 
 use hodei_domain::{JobId, JobState, WorkerState};
 use hodei_proto::v1::{self as pb, job_service_server::JobService};
@@ -151,14 +154,23 @@ impl JobService for JobsService {
                 job.state
             )));
         };
-        match self.core.registry.phase(worker) {
+        // An idle worker the dispatcher claimed this job for a moment ago is `Reserved` until
+        // the job is handed over: wait for that, so the cancel goes through its session rather
+        // than ending the job here while the dispatcher still sends it to the worker.
+        let mut phase = self.core.registry.phase(worker);
+        let handover = tokio::time::Instant::now() + RESERVED_HANDOVER_WAIT;
+        while matches!(phase, Some(Phase::Reserved)) && tokio::time::Instant::now() < handover {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            phase = self.core.registry.phase(worker);
+        }
+        match phase {
             Some(Phase::Busy { job: held }) if held == id => {
                 if let Some(commands) = self.core.registry.commands(worker) {
                     let _ = commands.send(SessionCommand::Cancel { job: id, reason });
                 }
             }
             // Its worker has not started yet (or is gone): end the job here and drop the worker.
-            phase => {
+            _ => {
                 if let Some(job) = store
                     .finish_job(
                         id,
