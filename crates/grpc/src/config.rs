@@ -275,16 +275,42 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
 }
 
 fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    // The password in the authority: scheme://user:password@host/...
+    let mut redacted = match base.find("://") {
+        Some(scheme) => {
+            let rest = &base[scheme + 3..];
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => match rest[..at].split_once(':') {
+                    Some((user, _)) => {
+                        format!("{}{user}:***{}", &base[..scheme + 3], &rest[at..])
+                    }
+                    None => base.to_string(),
+                },
+                None => base.to_string(),
             }
         }
-        _ => url.to_string(),
+        None => base.to_string(),
+    };
+    // ... and passwords given as parameters: ?password=...&sslpassword=...
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.to_ascii_lowercase().ends_with("password") => {
+                    format!("{key}=***")
+                }
+                _ => param.to_string(),
+            })
+            .collect();
+        redacted.push('?');
+        redacted.push_str(&params.join("&"));
     }
+    redacted
 }
 
 #[cfg(test)]
@@ -307,6 +333,18 @@ mod tests {
             "postgres://hodei:***@db:5432/hodei"
         );
         assert_eq!(redact_url("postgres://db/hodei"), "postgres://db/hodei");
+        assert_eq!(
+            redact_url("postgres://db/hodei?user=x&password=s3cret&sslmode=require"),
+            "postgres://db/hodei?user=x&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p%40ss@db/hodei?sslpassword=k3y"),
+            "postgres://u:***@db/hodei?sslpassword=***"
+        );
+        assert_eq!(
+            redact_url("postgres://db/hodei?application_name=a@b"),
+            "postgres://db/hodei?application_name=a@b"
+        );
     }
 
     #[test]
