@@ -554,6 +554,53 @@ async fn a_worker_killed_mid_job_has_its_job_requeued_and_completed_by_another_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_output_lines_are_paged_by_size_so_every_page_fits_in_a_message() -> anyhow::Result<()>
+{
+    let server = TestServer::local(|_| {}).await?;
+    // 200 lines of 60,000 bytes: 12 MB, three times the 4 MiB message limit of a client.
+    let id = server
+        .queue("i=0; while [ $i -lt 200 ]; do i=$((i+1)); printf \"%060000d\\n\" $i; done")
+        .await?;
+    let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
+    assert_eq!(
+        state_of(&job),
+        pb::JobState::Succeeded,
+        "{}",
+        describe(&job)
+    );
+
+    let mut logs = server.logs().await?;
+    let (mut from, mut lines, mut pages) = (1, Vec::new(), 0);
+    loop {
+        let page = logs
+            .get_logs(pb::GetLogsRequest {
+                job_id: id.clone(),
+                from_sequence: from,
+                limit: 0,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("GetLogs from {from}: {s}"))?
+            .into_inner();
+        if page.lines.is_empty() {
+            break;
+        }
+        pages += 1;
+        from = page.next_sequence;
+        lines.extend(page.lines);
+    }
+    assert_eq!(lines.len(), 200);
+    assert_contiguous(&lines);
+    assert!(lines.iter().all(|l| l.data.len() == 60_000));
+    assert!(pages >= 3, "12 MB in {pages} page(s)");
+
+    // A follower catching up on the same history gets every line too.
+    let followed = server.follow_logs(&id, JOB_TIMEOUT).await?;
+    assert_eq!(followed.len(), 200);
+    assert_contiguous(&followed);
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_job_whose_worker_dies_before_confirming_ends_cancelled_and_never_runs_again()
 -> anyhow::Result<()> {
     let server = TestServer::local(|_| {}).await?;

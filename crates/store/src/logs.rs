@@ -46,20 +46,30 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` lines with `sequence >= from`, in order.
+    /// Up to `limit` lines with `sequence >= from`, in order, and no more of them than fit in
+    /// `max_bytes` of output (always at least one line): a page of long lines must still fit
+    /// in one gRPC message, and in memory.
     pub async fn logs(
         &self,
         job: JobId,
         from: u64,
         limit: u32,
+        max_bytes: usize,
     ) -> Result<Vec<LogLine>, StoreError> {
+        // The limit is applied before the running total, so the total never reads past it.
         let rows: Vec<(i64, i16, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT sequence, stream, data, emitted_at FROM job_logs \
-             WHERE job_id = $1 AND sequence >= $2 ORDER BY sequence LIMIT $3",
+            "SELECT sequence, stream, data, emitted_at FROM (
+                SELECT sequence, stream, data, emitted_at,
+                       sum(length(data)) OVER (ORDER BY sequence) - length(data) AS bytes_before
+                FROM (SELECT sequence, stream, data, emitted_at FROM job_logs
+                      WHERE job_id = $1 AND sequence >= $2 ORDER BY sequence LIMIT $3) first_lines
+             ) page
+             WHERE bytes_before < $4 ORDER BY sequence",
         )
         .bind(job.as_uuid())
         .bind(i64::try_from(from).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
+        .bind(i64::try_from(max_bytes).unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()

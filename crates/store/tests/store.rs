@@ -433,15 +433,51 @@ async fn logs_come_back_in_sequence_order_as_raw_bytes() {
             .is_err()
     );
 
-    let all = store.logs(job.id, 1, 100).await.unwrap();
+    let all = store.logs(job.id, 1, 100, usize::MAX).await.unwrap();
     assert_eq!(
         all.iter().map(|l| l.sequence).collect::<Vec<_>>(),
         [1, 2, 3]
     );
     assert_eq!(all[1].stream, LogStreamKind::Stderr);
     assert_eq!(all[1].data.as_ref(), b"\xff\xfe not utf-8");
-    assert_eq!(store.logs(job.id, 2, 1).await.unwrap()[0].sequence, 2);
+    assert_eq!(
+        store.logs(job.id, 2, 1, usize::MAX).await.unwrap()[0].sequence,
+        2
+    );
     assert_eq!(store.last_log_sequence(job.id).await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn a_page_of_logs_stops_at_its_byte_budget_but_never_comes_back_empty() {
+    let (_db, store) = store().await;
+    let job = store.insert_job(&spec("echo", 1)).await.unwrap();
+    let lines: Vec<NewLogLine> = (1..=5)
+        .map(|sequence| NewLogLine {
+            sequence,
+            stream: LogStreamKind::Stdout,
+            data: Bytes::from(vec![b'x'; 100]),
+            emitted_at: Utc::now(),
+        })
+        .collect();
+    store.append_logs(job.id, &lines).await.unwrap();
+    let sequences = |page: Vec<hodei_domain::LogLine>| -> Vec<u64> {
+        page.iter().map(|l| l.sequence).collect()
+    };
+
+    // 0, 100 and 200 bytes come before lines 1-3: under 250; line 4 would start at 300.
+    assert_eq!(
+        sequences(store.logs(job.id, 1, 100, 250).await.unwrap()),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        sequences(store.logs(job.id, 4, 100, 250).await.unwrap()),
+        [4, 5]
+    );
+    assert_eq!(sequences(store.logs(job.id, 1, 100, 1).await.unwrap()), [1]);
+    assert_eq!(
+        sequences(store.logs(job.id, 1, 2, 10_000).await.unwrap()),
+        [1, 2]
+    );
 }
 
 #[tokio::test]

@@ -28,8 +28,10 @@ impl LogsService {
 
 const DEFAULT_PAGE: u32 = 1000;
 const MAX_PAGE: u32 = 10_000;
-/// Lines read from the database per query while catching up.
+/// Lines read from the database per query while catching up, and their most bytes (lines are
+/// at most 64 KiB each, so the line count alone would allow 128 MiB per follower).
 const CATCH_UP_PAGE: u32 = 2000;
+const CATCH_UP_BYTES: usize = 1 << 20;
 /// Lines buffered towards one subscriber.
 const SUBSCRIBER_BUFFER: usize = 1024;
 
@@ -79,7 +81,13 @@ impl LogStreamService for LogsService {
             n => n.min(MAX_PAGE),
         };
         let from = request.from_sequence.max(1);
-        let lines = store.logs(job, from, limit).await.map_err(store_status)?;
+        // Half the message limit for the lines' bytes leaves room for their framing (job id,
+        // sequence, timestamps: under 100 bytes a line, 10,000 lines at most).
+        let max_bytes = self.core.settings.max_message_bytes / 2;
+        let lines = store
+            .logs(job, from, limit, max_bytes)
+            .await
+            .map_err(store_status)?;
         let next_sequence = lines.last().map_or(from, |l| l.sequence + 1);
         let job_id = job.to_string();
         Ok(Response::new(pb::GetLogsResponse {
@@ -152,7 +160,7 @@ impl Follower {
             let lines = match self
                 .core
                 .store
-                .logs(self.job, self.next, CATCH_UP_PAGE)
+                .logs(self.job, self.next, CATCH_UP_PAGE, CATCH_UP_BYTES)
                 .await
             {
                 Ok(lines) => lines,
@@ -161,7 +169,9 @@ impl Follower {
                     return Err(Gone);
                 }
             };
-            let full_page = lines.len() == CATCH_UP_PAGE as usize;
+            // A page cut short by its line count or its byte budget may have more behind it.
+            let full_page = lines.len() == CATCH_UP_PAGE as usize
+                || lines.iter().map(|l| l.data.len()).sum::<usize>() >= CATCH_UP_BYTES;
             for line in &lines {
                 self.send(log_line_to_proto(line, &self.job_id)).await?;
                 self.next = line.sequence + 1;
