@@ -601,6 +601,36 @@ async fn long_output_lines_are_paged_by_size_so_every_page_fits_in_a_message() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_ends_when_its_job_ends_even_if_this_server_was_not_the_one_to_end_it()
+-> anyhow::Result<()> {
+    let server = TestServer::local(|_| {}).await?;
+    let id = server.queue("echo before; sleep 60").await?;
+    server.wait_running(&id).await?;
+    let follower = {
+        let server = &server;
+        let id = id.clone();
+        async move { server.follow_logs(&id, Duration::from_secs(30)).await }
+    };
+    // Another instance (or a reply this one lost) ends the job: this server's log hub is not
+    // told, only the database knows.
+    let end_elsewhere = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        sqlx::query(
+            "UPDATE jobs SET state = 'cancelled', reason = 'ended elsewhere', \
+             finished_at = now() WHERE id = $1::uuid",
+        )
+        .bind(&id)
+        .execute(server.store.pool())
+        .await
+    };
+    let (lines, updated) = tokio::join!(follower, end_elsewhere);
+    assert_eq!(updated?.rows_affected(), 1);
+    let lines = lines?;
+    assert_eq!(texts(&lines), ["before"]);
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_job_whose_worker_dies_before_confirming_ends_cancelled_and_never_runs_again()
 -> anyhow::Result<()> {
     let server = TestServer::local(|_| {}).await?;

@@ -1,6 +1,6 @@
 //! `LogStreamService`: stored output, and live output as it is produced.
 
-use std::{pin::Pin, sync::Arc};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
 use hodei_domain::JobId;
@@ -32,6 +32,8 @@ const MAX_PAGE: u32 = 10_000;
 /// at most 64 KiB each, so the line count alone would allow 128 MiB per follower).
 const CATCH_UP_PAGE: u32 = 2000;
 const CATCH_UP_BYTES: usize = 1 << 20;
+/// A follower that has heard nothing for this long asks the database whether its job ended.
+const QUIET_RECHECK: Duration = Duration::from_secs(5);
 /// Lines buffered towards one subscriber.
 const SUBSCRIBER_BUFFER: usize = 1024;
 
@@ -132,6 +134,17 @@ impl Follower {
                 event = subscription.receiver.recv() => event,
                 _ = self.tx.closed() => return Err(Gone),
                 _ = self.core.kill.cancelled() => return Ok(()),
+                // The hub is told when a job ends, but a job can also end where it cannot tell
+                // (a reply lost to a database restart, another server instance): after a quiet
+                // spell, the database says whether there is anything left to follow.
+                _ = tokio::time::sleep(QUIET_RECHECK) => {
+                    match self.core.store.get_job(self.job).await {
+                        Ok(Some(job)) if job.state.is_terminal() => return self.catch_up().await,
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(job = %self.job, error = %e, "cannot re-check a followed job"),
+                    }
+                    continue;
+                }
             };
             match event {
                 Ok(HubEvent::Lines(lines)) => {
