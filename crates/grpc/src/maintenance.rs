@@ -2,7 +2,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use hodei_domain::{WorkerId, WorkerState};
+use hodei_domain::{JobId, WorkerId, WorkerState};
 
 use crate::core::Core;
 
@@ -56,9 +56,61 @@ pub async fn sweep_orphans(core: &Core) -> anyhow::Result<usize> {
     Ok(removed)
 }
 
-/// Runs the orphan sweep and retires workers that registered but never opened their session.
+/// Finds what the database records for this instance that no part of this process will ever
+/// finish: a job held by a worker the registry does not know, or a worker alive in the database
+/// that the registry does not know. That happens when a statement's reply was lost to a
+/// database outage (a claim committed but reported failed, a job's end never recorded), and
+/// would otherwise last until the next restart. Something is acted on only when two passes in a
+/// row saw it, so a worker between its claim and its registry entry is never touched.
+#[derive(Default)]
+pub struct Reconciler {
+    suspects: HashSet<(WorkerId, Option<JobId>)>,
+}
+
+impl Reconciler {
+    pub async fn pass(&mut self, core: &Core) -> anyhow::Result<usize> {
+        let instance = &core.settings.instance;
+        let held = core.store.jobs_held_by_instance(instance).await?;
+        let alive = core.store.alive_workers(instance).await?;
+        let holders: HashSet<WorkerId> = held.iter().map(|(_, worker)| *worker).collect();
+        let unknown: HashSet<(WorkerId, Option<JobId>)> = held
+            .into_iter()
+            .map(|(job, worker)| (worker, Some(job)))
+            .chain(
+                alive
+                    .into_iter()
+                    .filter(|w| !holders.contains(&w.id))
+                    .map(|w| (w.id, None)),
+            )
+            .filter(|(worker, _)| !core.registry.contains(*worker))
+            .collect();
+        let confirmed: Vec<_> = unknown.intersection(&self.suspects).copied().collect();
+        let reason = "worker lost: the server no longer tracked it";
+        for (worker, job) in &confirmed {
+            tracing::warn!(%worker, job = ?job, "reconciling a worker the server no longer tracked");
+            if let Some(job) = job {
+                core.requeue_or_fail(*job, *worker, reason).await;
+            }
+            core.store
+                .set_worker_state(*worker, WorkerState::Lost, reason)
+                .await?;
+        }
+        self.suspects = unknown;
+        for acted in &confirmed {
+            self.suspects.remove(acted);
+        }
+        Ok(confirmed.len())
+    }
+}
+
+/// Runs the orphan sweep, the reconciliation with the database, and retires workers that
+/// registered but never opened their session.
 pub async fn run(core: Arc<Core>) {
+    let mut reconciler = Reconciler::default();
     loop {
+        if let Err(e) = reconciler.pass(&core).await {
+            tracing::warn!(error = %e, "reconciliation with the database failed");
+        }
         if let Err(e) = sweep_orphans(&core).await {
             tracing::warn!(error = %e, "orphan sweep failed");
         }

@@ -48,6 +48,15 @@ pub async fn provision(core: Arc<Core>, worker: WorkerId, job: JobId, token: One
         created = core.provider.create_worker(&worker_spec) => created,
     };
     match created {
+        Ok(handle) if matches!(core.registry.phase(worker), None | Some(Phase::Retiring)) => {
+            // Retired while being created (its job was cancelled): the destroy that retiring
+            // started may have run before the resource existed.
+            tracing::info!(%worker, %job, resource = handle.resource, "worker created after it was retired; destroying it");
+            if let Err(e) = core.provider.destroy_worker(&worker).await {
+                tracing::warn!(%worker, error = %e, "destroying a retired worker failed; the orphan sweep will retry");
+            }
+            return;
+        }
         Ok(handle) => {
             tracing::info!(%worker, %job, resource = handle.resource, provider = core.provider.name(), "worker created");
             if let Err(e) = core
@@ -117,7 +126,7 @@ pub async fn provision(core: Arc<Core>, worker: WorkerId, job: JobId, token: One
 }
 
 async fn fail(core: &Arc<Core>, worker: WorkerId, job: JobId, reason: String) {
-    if !core.registry.remove_if_unregistered(worker) {
+    if !core.registry.retire_if_provisioning(worker) {
         return; // it registered meanwhile; the session owns it now
     }
     tracing::warn!(%worker, %job, reason, "provisioning failed");
@@ -131,6 +140,8 @@ async fn fail(core: &Arc<Core>, worker: WorkerId, job: JobId, reason: String) {
     if let Err(e) = core.provider.destroy_worker(&worker).await {
         tracing::warn!(%worker, error = %e, "cleaning up a failed worker failed; the orphan sweep will retry");
     }
+    // Only now is its slot free: a Pod being deleted still holds its node's resources.
+    core.registry.remove(worker);
     core.wake_dispatcher();
 }
 

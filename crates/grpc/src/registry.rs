@@ -161,12 +161,15 @@ impl Registry {
         }
     }
 
-    /// Removes a worker that has not registered yet; false if it registered meanwhile.
-    pub fn remove_if_unregistered(&self, worker: WorkerId) -> bool {
+    /// `Provisioning → Retiring` for a worker that failed to come up; false if it registered
+    /// meanwhile. It keeps counting against the maximum until its resource is destroyed and
+    /// it is removed.
+    pub fn retire_if_provisioning(&self, worker: WorkerId) -> bool {
         let mut entries = self.lock();
-        match entries.get(&worker).map(|e| e.phase) {
-            Some(Phase::Provisioning { .. }) => {
-                entries.remove(&worker);
+        match entries.get_mut(&worker) {
+            Some(entry) if matches!(entry.phase, Phase::Provisioning { .. }) => {
+                entry.phase = Phase::Retiring;
+                entry.since = Instant::now();
                 true
             }
             _ => false,
@@ -272,12 +275,25 @@ mod tests {
     }
 
     #[test]
-    fn only_unregistered_workers_are_removed_by_a_provisioning_failure() {
+    fn only_unregistered_workers_are_retired_by_a_provisioning_failure() {
         let registry = Registry::default();
         let worker = WorkerId::new();
         registry.insert_provisioning(worker, JobId::new());
         registry.mark_registered(worker);
-        assert!(!registry.remove_if_unregistered(worker));
-        assert!(registry.contains(worker));
+        assert!(!registry.retire_if_provisioning(worker));
+        assert!(matches!(
+            registry.phase(worker),
+            Some(Phase::Registered { .. })
+        ));
+
+        let failed = WorkerId::new();
+        registry.insert_provisioning(failed, JobId::new());
+        assert!(registry.retire_if_provisioning(failed));
+        assert_eq!(registry.phase(failed), Some(Phase::Retiring));
+        assert_eq!(
+            registry.alive_count(),
+            2,
+            "a failed worker counts until it is removed"
+        );
     }
 }

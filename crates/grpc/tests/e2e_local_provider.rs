@@ -631,6 +631,54 @@ async fn a_follower_ends_when_its_job_ends_even_if_this_server_was_not_the_one_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_claimed_for_a_worker_the_server_does_not_know_is_requeued_and_runs()
+-> anyhow::Result<()> {
+    // One worker slot, taken by a running job, so the dispatcher leaves the next job queued.
+    let server = TestServer::local(|s| s.max_workers = 1).await?;
+    let blocker = server.queue("sleep 2").await?;
+    server.wait_running(&blocker).await?;
+    let id = server.queue("echo reconciled").await?;
+
+    // A claim whose reply was lost (a database outage at the wrong moment): committed in the
+    // database for a worker the server never heard of.
+    let ghost = WorkerId::new();
+    let claimed = server
+        .store
+        .claim_job_for_new_worker(
+            ghost,
+            &server.settings.instance,
+            "local",
+            OneTimeToken::generate().hash(),
+            chrono::Utc::now() + chrono::Duration::minutes(2),
+        )
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("nothing was left to claim"))?;
+    assert_eq!(claimed.id.to_string(), id);
+
+    let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
+    assert_eq!(
+        state_of(&job),
+        pb::JobState::Succeeded,
+        "{}",
+        describe(&job)
+    );
+    assert_eq!(job.attempts, 2, "{}", describe(&job));
+    assert_eq!(job.attempt_history[0].worker_id, ghost.to_string());
+    assert!(
+        job.attempt_history[0].reason.contains("no longer tracked"),
+        "{:?}",
+        job.attempt_history[0]
+    );
+    let rows = server.worker_rows().await?;
+    assert!(
+        rows.iter()
+            .any(|(w, state, _)| *w == ghost.to_string() && state == "lost"),
+        "{rows:?}"
+    );
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_job_whose_worker_dies_before_confirming_ends_cancelled_and_never_runs_again()
 -> anyhow::Result<()> {
     let server = TestServer::local(|_| {}).await?;
