@@ -159,6 +159,11 @@ impl Core {
                 self.metrics.job_finished(JobState::Failed);
                 self.hub.finish(job);
             }
+            Ok(RequeueOutcome::Cancelled) => {
+                tracing::info!(%job, %worker, reason, "job cancelled: its attempt ended before the worker confirmed the cancel");
+                self.metrics.job_finished(JobState::Cancelled);
+                self.hub.finish(job);
+            }
             Ok(RequeueOutcome::NotHeld) => {}
             Err(e) => tracing::error!(%job, %worker, error = %e, "cannot re-queue job"),
         }

@@ -601,6 +601,37 @@ async fn long_output_lines_are_paged_by_size_so_every_page_fits_in_a_message() -
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_still_running_when_the_server_shuts_down_is_not_run_again()
+-> anyhow::Result<()> {
+    let mut server = TestServer::local(|s| s.shutdown_grace = Duration::from_secs(1)).await?;
+    let id = server.queue("sleep 30").await?;
+    let running = server.wait_running(&id).await?;
+    let pid = worker_pid(&server, &running.worker_id).await?;
+    // SAFETY: signalling a process this test's server started; frozen, it cannot confirm.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGSTOP);
+    }
+    server
+        .cancel(&id, "no longer needed")
+        .await
+        .map_err(|s| anyhow::anyhow!("cancel: {s}"))?;
+    server.restart().await?;
+
+    // The shutdown gave the job up; it ended cancelled rather than waiting in the queue for
+    // the next server to run it.
+    let job = server.get_job(&id).await?;
+    assert_eq!(
+        state_of(&job),
+        pb::JobState::Cancelled,
+        "{}",
+        describe(&job)
+    );
+    assert!(job.reason.contains("no longer needed"), "{}", job.reason);
+    assert_eq!(job.attempts, 1);
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_ends_when_its_job_ends_even_if_this_server_was_not_the_one_to_end_it()
 -> anyhow::Result<()> {
     let server = TestServer::local(|_| {}).await?;

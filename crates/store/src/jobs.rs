@@ -68,6 +68,8 @@ pub enum RequeueOutcome {
     Requeued { retry_in: Duration },
     /// Out of attempts: now `Failed`.
     Failed,
+    /// A cancel had been requested: now `Cancelled`, not re-queued.
+    Cancelled,
     /// The job was no longer held by that worker (already finished or re-queued).
     NotHeld,
 }
@@ -246,20 +248,26 @@ impl Store {
         let updated: Option<(String, i32)> = sqlx::query_as(
             "WITH updated AS (
                 UPDATE jobs SET
-                    state = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,
-                    retry_at = CASE WHEN attempts < max_attempts
+                    state = CASE WHEN cancel_requested IS NOT NULL THEN 'cancelled'
+                                 WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,
+                    retry_at = CASE WHEN cancel_requested IS NULL AND attempts < max_attempts
                                     THEN now() + make_interval(secs => least(
                                         $4 * power(2, least(attempts - 1, 30)), $5))
                                     ELSE NULL END,
-                    reason = CASE WHEN attempts < max_attempts
+                    reason = CASE WHEN cancel_requested IS NOT NULL
+                                  THEN 'cancelled: ' || cancel_requested
+                                       || ' (the attempt ended before the worker confirmed: ' || $3 || ')'
+                                  WHEN attempts < max_attempts
                                   THEN 'attempt ' || attempts || ' interrupted: ' || $3
                                   ELSE 'failed after ' || attempts || ' attempt(s): ' || $3 END,
-                    finished_at = CASE WHEN attempts < max_attempts THEN NULL ELSE now() END
+                    finished_at = CASE WHEN cancel_requested IS NULL AND attempts < max_attempts
+                                       THEN NULL ELSE now() END
                 WHERE id = $1 AND worker_id = $2 AND state IN ('assigned', 'running')
                 RETURNING id, attempts, state
              ), attempt AS (
                 UPDATE job_attempts a SET finished_at = now(),
-                       outcome = CASE WHEN updated.state = 'queued' THEN 'requeued' ELSE 'failed' END,
+                       outcome = CASE WHEN updated.state = 'queued' THEN 'requeued'
+                                      ELSE updated.state END,
                        reason = $3
                 FROM updated WHERE a.job_id = updated.id AND a.attempt = updated.attempts
              )
@@ -276,6 +284,7 @@ impl Store {
             Some((state, attempts)) if state == "queued" => RequeueOutcome::Requeued {
                 retry_in: backoff.delay_after(u32::try_from(attempts).unwrap_or(u32::MAX)),
             },
+            Some((state, _)) if state == "cancelled" => RequeueOutcome::Cancelled,
             Some(_) => RequeueOutcome::Failed,
             None => RequeueOutcome::NotHeld,
         })
@@ -307,6 +316,21 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(released.is_some())
+    }
+
+    /// Records that the user asked to cancel `job` while a worker holds it, so that the job
+    /// ends `cancelled` even if the worker never confirms. `false` if the job is not held by a
+    /// worker (any more).
+    pub async fn request_cancel(&self, job: JobId, reason: &str) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE jobs SET cancel_requested = COALESCE(cancel_requested, $2) \
+             WHERE id = $1 AND state IN ('assigned', 'running')",
+        )
+        .bind(job.as_uuid())
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
     }
 
     /// `Queued → Cancelled`. `None` if the job was not queued.

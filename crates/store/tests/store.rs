@@ -257,6 +257,44 @@ async fn a_claim_never_sent_to_its_worker_is_undone_without_spending_an_attempt(
 }
 
 #[tokio::test]
+async fn a_job_whose_cancel_was_requested_ends_cancelled_instead_of_being_requeued() {
+    let (_db, store) = store().await;
+    let job = store.insert_job(&spec("sleep 60", 3)).await.unwrap();
+    assert!(
+        !store.request_cancel(job.id, "too late").await.unwrap(),
+        "a queued job is cancelled directly, not by request"
+    );
+    let (w, _) = worker(&store).await;
+    store.claim_next_job(w).await.unwrap().unwrap();
+    assert!(
+        store
+            .request_cancel(job.id, "no longer needed")
+            .await
+            .unwrap()
+    );
+
+    assert_eq!(
+        store
+            .requeue_or_fail(job.id, w, "worker lost", RetryBackoff::default())
+            .await
+            .unwrap(),
+        RequeueOutcome::Cancelled
+    );
+    let ended = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(ended.state, JobState::Cancelled);
+    assert!(ended.finished_at.is_some());
+    assert!(
+        ended.reason.starts_with("cancelled: no longer needed")
+            && ended.reason.contains("worker lost"),
+        "{}",
+        ended.reason
+    );
+    let attempts = store.job_attempts(job.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "cancelled");
+}
+
+#[tokio::test]
 async fn a_finished_job_is_final_and_its_attempt_closed() {
     let (_db, store) = store().await;
     let job = store.insert_job(&spec("exit 3", 1)).await.unwrap();

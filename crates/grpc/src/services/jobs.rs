@@ -165,6 +165,12 @@ impl JobService for JobsService {
         }
         match phase {
             Some(Phase::Busy { job: held }) if held == id => {
+                // Recorded first: however the attempt ends from here on — the worker confirms,
+                // dies, or the server stops — the job is not run again.
+                store
+                    .request_cancel(id, &reason)
+                    .await
+                    .map_err(store_status)?;
                 if let Some(commands) = self.core.registry.commands(worker) {
                     let _ = commands.send(SessionCommand::Cancel { job: id, reason });
                 }
