@@ -38,10 +38,6 @@ find_pg_bin() {
   return 1
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 if ! pg_bin=$(find_pg_bin 2>/dev/null); then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
     say "PostgreSQL is not installed; installing Debian's postgresql package"
@@ -62,7 +58,10 @@ cleanup() {
   fi
   if [[ -n "$pg_pid" ]] && kill -0 "$pg_pid" 2>/dev/null; then
     say "stopping PostgreSQL"
-    kill -INT "$pg_pid" 2>/dev/null || true
+    # pg_ctl, not a signal to $pg_pid: as root that is runuser, and a background job of a
+    # script ignores SIGINT, so PostgreSQL's own "fast shutdown" signal would never arrive.
+    "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$work/pg" stop -m fast -w >/dev/null 2>&1 ||
+      kill -TERM "$pg_pid" 2>/dev/null || true
     wait "$pg_pid" 2>/dev/null || true
   fi
   rm -rf "$work"
@@ -71,6 +70,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 # PostgreSQL refuses to run as root; use the postgres (or nobody) account then.
+# (Set before the trap can fire: the cleanup uses it.)
 as_pg=()
 if [[ $(id -u) -eq 0 ]]; then
   pg_user=postgres
@@ -81,7 +81,13 @@ fi
 
 say "building hodei-server, hodei-worker and hodei ($profile)"
 (cd "$repo" && cargo build --quiet "${cargo_profile[@]}" -p hodei-grpc -p hodei-worker -p hodei-cli)
-bin="$repo/target/$profile"
+target_dir="${CARGO_TARGET_DIR:-}"
+if [[ -z "$target_dir" ]]; then
+  target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+fi
+[[ -n "$target_dir" ]] || { echo "cannot find cargo's target directory; set CARGO_TARGET_DIR" >&2; exit 1; }
+bin="$target_dir/$profile"
 
 say "starting a private PostgreSQL ($pg_bin)"
 "${as_pg[@]}" "$pg_bin/initdb" -D "$work/pg" -U postgres --auth=trust --no-sync -E UTF8 >"$work/initdb.log"
@@ -95,17 +101,22 @@ for _ in $(seq 1 100); do
 done
 [[ -S "$work/.s.PGSQL.5432" ]] || { tail -n 20 "$work/postgres.log" >&2; exit 1; }
 
-port=$(free_port)
-say "starting hodei-server on 127.0.0.1:$port (local provider)"
-HODEI_DATABASE_URL="$database_url" \
-  "$bin/hodei-server" --listen "127.0.0.1:$port" --metrics-listen off \
+say "starting hodei-server on a free loopback port (local provider)"
+HODEI_DATABASE_URL="$database_url" RUST_LOG=info \
+  "$bin/hodei-server" --listen "127.0.0.1:0" --metrics-listen off \
   --worker-binary "$bin/hodei-worker" >"$work/server.log" 2>&1 &
 server_pid=$!
-for _ in $(seq 1 100); do
-  "$bin/hodei" --server "http://127.0.0.1:$port" jobs list >/dev/null 2>&1 && break
+# The port the kernel chose is in the server's "listening" line.
+port=""
+for _ in $(seq 1 300); do
+  port=$(sed -e 's/\x1b\[[0-9;]*m//g' "$work/server.log" |
+    sed -n 's/.*hodei-server listening.*addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' | head -n 1)
+  [[ -n "$port" ]] && "$bin/hodei" --server "http://127.0.0.1:$port" jobs list >/dev/null 2>&1 && break
   kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
   sleep 0.1
 done
+[[ -n "$port" ]] || { tail -n 20 "$work/server.log" >&2; echo "hodei-server did not start" >&2; exit 1; }
+say "hodei-server is on 127.0.0.1:$port"
 
 say "hodei run -- ${command[*]}"
 set +e
