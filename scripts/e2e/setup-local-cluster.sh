@@ -189,11 +189,15 @@ open_pod_network() {
   info "FORWARD accepts traffic from ${CNI_BRIDGE} and replies to it (rules tagged '${IPTABLES_COMMENT}')"
 }
 
+# The manifests name the namespace hodei-e2e; the test namespace takes its place, only in
+# name:/namespace: fields (so the ServiceAccount hodei-e2e-provider keeps its name).
 apply_test_manifests() {
   local manifest applied=false
   for manifest in namespace-test.yaml rbac-test.yaml; do
     if [[ -f "${REPO_ROOT}/deploy/kubernetes/${manifest}" ]]; then
-      kctl apply -f "${REPO_ROOT}/deploy/kubernetes/${manifest}" | sed 's/^/    /'
+      info "applying deploy/kubernetes/${manifest} (namespace ${TEST_NAMESPACE})"
+      sed -E "s/^([[:space:]]*(name|namespace): )hodei-e2e\$/\1${TEST_NAMESPACE}/" \
+        "${REPO_ROOT}/deploy/kubernetes/${manifest}" | kctl apply -f - | sed 's/^/    /'
       applied=true
     else
       warn "deploy/kubernetes/${manifest} does not exist yet: skipped"
