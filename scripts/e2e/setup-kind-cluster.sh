@@ -217,7 +217,14 @@ else
 fi
 
 step "Writing ${ENV_FILE}"
-server_host="${HODEI_E2E_SERVER_HOST:-$(kind_gateway)}"
+if [[ -n "${HODEI_E2E_SERVER_HOST:-}" ]]; then
+  server_host="${HODEI_E2E_SERVER_HOST}"
+elif docker info --format '{{.OperatingSystem}}' 2>/dev/null | grep -q 'Docker Desktop'; then
+  # The kind network's gateway is inside Docker Desktop's VM, not this machine.
+  server_host=host.docker.internal
+else
+  server_host="$(kind_gateway)"
+fi
 {
   printf '# Written by scripts/e2e/setup-kind-cluster.sh for the Kind cluster %s.\n' "${CLUSTER}"
   printf 'export KUBECONFIG=%q\n' "${KUBECONFIG_FILE}"
