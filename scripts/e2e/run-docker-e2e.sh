@@ -155,7 +155,9 @@ run_suites() {
   (
     cd "${REPO_ROOT}"
     # --test builds only these binaries: the other suites need not compile for this one to run.
-    cargo nextest run -p hodei-grpc -p hodei-providers \
+    # --workspace, like the default suite, so cargo resolves the same features and reuses its
+    # build instead of compiling part of the dependency graph again.
+    cargo nextest run --workspace \
       --test e2e_docker_provider --test docker_provider --profile "${PROFILE}" \
       --run-ignored only -E "${SUITE_FILTER}" ${NEXTEST_ARGS[@]+"${NEXTEST_ARGS[@]}"}
   )
@@ -166,7 +168,7 @@ run_bench() {
   (
     cd "${REPO_ROOT}"
     # The figures, not the server's per-job log lines.
-    RUST_LOG="${RUST_LOG:-warn}" cargo nextest run -p hodei-grpc --test bench_docker_provisioning \
+    RUST_LOG="${RUST_LOG:-warn}" cargo nextest run --workspace --test bench_docker_provisioning \
       --profile "${PROFILE}" \
       --run-ignored only -E "${BENCH_FILTER}" --no-capture
   )

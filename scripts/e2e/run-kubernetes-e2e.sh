@@ -37,12 +37,12 @@ Runs the Kubernetes E2E suite against a real cluster:
   1. checks the tools it needs (and says how to install a missing one);
   2. builds the worker image ${WORKER_IMAGE} with scripts/build-worker-image.sh if the Docker
      engine does not have it (skipped when HODEI_WORKER_IMAGE_ARCHIVE is set);
-  3. builds the suite (cargo test -p hodei-grpc --test e2e_kubernetes_provider --no-run)
+  3. builds the suite (cargo test --workspace --test e2e_kubernetes_provider --no-run)
      before any cluster exists;
   4. brings the cluster up: Kind (scripts/e2e/setup-kind-cluster.sh) or the air-gapped local
      cluster (scripts/e2e/setup-local-cluster.sh); both apply deploy/kubernetes/*-test.yaml and
      load the worker image;
-  5. runs: cargo nextest run -p hodei-grpc --test e2e_kubernetes_provider
+  5. runs: cargo nextest run --workspace --test e2e_kubernetes_provider
            --profile \$NEXTEST_PROFILE --run-ignored only
            -E 'binary(e2e_kubernetes_provider)' [NEXTEST_ARGS...]
      with KUBECONFIG, HODEI_E2E_K8S=1, HODEI_K8S_TEST_NAMESPACE and HODEI_WORKER_IMAGE exported,
@@ -282,7 +282,9 @@ run_suite() {
   WATCH_PID=$!
   local status=0
   # Only this test target is built: the other suites' binaries are not needed here.
-  (cd "${REPO_ROOT}" && cargo nextest run -p hodei-grpc --test e2e_kubernetes_provider \
+  # --workspace, like the default suite, so cargo resolves the same features and reuses its
+  # build instead of compiling part of the dependency graph again.
+  (cd "${REPO_ROOT}" && cargo nextest run --workspace --test e2e_kubernetes_provider \
     --profile "${PROFILE}" --run-ignored only -E 'binary(e2e_kubernetes_provider)' \
     "${NEXTEST_ARGS[@]}") || status=$?
   stop_pod_watch
@@ -329,7 +331,7 @@ prepare_image
 # Compile first: the cluster then lives only as long as the tests need it, and a compile
 # error is not mistaken for a cluster problem. nextest reuses these test binaries.
 step "Building the suite"
-(cd "${REPO_ROOT}" && cargo test -p hodei-grpc --test e2e_kubernetes_provider --no-run)
+(cd "${REPO_ROOT}" && cargo test --workspace --test e2e_kubernetes_provider --no-run)
 
 step "Bringing up the ${CLUSTER_KIND} cluster"
 setup_started=${SECONDS}
