@@ -67,10 +67,10 @@ async fn dispatch_once(core: &Arc<Core>) -> anyhow::Result<()> {
         core.registry.unreserve(worker);
     }
 
-    // 2. New workers for what is still queued. Room is checked first: counting the queue reads
-    // every queued row, which a full fleet working through a long queue would pay on each pass.
+    // 2. New workers for what is still claimable (jobs waiting out a retry backoff are not).
+    // Room is checked first, so a full fleet working through a long queue asks nothing.
     if core.registry.alive_count() >= core.settings.max_workers
-        || core.store.count_queued().await? == 0
+        || !core.store.has_claimable_job().await?
     {
         return Ok(());
     }

@@ -155,6 +155,18 @@ impl Store {
             .collect()
     }
 
+    /// Whether a queued job can be claimed now (one whose retry wait, if any, is over). Stops
+    /// at the first such row of the queue index, unlike a count.
+    pub async fn has_claimable_job(&self) -> Result<bool, StoreError> {
+        let (exists,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' \
+             AND (retry_at IS NULL OR retry_at <= now()))",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(exists)
+    }
+
     pub async fn count_queued(&self) -> Result<i64, StoreError> {
         let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs WHERE state = 'queued'")
             .fetch_one(&self.pool)

@@ -185,6 +185,10 @@ async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it
         "claimed before its backoff ended"
     );
     assert_eq!(store.count_queued().await.unwrap(), 1, "it is still queued");
+    assert!(
+        !store.has_claimable_job().await.unwrap(),
+        "but not claimable yet"
+    );
     // A job queued later is not held up by it.
     let later = store.insert_job(&spec("echo later", 1)).await.unwrap();
     assert_eq!(
@@ -193,6 +197,7 @@ async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it
     );
 
     tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(store.has_claimable_job().await.unwrap());
     let (w3, _) = worker(&store).await;
     let again = store.claim_next_job(w3).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempts), (job.id, 2));
