@@ -16,7 +16,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use hodei_domain::WorkerState;
+use hodei_domain::{JobId, WorkerId, WorkerState};
 use hodei_proto::v1::{
     FILE_DESCRIPTOR_SET, job_service_server::JobServiceServer,
     log_stream_service_server::LogStreamServiceServer,
@@ -38,6 +38,9 @@ use crate::{
     services::{AgentService, JobsService, LogsService, WorkersService},
     session::SessionCommand,
 };
+
+/// At shutdown, how long giving running jobs back to the queue may take in all.
+const SHUTDOWN_GIVE_BACK: Duration = Duration::from_secs(15);
 
 /// A started server.
 pub struct RunningServer {
@@ -202,22 +205,27 @@ impl RunningServer {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
 
+        // Giving jobs back waits out a database outage (retry_db), but not for longer than this
+        // in all: what is left is re-queued by the next start's recovery instead.
+        let give_back_by = tokio::time::Instant::now() + SHUTDOWN_GIVE_BACK;
+        let give_back = |job: JobId, worker: WorkerId, reason: &'static str| async move {
+            let requeued =
+                tokio::time::timeout_at(give_back_by, core.requeue_or_fail(job, worker, reason));
+            if requeued.await.is_err() {
+                tracing::warn!(%job, %worker, "database unreachable at shutdown; the next start re-queues the job");
+            }
+        };
         for (worker, phase) in core.registry.snapshot() {
             match phase {
                 Phase::Busy { job } => {
-                    core.requeue_or_fail(job, worker, "server shut down while the job was running")
-                        .await;
+                    give_back(job, worker, "server shut down while the job was running").await;
                     retire(core, worker, true);
                 }
                 Phase::Idle | Phase::Reserved => retire(core, worker, false),
                 Phase::Provisioning { job } | Phase::Registered { job: Some(job) } => {
                     if core.registry.retire_if_unconnected(worker) {
-                        core.requeue_or_fail(
-                            job,
-                            worker,
-                            "server shut down before the worker registered",
-                        )
-                        .await;
+                        give_back(job, worker, "server shut down before the worker registered")
+                            .await;
                         core.retire_worker(
                             worker,
                             WorkerState::Terminated,
