@@ -30,6 +30,8 @@ pub struct Core {
     pub dispatch: Arc<Notify>,
     /// Set once a graceful shutdown begins: no new jobs are accepted or dispatched.
     draining: AtomicBool,
+    /// A re-queued job's retry wait has ended: the dispatcher makes such jobs claimable.
+    pub retries_due: Arc<AtomicBool>,
     /// Cancelled to stop every task at once without cleanup (a simulated crash), or at the very
     /// end of a graceful shutdown.
     pub kill: CancellationToken,
@@ -54,6 +56,7 @@ impl Core {
             worker_address,
             dispatch: Arc::new(Notify::new()),
             draining: AtomicBool::new(false),
+            retries_due: Arc::new(AtomicBool::new(false)),
             kill: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
@@ -78,11 +81,15 @@ impl Core {
             return self.wake_dispatcher();
         }
         let dispatch = self.dispatch.clone();
+        let due = self.retries_due.clone();
         let kill = self.kill.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = kill.cancelled() => {}
-                _ = tokio::time::sleep(delay) => dispatch.notify_one(),
+                _ = tokio::time::sleep(delay) => {
+                    due.store(true, Ordering::SeqCst);
+                    dispatch.notify_one();
+                }
             }
         });
     }

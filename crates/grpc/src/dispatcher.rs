@@ -7,7 +7,10 @@
 //! and each new worker is bound to one claimed job, so N queued jobs never provision more than
 //! N workers.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use crate::{core::Core, provisioning::start_worker_for_next_job, session::SessionCommand};
 
@@ -15,14 +18,25 @@ const SAFETY_TICK: Duration = Duration::from_secs(1);
 
 pub async fn run(core: Arc<Core>) {
     let mut backoff = Duration::from_millis(100);
+    let mut ticker = tokio::time::interval(SAFETY_TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        // The safety tick also releases retries whose timer this process does not hold (jobs
+        // re-queued by a previous run, or by start-up recovery before this loop started).
+        let tick = tokio::select! {
             _ = core.kill.cancelled() => return,
-            _ = core.dispatch.notified() => {}
-            _ = tokio::time::sleep(SAFETY_TICK) => {}
-        }
+            _ = core.dispatch.notified() => false,
+            _ = ticker.tick() => true,
+        };
         if core.is_draining() {
             continue;
+        }
+        if core.retries_due.swap(false, Ordering::SeqCst) || tick {
+            match core.store.release_due_retries().await {
+                Ok(0) => {}
+                Ok(released) => tracing::debug!(released, "re-queued jobs claimable again"),
+                Err(e) => tracing::warn!(error = %e, "cannot release re-queued jobs"),
+            }
         }
         match dispatch_once(&core).await {
             Ok(()) => backoff = Duration::from_millis(100),

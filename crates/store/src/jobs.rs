@@ -15,7 +15,7 @@ use crate::{
 macro_rules! claim_ctes {
     () => {
         "WITH next AS (
-            SELECT id FROM jobs WHERE state = 'queued' AND (retry_at IS NULL OR retry_at <= now())
+            SELECT id FROM jobs WHERE state = 'queued' AND retry_at IS NULL
             ORDER BY id LIMIT 1
             FOR UPDATE SKIP LOCKED
          ), claimed AS (
@@ -155,12 +155,11 @@ impl Store {
             .collect()
     }
 
-    /// Whether a queued job can be claimed now (one whose retry wait, if any, is over). Stops
-    /// at the first such row of the queue index, unlike a count.
+    /// Whether a queued job can be claimed now (not waiting out a retry). Stops at the first
+    /// row of the queue index, unlike a count.
     pub async fn has_claimable_job(&self) -> Result<bool, StoreError> {
         let (exists,): (bool,) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' \
-             AND (retry_at IS NULL OR retry_at <= now()))",
+            "SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued' AND retry_at IS NULL)",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -263,6 +262,7 @@ impl Store {
                     state = CASE WHEN cancel_requested IS NOT NULL THEN 'cancelled'
                                  WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END,
                     retry_at = CASE WHEN cancel_requested IS NULL AND attempts < max_attempts
+                                         AND $4 > 0
                                     THEN now() + make_interval(secs => least(
                                         $4 * power(2, least(attempts - 1, 30)), $5))
                                     ELSE NULL END,
@@ -300,6 +300,17 @@ impl Store {
             Some(_) => RequeueOutcome::Failed,
             None => RequeueOutcome::NotHeld,
         })
+    }
+
+    /// Makes the re-queued jobs whose retry wait is over claimable again. Returns how many.
+    pub async fn release_due_retries(&self) -> Result<u64, StoreError> {
+        let result = sqlx::query(
+            "UPDATE jobs SET retry_at = NULL \
+             WHERE retry_at IS NOT NULL AND retry_at <= now() AND state = 'queued'",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected())
     }
 
     /// Undoes a claim whose job never reached `worker` (the worker went away between the claim
@@ -352,7 +363,7 @@ impl Store {
         reason: &str,
     ) -> Result<Option<Job>, StoreError> {
         let row: Option<JobRow> = sqlx::query_as(concat!(
-            "UPDATE jobs SET state = 'cancelled', reason = $2, finished_at = now() \
+            "UPDATE jobs SET state = 'cancelled', reason = $2, finished_at = now(), retry_at = NULL \
              WHERE id = $1 AND state = 'queued' RETURNING ",
             job_columns!()
         ))

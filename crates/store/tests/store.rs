@@ -196,7 +196,13 @@ async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it
         later.id
     );
 
+    assert_eq!(
+        store.release_due_retries().await.unwrap(),
+        0,
+        "released before its wait ended"
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(store.release_due_retries().await.unwrap(), 1);
     assert!(store.has_claimable_job().await.unwrap());
     let (w3, _) = worker(&store).await;
     let again = store.claim_next_job(w3).await.unwrap().unwrap();
