@@ -702,22 +702,12 @@ impl Session {
         } else {
             tracing::info!(%worker, reason, "worker retired");
         }
-        match self.current.as_ref().map(|c| c.cancel_reason.clone()) {
-            // A job the user cancelled is not run again because its worker died first.
-            Some(Some(cancelled)) => {
-                let why = format!(
-                    "cancelled: {cancelled} (the worker ended before confirming: {reason})"
-                );
-                self.finish_current(JobState::Cancelled, None, &why).await;
-            }
-            Some(None) => {
-                if let Some(current) = self.current.take() {
-                    self.core
-                        .requeue_or_fail(current.job.id, worker, &reason)
-                        .await;
-                }
-            }
-            None => {}
+        // A job the user cancelled ends `cancelled` here too: the cancel was recorded in the
+        // database before the worker was told, and the re-queue statement honours it.
+        if let Some(current) = self.current.take() {
+            self.core
+                .requeue_or_fail(current.job.id, worker, &reason)
+                .await;
         }
         // Jobs the dispatcher handed to this session after it stopped reading its commands
         // were claimed but never sent: they go back to the queue as they were.

@@ -268,7 +268,7 @@ impl Store {
                                     ELSE NULL END,
                     reason = CASE WHEN cancel_requested IS NOT NULL
                                   THEN 'cancelled: ' || cancel_requested
-                                       || ' (the attempt ended before the worker confirmed: ' || $3 || ')'
+                                       || ' (the attempt ended before confirming: ' || $3 || ')'
                                   WHEN attempts < max_attempts
                                   THEN 'attempt ' || attempts || ' interrupted: ' || $3
                                   ELSE 'failed after ' || attempts || ' attempt(s): ' || $3 END,
