@@ -75,7 +75,7 @@ in
     ;
 
   hodei-server = mkBinary {
-    package = "hodei-grpc";
+    package = "hodei-server";
     bin = "hodei-server";
     description = "Hodei Jobs server: gRPC API, dispatcher, worker providers";
   };

@@ -80,7 +80,7 @@ if [[ $(id -u) -eq 0 ]]; then
 fi
 
 say "building hodei-server, hodei-worker and hodei ($profile)"
-(cd "$repo" && cargo build --quiet "${cargo_profile[@]}" -p hodei-grpc -p hodei-worker -p hodei-cli)
+(cd "$repo" && cargo build --quiet "${cargo_profile[@]}" -p hodei-server -p hodei-worker -p hodei-cli)
 target_dir="${CARGO_TARGET_DIR:-}"
 if [[ -z "$target_dir" ]]; then
   target_dir=$(cd "$repo" && cargo metadata --format-version 1 --no-deps |

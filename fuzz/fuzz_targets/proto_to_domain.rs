@@ -1,4 +1,4 @@
-//! The proto → domain conversions at the gRPC edge (`crates/grpc/src/convert.rs`), fed with
+//! The proto → domain conversions at the gRPC edge (`crates/server/src/convert.rs`), fed with
 //! arbitrary bytes decoded as the messages clients and workers send.
 //!
 //! Properties: nothing panics; an accepted job spec survives domain → proto → domain
@@ -6,7 +6,7 @@
 #![no_main]
 
 use hodei_domain::JobSpecLimits;
-use hodei_grpc::fuzzing;
+use hodei_server::fuzzing;
 use hodei_proto::v1 as pb;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;

@@ -14,7 +14,7 @@ die() {
 SOURCE_COPY=""
 
 is_checkout() {
-  [[ -f "$1/Cargo.toml" && -d "$1/crates/grpc" && -d "$1/scripts/e2e" ]]
+  [[ -f "$1/Cargo.toml" && -d "$1/crates/server" && -d "$1/scripts/e2e" ]]
 }
 
 # The scripts run cargo on the working tree: the tests build the code being edited and reuse its
@@ -26,7 +26,7 @@ enter_checkout() {
   local root=""
   if [[ -n "${HODEI_REPO:-}" ]]; then
     is_checkout "${HODEI_REPO}" ||
-      die "HODEI_REPO=${HODEI_REPO} is not a hodei checkout (needs Cargo.toml, crates/grpc, scripts/e2e)"
+      die "HODEI_REPO=${HODEI_REPO} is not a hodei checkout (needs Cargo.toml, crates/server, scripts/e2e)"
     root="${HODEI_REPO}"
   elif root="$(git rev-parse --show-toplevel 2>/dev/null)" && is_checkout "${root}"; then
     :

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the Docker E2E suites (crates/grpc/tests/e2e_docker_provider.rs and
+# Runs the Docker E2E suites (crates/server/tests/e2e_docker_provider.rs and
 # crates/providers/tests/docker_provider.rs) against the local Docker engine, building the
 # worker image first when it is missing, and removes every Hodei container afterwards, also
 # when a test fails.

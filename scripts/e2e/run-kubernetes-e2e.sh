@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the Kubernetes E2E suite (crates/grpc/tests/e2e_kubernetes_provider.rs) against a real
+# Runs the Kubernetes E2E suite (crates/server/tests/e2e_kubernetes_provider.rs) against a real
 # cluster: Kind (default) or the air-gapped local cluster. Brings the cluster up, builds the
 # worker image if missing, runs the suite with cargo nextest, and cleans up on every exit path.
 set -euo pipefail

@@ -39,7 +39,7 @@ impl Binaries {
             .context("cannot tell the directory of hodei-bench")?;
         let server = server.unwrap_or_else(|| dir.join("hodei-server"));
         let worker = worker.unwrap_or_else(|| dir.join("hodei-worker"));
-        for (path, package) in [(&server, "hodei-grpc"), (&worker, "hodei-worker")] {
+        for (path, package) in [(&server, "hodei-server"), (&worker, "hodei-worker")] {
             if !path.is_file() {
                 bail!(
                     "{} does not exist: build it with `cargo build --release -p {package}` (or \

@@ -1,7 +1,7 @@
 //! The vocabulary of Hodei Jobs, free of I/O: what a job is, which states jobs and workers move
 //! through, and the rules for one-time worker tokens.
 //!
-//! Every other crate converts to and from these types at its edge (proto in `hodei-grpc`, SQL
+//! Every other crate converts to and from these types at its edge (proto in `hodei-server`, SQL
 //! rows in `hodei-store`, Pods and containers in `hodei-providers`).
 
 mod ids;

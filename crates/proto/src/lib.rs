@@ -1,7 +1,7 @@
 //! The `hodei.v1` gRPC API: messages and the tonic clients and servers generated from
 //! `proto/hodei/v1/hodei.proto`.
 //!
-//! Nothing here knows about the domain; conversions live at the gRPC edge (`hodei-grpc`) and in
+//! Nothing here knows about the domain; conversions live at the gRPC edge (`hodei-server`) and in
 //! the clients (`hodei-worker`, `hodei-cli`).
 
 /// Generated code for package `hodei.v1`.

@@ -1,6 +1,6 @@
 //! The Kubernetes provider against kube-rs' mock service: each test plays the API server,
 //! asserting every request the provider sends (method, path, query, body) and answering it.
-//! No cluster is needed; the real-cluster suite is `crates/grpc/tests/e2e_kubernetes_provider.rs`.
+//! No cluster is needed; the real-cluster suite is `crates/server/tests/e2e_kubernetes_provider.rs`.
 
 use std::{collections::BTreeMap, time::Duration};
 

@@ -43,7 +43,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .map_err(|e| anyhow::anyhow!("cannot use the database: {e}"))?;
     let provider = config.provider().await?;
-    let server = hodei_grpc::start(settings, store, provider).await?;
+    let server = hodei_server::start(settings, store, provider).await?;
     wait_for_signal().await?;
     server.shutdown().await
 }

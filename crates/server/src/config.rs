@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use hodei_grpc::{RetryBackoff, Settings, TlsFiles};
+use hodei_server::{RetryBackoff, Settings, TlsFiles};
 use hodei_providers::{
     WorkerProvider,
     docker::{DockerProvider, DockerProviderConfig},

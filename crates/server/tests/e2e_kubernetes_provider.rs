@@ -27,7 +27,7 @@ use e2e_common::{
     spec, state_of, test_settings, texts,
 };
 use hodei_domain::{OneTimeToken, Resources, WorkerFailure, WorkerId};
-use hodei_grpc::Settings;
+use hodei_server::Settings;
 use hodei_proto::v1 as pb;
 use hodei_providers::{
     WorkerProvider, WorkerSpec, WorkerStatus,

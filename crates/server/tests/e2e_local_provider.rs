@@ -497,7 +497,7 @@ async fn a_worker_killed_mid_job_has_its_job_requeued_and_completed_by_another_w
 -> anyhow::Result<()> {
     let backoff = Duration::from_secs(2);
     let server = TestServer::local(|s| {
-        s.retry_backoff = hodei_grpc::RetryBackoff {
+        s.retry_backoff = hodei_server::RetryBackoff {
             first: backoff,
             max: backoff,
         }
@@ -1136,7 +1136,7 @@ async fn a_job_runs_over_tls_with_the_worker_trusting_the_configured_ca() -> any
     std::fs::write(&key_path, server_key.serialize_pem())?;
 
     let mut server = TestServer::local(|s| {
-        s.tls = Some(hodei_grpc::TlsFiles {
+        s.tls = Some(hodei_server::TlsFiles {
             cert: cert_path.clone(),
             key: key_path.clone(),
         });
