@@ -4,13 +4,13 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use hodei_server::{RetryBackoff, Settings, TlsFiles};
 use hodei_providers::{
     WorkerProvider,
     docker::{DockerProvider, DockerProviderConfig},
     kubernetes::{KubernetesProvider, KubernetesProviderConfig, RestartPolicy},
     local::{LocalProvider, LocalProviderConfig},
 };
+use hodei_server::{RetryBackoff, Settings, TlsFiles};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProviderKind {

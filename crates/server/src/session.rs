@@ -13,16 +13,18 @@ use std::{
 
 use chrono::Utc;
 use futures::FutureExt;
-use hodei_domain::{Job, JobId, JobState, LogLine, TerminalOutcome, WorkerId, WorkerState};
+use hodei_domain::{Job, JobId, JobState, LogLine, WorkerId, WorkerState};
 use hodei_proto::v1::{self as pb, server_message, worker_message};
 use hodei_store::NewLogLine;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use crate::{
-    convert::{datetime, stream_from_proto},
-    core::Core,
+use hodei_contract::{
+    Assignment,
+    convert::{datetime, outcome_from_proto, stream_from_proto},
 };
+
+use crate::core::Core;
 
 /// What the rest of the server asks of a session.
 #[derive(Debug)]
@@ -413,15 +415,7 @@ impl Session {
                 tracing::warn!(worker = %self.worker, error = %e, "cannot record worker as busy");
             }
         }
-        let message = pb::AssignJob {
-            job_id: job.id.to_string(),
-            attempt: job.attempts,
-            command: job.spec.command.clone(),
-            env: job.spec.env.clone().into_iter().collect(),
-            timeout_seconds: job.spec.timeout.as_secs(),
-            kill_grace_ms: u32::try_from(self.core.settings.kill_grace.as_millis())
-                .unwrap_or(u32::MAX),
-        };
+        let message = Assignment::for_job(&job, self.core.settings.kill_grace).to_wire();
         self.idle_since = None;
         // Until the worker reports the start, the back-stop covers a worker that never does.
         let backstop =
@@ -592,27 +586,7 @@ impl Session {
             tracing::warn!(%worker, job = finished.job_id, "finish reported for a job the worker does not hold");
             return Ok(());
         };
-        let outcome = match pb::JobOutcome::try_from(finished.outcome) {
-            Ok(pb::JobOutcome::Exited) => TerminalOutcome::Exited {
-                exit_code: finished.exit_code.unwrap_or(-1),
-            },
-            Ok(pb::JobOutcome::Cancelled) => TerminalOutcome::Cancelled {
-                exit_code: finished.exit_code,
-                reason: current
-                    .cancel_reason
-                    .clone()
-                    .unwrap_or_else(|| finished.message.clone()),
-            },
-            Ok(pb::JobOutcome::TimedOut) => TerminalOutcome::TimedOut {
-                exit_code: finished.exit_code,
-            },
-            Ok(pb::JobOutcome::SpawnFailed) => TerminalOutcome::SpawnFailed {
-                message: finished.message.clone(),
-            },
-            Ok(pb::JobOutcome::Unspecified) | Err(_) => TerminalOutcome::SpawnFailed {
-                message: format!("worker reported an unknown outcome {}", finished.outcome),
-            },
-        };
+        let outcome = outcome_from_proto(&finished, current.cancel_reason.as_deref());
         let reason = outcome.reason(current.job.spec.timeout);
         let recorded_idle = self
             .finish_current(outcome.state(), outcome.exit_code(), &reason)

@@ -8,7 +8,6 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use hodei_server::{RunningServer, Settings};
 use hodei_proto::v1::{
     self as pb, job_service_client::JobServiceClient,
     log_stream_service_client::LogStreamServiceClient,
@@ -19,6 +18,7 @@ use hodei_providers::{
     WorkerProvider,
     local::{LocalProvider, LocalProviderConfig},
 };
+use hodei_server::{RunningServer, Settings};
 use hodei_store::Store;
 use hodei_testkit::{Probe, TestDatabase, wait_for};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -102,7 +102,8 @@ impl TestServer {
 
     async fn boot(&mut self) -> anyhow::Result<()> {
         let store = Store::connect(self.db.url(), 20, Duration::from_secs(30)).await?;
-        let server = hodei_server::start(self.settings.clone(), store, self.provider.clone()).await?;
+        let server =
+            hodei_server::start(self.settings.clone(), store, self.provider.clone()).await?;
         let scheme = if self.settings.tls.is_some() {
             "https"
         } else {

@@ -29,13 +29,13 @@ use e2e_common::{
     spec, state_of, test_settings, texts,
 };
 use hodei_domain::{OneTimeToken, WorkerId};
-use hodei_server::Settings;
 use hodei_proto::v1 as pb;
 use hodei_providers::{
     WorkerProvider,
     docker::{DockerProvider, DockerProviderConfig, container_name},
     env, labels,
 };
+use hodei_server::Settings;
 use hodei_testkit::{Probe, wait_for};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(60);

@@ -27,7 +27,6 @@ use e2e_common::{
     spec, state_of, test_settings, texts,
 };
 use hodei_domain::{OneTimeToken, Resources, WorkerFailure, WorkerId};
-use hodei_server::Settings;
 use hodei_proto::v1 as pb;
 use hodei_providers::{
     WorkerProvider, WorkerSpec, WorkerStatus,
@@ -37,6 +36,7 @@ use hodei_providers::{
     },
     labels,
 };
+use hodei_server::Settings;
 use hodei_testkit::{Probe, wait_for};
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},

@@ -9,13 +9,9 @@ use hodei_domain::{JobId, JobState, WorkerState};
 use hodei_proto::v1::{self as pb, job_service_server::JobService};
 use tonic::{Request, Response, Status};
 
-use crate::{
-    convert::{job_state_from_proto, job_to_proto, parse_job_id, spec_from_proto},
-    core::Core,
-    registry::Phase,
-    session::SessionCommand,
-    store_status,
-};
+use hodei_contract::convert::{job_state_from_proto, job_to_proto, parse_job_id, spec_from_proto};
+
+use crate::{contract_status, core::Core, registry::Phase, session::SessionCommand, store_status};
 
 pub struct JobsService {
     core: Arc<Core>,
@@ -52,7 +48,8 @@ impl JobService for JobsService {
                 "server is shutting down; queue the job again shortly",
             ));
         }
-        let spec = spec_from_proto(request.into_inner().spec, &self.core.settings.job_limits)?;
+        let spec = spec_from_proto(request.into_inner().spec, &self.core.settings.job_limits)
+            .map_err(contract_status)?;
         let job = self
             .core
             .store
@@ -70,7 +67,7 @@ impl JobService for JobsService {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
-        let id = parse_job_id(&request.into_inner().job_id)?;
+        let id = parse_job_id(&request.into_inner().job_id).map_err(contract_status)?;
         Ok(Response::new(self.job_message(id).await?))
     }
 
@@ -82,7 +79,7 @@ impl JobService for JobsService {
         let states = request
             .states
             .iter()
-            .map(|&s| job_state_from_proto(s))
+            .map(|&s| job_state_from_proto(s).map_err(contract_status))
             .collect::<Result<Vec<_>, _>>()?;
         let limit = match request.limit {
             0 => DEFAULT_PAGE,
@@ -120,7 +117,7 @@ impl JobService for JobsService {
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let request = request.into_inner();
-        let id = parse_job_id(&request.job_id)?;
+        let id = parse_job_id(&request.job_id).map_err(contract_status)?;
         let reason = if request.reason.is_empty() {
             "cancelled by request".to_string()
         } else {
