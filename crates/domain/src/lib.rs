@@ -15,5 +15,5 @@ pub use job::{
     Job, JobAttempt, JobSpec, JobSpecError, JobSpecLimits, JobState, Resources, TerminalOutcome,
 };
 pub use log::{LogLine, LogStreamKind};
-pub use token::{MalformedToken, OneTimeToken, SecretHash};
+pub use token::{MalformedToken, OneTimeToken, SecretHash, SessionCredential};
 pub use worker::{Worker, WorkerFailure, WorkerState};

@@ -3,7 +3,7 @@
 use std::{pin::Pin, sync::Arc};
 
 use futures::Stream;
-use hodei_domain::{OneTimeToken, WorkerId};
+use hodei_domain::{OneTimeToken, SessionCredential, WorkerId};
 use hodei_proto::v1::{self as pb, worker_agent_service_server::WorkerAgentService};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -47,7 +47,7 @@ impl WorkerAgentService for AgentService {
             .parse()
             .map_err(|e: hodei_domain::IdParseError| Status::unauthenticated(e.to_string()))?;
 
-        let session = OneTimeToken::generate();
+        let session = SessionCredential::generate();
         let outcome = self
             .core
             .store
@@ -108,7 +108,7 @@ impl WorkerAgentService for AgentService {
     }
 }
 
-fn bearer_token<T>(request: &Request<T>) -> Result<OneTimeToken, Status> {
+fn bearer_token<T>(request: &Request<T>) -> Result<SessionCredential, Status> {
     let value = request.metadata().get("authorization").ok_or_else(|| {
         Status::unauthenticated("missing `authorization: Bearer <session token>`")
     })?;
@@ -118,5 +118,5 @@ fn bearer_token<T>(request: &Request<T>) -> Result<OneTimeToken, Status> {
     let token = value
         .strip_prefix("Bearer ")
         .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <session token>`"))?;
-    OneTimeToken::parse(token).map_err(|e| Status::unauthenticated(format!("session {e}")))
+    SessionCredential::parse(token).map_err(|e| Status::unauthenticated(format!("session {e}")))
 }
