@@ -8,6 +8,7 @@ mod ids;
 mod job;
 mod log;
 mod token;
+mod transitions;
 mod worker;
 
 pub use ids::{IdParseError, JobId, WorkerId};
@@ -16,4 +17,7 @@ pub use job::{
 };
 pub use log::{LogLine, LogStreamKind};
 pub use token::{MalformedToken, OneTimeToken, SecretHash, SessionCredential};
+pub use transitions::{
+    JOB_TRANSITIONS, JobStep, JobTransition, WORKER_TRANSITIONS, WorkerStep, WorkerTransition,
+};
 pub use worker::{Worker, WorkerFailure, WorkerState};

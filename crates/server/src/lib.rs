@@ -4,8 +4,10 @@
 //! [`hodei_providers::WorkerProvider`] into the gRPC services and the background tasks.
 //! `ARCHITECTURE.md` at the repository root has the map.
 
+mod commands;
 mod core;
 mod dispatcher;
+mod lifecycle;
 mod log_hub;
 mod maintenance;
 mod metrics;
@@ -19,7 +21,7 @@ mod settings;
 pub use server::{RunningServer, start};
 
 pub use hodei_store::RetryBackoff;
-pub use settings::{Settings, TlsFiles};
+pub use settings::{Faults, Settings, TlsFiles};
 
 /// A message that breaks the contract (a missing field, an invalid spec): the caller's mistake.
 pub(crate) fn contract_status(error: hodei_contract::ContractError) -> tonic::Status {

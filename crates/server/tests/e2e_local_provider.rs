@@ -298,7 +298,8 @@ async fn registration_state(server: &TestServer) -> anyhow::Result<String> {
 async fn bad_registration_tokens_are_unauthenticated_with_distinct_messages_and_change_nothing()
 -> anyhow::Result<()> {
     let server = TestServer::local(|_| {}).await?;
-    let store = &server.store;
+    // Workers recorded directly, as the dispatcher would.
+    let store = &hodei_store::Transitions::new(&server.store);
     let instance = &server.settings.instance;
     let soon = chrono::Utc::now() + chrono::Duration::seconds(60);
 
@@ -673,8 +674,7 @@ async fn a_job_claimed_for_a_worker_the_server_does_not_know_is_requeued_and_run
     // A claim whose reply was lost (a database outage at the wrong moment): committed in the
     // database for a worker the server never heard of.
     let ghost = WorkerId::new();
-    let claimed = server
-        .store
+    let claimed = hodei_store::Transitions::new(&server.store)
         .claim_job_for_new_worker(
             ghost,
             &server.settings.instance,

@@ -1,8 +1,9 @@
 //! PostgreSQL persistence for Hodei Jobs.
 //!
-//! One [`Store`] wraps one connection pool. Every state change is a single SQL statement (or a
-//! short transaction) guarded by the state it expects, so concurrent callers cannot move a job
-//! or a worker through an illegal transition: the loser of a race sees `None`/`false`.
+//! One [`Store`] wraps one connection pool: reads, output, heartbeats. Every state change goes
+//! through [`Transitions`] instead: a single SQL statement (or a short transaction) guarded by
+//! the state it expects, so concurrent callers cannot move a job or a worker through an illegal
+//! transition: the loser of a race sees `None`/`false`.
 //!
 //! Rows become domain types here and nowhere else.
 
@@ -11,6 +12,7 @@ mod jobs;
 mod logs;
 mod rows;
 mod tokens;
+mod transitions;
 mod workers;
 
 use std::time::Duration;
@@ -24,6 +26,7 @@ pub use error::StoreError;
 pub use jobs::{RequeueOutcome, RetryBackoff};
 pub use logs::NewLogLine;
 pub use tokens::TokenRejection;
+pub use transitions::Transitions;
 
 /// Migrations embedded at compile time from `crates/store/migrations`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

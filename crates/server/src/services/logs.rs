@@ -61,7 +61,7 @@ impl LogStreamService for LogsService {
             tx,
         };
         let subscription = subscription.filter(|_| !found.state.is_terminal());
-        tokio::spawn(follower.run(subscription));
+        self.core.spawn("log follower", follower.run(subscription));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -130,7 +130,7 @@ impl Follower {
             let event = tokio::select! {
                 event = subscription.receiver.recv() => event,
                 _ = self.tx.closed() => return Err(Gone),
-                _ = self.core.kill.cancelled() => return Ok(()),
+                _ = self.core.stop.cancelled() => return Ok(()),
                 // The hub is told when a job ends, but a job can also end where it cannot tell
                 // (a reply lost to a database restart, another server instance): after a quiet
                 // spell, the database says whether there is anything left to follow.
