@@ -165,6 +165,7 @@ async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it
 
     let (w1, _) = worker(&tx).await;
     tx.claim_next_job(w1).await.unwrap().unwrap();
+    let requeued_at = std::time::Instant::now();
     assert_eq!(
         tx.requeue_or_fail(job.id, w1, "image not found", backoff)
             .await
@@ -192,8 +193,24 @@ async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it
         0,
         "released before its wait ended"
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(tx.release_due_retries().await.unwrap(), 1);
+    let released = hodei_testkit::wait_for(
+        "the re-queued job's 600 ms wait to end",
+        Duration::from_secs(10),
+        || async {
+            Ok(hodei_testkit::probe_value(
+                tx.release_due_retries().await?,
+                |n| *n > 0,
+            ))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(released, 1);
+    assert!(
+        requeued_at.elapsed() >= Duration::from_millis(600),
+        "released after {:?}, before its wait ended",
+        requeued_at.elapsed()
+    );
     assert!(store.has_claimable_job().await.unwrap());
     let (w3, _) = worker(&tx).await;
     let again = tx.claim_next_job(w3).await.unwrap().unwrap();
