@@ -6,7 +6,9 @@ mod support;
 use std::{process::Stdio, time::Duration};
 
 use hodei_proto::v1::{JobOutcome, worker_message::Msg};
-use hodei_testkit::process::{Signal, is_running, send_signal, send_signal_to_group};
+use hodei_testkit::process::{
+    Signal, die_with_parent, is_running, send_signal, send_signal_to_group,
+};
 use support::{DEADLINE, FakeServer, JOB_1, TOKEN, WORKER_ID, survivors_of_group};
 use tokio::{
     io::AsyncReadExt,
@@ -28,6 +30,8 @@ fn worker(vars: &[(&str, &str)]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // A test run killed outright leaves no worker behind either.
+    die_with_parent(command.as_std_mut());
     command
 }
 

@@ -5,6 +5,7 @@ mod support;
 use std::{process::Stdio, time::Duration};
 
 use hodei_proto::v1::worker_message::Msg;
+use hodei_testkit::process::die_with_parent;
 use support::{FakeServer, FakeSession, JOB_1, TOKEN, WORKER_ID};
 use tokio::process::{Child, Command};
 
@@ -43,7 +44,10 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn spawn_worker(binary: &str, fake: &FakeServer) -> Child {
-    Command::new(binary)
+    let mut command = Command::new(binary);
+    // A test run killed outright leaves no worker behind either.
+    die_with_parent(command.as_std_mut());
+    command
         .env_clear()
         .env("HODEI_TOKEN", TOKEN)
         .env("HODEI_SERVER", &fake.url)

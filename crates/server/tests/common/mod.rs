@@ -243,16 +243,7 @@ impl TestServer {
         id: &str,
         timeout: Duration,
     ) -> anyhow::Result<Vec<pb::LogLine>> {
-        let mut stream = self
-            .logs()
-            .await?
-            .subscribe_logs(pb::SubscribeLogsRequest {
-                job_id: id.into(),
-                from_sequence: 1,
-                follow: true,
-            })
-            .await?
-            .into_inner();
+        let mut stream = self.subscribe(id, 1).await?;
         let mut lines = Vec::new();
         let collect = async {
             while let Some(line) = stream.message().await? {
