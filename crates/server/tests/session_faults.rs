@@ -1,12 +1,13 @@
 //! What happens when code of the server that should never fail does: a worker's session task
 //! panics. Faults are injected through `Settings::faults` (test-only).
 
-mod e2e_common;
+mod common;
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use e2e_common::{TestServer, describe, state_of};
+use common::TestServer;
 use hodei_proto::v1 as pb;
+use hodei_testkit::jobs::{describe, state_of};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(60);
 
