@@ -49,15 +49,28 @@ impl Store {
             detail: format!("{e}"),
         })?;
         let options = options.application_name("hodei-server");
-        let pool = PgPoolOptions::new()
+        let connected = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(connect_timeout)
             // No ping before every statement: it doubled the round trips of each one. A
             // connection that died meanwhile fails its statement with a connection error
             // instead, which the server waits out and retries (`Core::retry_db`).
             .test_before_acquire(false)
-            .connect_with(options)
-            .await?;
+            .connect_with(options.clone())
+            .await;
+        let pool = match connected {
+            Ok(pool) => pool,
+            // The pool only says it timed out; one more attempt says why (refused, unknown
+            // host, authentication failed).
+            Err(sqlx::Error::PoolTimedOut) => {
+                use sqlx::ConnectOptions as _;
+                return Err(match options.connect().await {
+                    Err(cause) => cause.into(),
+                    Ok(_) => sqlx::Error::PoolTimedOut.into(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)
