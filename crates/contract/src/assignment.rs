@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use hodei_domain::{Job, JobId};
+use hodei_domain::{Job, JobId, JobSecrets};
 use hodei_proto::v1 as pb;
 
 use crate::ContractError;
@@ -16,6 +16,8 @@ pub struct Assignment {
     /// Run as `/bin/sh -c <command>`.
     pub command: String,
     pub env: BTreeMap<String, String>,
+    /// Added to the environment like `env`; `Debug` shows only their names.
+    pub secrets: JobSecrets,
     /// Always set and positive: every job has a timeout (the server's default when its spec
     /// gives none), so no job can hold its worker forever.
     pub timeout: Duration,
@@ -24,16 +26,30 @@ pub struct Assignment {
 }
 
 impl Assignment {
-    /// The current attempt of `job`.
-    pub fn for_job(job: &Job, kill_grace: Duration) -> Self {
+    /// The current attempt of `job`, with its secrets.
+    pub fn for_job(job: &Job, secrets: JobSecrets, kill_grace: Duration) -> Self {
         Self {
             job_id: job.id,
             attempt: job.attempts,
             command: job.spec.command.clone(),
             env: job.spec.env.clone(),
+            secrets,
             timeout: job.spec.timeout,
             kill_grace,
         }
+    }
+
+    /// What the job's command gets on top of the worker's documented variables: its `env` and
+    /// its secrets (their names never overlap: the server refuses such a job).
+    pub fn job_environment(&self) -> BTreeMap<String, String> {
+        let mut environment = self.env.clone();
+        environment.extend(
+            self.secrets
+                .expose()
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
+        environment
     }
 
     pub fn to_wire(&self) -> pb::AssignJob {
@@ -45,6 +61,7 @@ impl Assignment {
             // A sub-second timeout is sent as one second rather than as "none".
             timeout_seconds: self.timeout.as_secs().max(1),
             kill_grace_ms: u32::try_from(self.kill_grace.as_millis()).unwrap_or(u32::MAX),
+            secrets: self.secrets.expose().clone().into_iter().collect(),
         }
     }
 
@@ -65,6 +82,7 @@ impl Assignment {
             attempt: message.attempt,
             command: message.command,
             env: message.env.into_iter().collect(),
+            secrets: JobSecrets::from_stored(message.secrets.into_iter().collect()),
             timeout: Duration::from_secs(message.timeout_seconds),
             kill_grace: Duration::from_millis(u64::from(message.kill_grace_ms)),
         })
@@ -81,14 +99,16 @@ mod tests {
             attempt: 2,
             command: "echo hi".into(),
             env: BTreeMap::from([("A".into(), "1".into())]),
+            secrets: JobSecrets::from_stored(BTreeMap::from([("TOKEN".into(), "s3cr3t".into())])),
             timeout: Duration::from_secs(30),
             kill_grace: Duration::from_millis(1500),
         }
     }
 
     #[test]
-    fn an_assignment_survives_the_wire() {
+    fn an_assignment_survives_the_wire_and_never_prints_a_secret() {
         let sent = assignment();
+        assert!(!format!("{sent:?}").contains("s3cr3t"));
         assert_eq!(Assignment::from_wire(sent.to_wire()), Ok(sent));
     }
 

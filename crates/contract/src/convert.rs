@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use hodei_domain::{
-    Job, JobAttempt, JobId, JobSpec, JobSpecLimits, JobState, LogLine, LogStreamKind, Resources,
-    TerminalOutcome, Worker, WorkerState,
+    ApiTokenInfo, Job, JobAttempt, JobId, JobSecrets, JobSpec, JobSpecLimits, JobState, LogLine,
+    LogStreamKind, Resources, TerminalOutcome, Worker, WorkerState,
 };
 use hodei_proto::v1 as pb;
 
@@ -30,14 +30,14 @@ pub fn parse_job_id(raw: &str) -> Result<JobId, ContractError> {
     Ok(raw.parse()?)
 }
 
-/// A submitted spec, validated against `limits`.
+/// A submitted spec and its secrets, validated against `limits`.
 pub fn spec_from_proto(
     spec: Option<pb::JobSpec>,
     limits: &JobSpecLimits,
-) -> Result<JobSpec, ContractError> {
+) -> Result<(JobSpec, JobSecrets), ContractError> {
     let spec = spec.ok_or(ContractError::Missing("spec"))?;
     let resources = spec.resources.unwrap_or_default();
-    Ok(JobSpec::new(
+    let validated = JobSpec::new(
         spec.command,
         spec.env.into_iter().collect(),
         spec.timeout_seconds,
@@ -47,9 +47,12 @@ pub fn spec_from_proto(
         },
         spec.max_attempts,
         limits,
-    )?)
+    )?;
+    let secrets = JobSecrets::new(spec.secrets.into_iter().collect(), &validated.env, limits)?;
+    Ok((validated, secrets))
 }
 
+/// A stored spec as clients see it: secrets are never part of it (see `Job.secret_names`).
 pub fn spec_to_proto(spec: &JobSpec) -> pb::JobSpec {
     pb::JobSpec {
         command: spec.command.clone(),
@@ -60,6 +63,7 @@ pub fn spec_to_proto(spec: &JobSpec) -> pb::JobSpec {
             memory_bytes: spec.resources.memory_bytes,
         }),
         max_attempts: Some(spec.max_attempts),
+        secrets: Default::default(),
     }
 }
 
@@ -150,6 +154,8 @@ pub fn job_to_proto(job: &Job, attempts: &[JobAttempt]) -> pb::Job {
                 reason: a.reason.clone(),
             })
             .collect(),
+        owner: job.owner.clone().unwrap_or_default(),
+        secret_names: job.secret_names.clone(),
     }
 }
 
@@ -196,6 +202,18 @@ pub fn log_line_to_proto(line: &LogLine, job_id: &str) -> pb::LogLine {
         stream: stream_to_proto(line.stream).into(),
         data: line.data.clone(),
         emitted_at: Some(timestamp(line.emitted_at)),
+    }
+}
+
+pub fn api_token_to_proto(token: &ApiTokenInfo) -> pb::ApiToken {
+    pb::ApiToken {
+        id: token.id.to_string(),
+        name: token.name.clone(),
+        scopes: token.scopes.iter().map(|s| s.as_str().to_string()).collect(),
+        created_at: Some(timestamp(token.created_at)),
+        created_by: token.created_by.clone(),
+        expires_at: token.expires_at.map(timestamp),
+        revoked_at: token.revoked_at.map(timestamp),
     }
 }
 

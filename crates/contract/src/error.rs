@@ -1,4 +1,4 @@
-use hodei_domain::{IdParseError, JobSpecError};
+use hodei_domain::{IdParseError, JobSpecError, SecretError};
 
 /// A message that does not satisfy the contract. Every variant reads as a sentence for the
 /// person (or program) that sent the message; the gRPC edge answers them `INVALID_ARGUMENT`.
@@ -10,6 +10,8 @@ pub enum ContractError {
     InvalidId(#[from] IdParseError),
     #[error("invalid job spec: {0}")]
     InvalidSpec(#[from] JobSpecError),
+    #[error("invalid job secrets: {0}")]
+    InvalidSecrets(#[from] SecretError),
     #[error("unknown {what} {value}")]
     UnknownEnum { what: &'static str, value: i32 },
     #[error("invalid assignment: {0}")]

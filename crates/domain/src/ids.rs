@@ -68,6 +68,7 @@ macro_rules! id_type {
 
 id_type!(JobId, "job");
 id_type!(WorkerId, "worker");
+id_type!(TokenId, "API token");
 
 #[cfg(test)]
 mod tests {

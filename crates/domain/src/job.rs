@@ -177,7 +177,7 @@ fn validate_env(
     Ok(())
 }
 
-fn is_valid_env_name(name: &str) -> bool {
+pub(crate) fn is_valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -338,6 +338,10 @@ pub struct Job {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The principal that queued it; `None` when authentication was off.
+    pub owner: Option<String>,
+    /// Names of its secrets (their values are kept apart, see [`crate::JobSecrets`]).
+    pub secret_names: Vec<String>,
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! [`hodei_providers::WorkerProvider`] into the gRPC services and the background tasks.
 //! `ARCHITECTURE.md` at the repository root has the map.
 
+mod access;
 mod commands;
 mod core;
 mod dispatcher;
@@ -21,7 +22,7 @@ mod settings;
 pub use server::{RunningServer, start};
 
 pub use hodei_store::RetryBackoff;
-pub use settings::{Faults, Settings, TlsFiles};
+pub use settings::{AuthMode, Faults, Settings, TlsFiles};
 
 /// A message that breaks the contract (a missing field, an invalid spec): the caller's mistake.
 pub(crate) fn contract_status(error: hodei_contract::ContractError) -> tonic::Status {

@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use hodei_domain::{JobState, WorkerState};
+use hodei_domain::{JobState, Scope, WorkerState};
 use hodei_store::Store;
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -19,6 +19,11 @@ use prometheus_client::{
     registry::Registry,
 };
 use tokio_util::sync::CancellationToken;
+
+use crate::{
+    access::Access,
+    settings::AuthMode,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -134,24 +139,32 @@ struct Endpoint {
     metrics: Arc<Metrics>,
     store: Store,
     instance: String,
+    /// Set when the endpoint is reachable from other hosts: a scrape needs a token with
+    /// `metrics:read`.
+    access: Option<Arc<Access>>,
 }
 
-/// Serves `GET /metrics` until `shutdown` is cancelled. Returns the bound address.
+/// Serves `GET /metrics` until `shutdown` is cancelled. Returns the bound address. On a
+/// loopback address anyone on the host may scrape; on any other address (with authentication
+/// on) a scrape needs `Authorization: Bearer <token with metrics:read>`.
 pub async fn serve(
     listen: SocketAddr,
     metrics: Arc<Metrics>,
     store: Store,
     instance: String,
+    access: Arc<Access>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    let guarded = !addr.ip().is_loopback() && access.mode() == AuthMode::Required;
     let app = Router::new()
         .route("/metrics", get(render))
         .with_state(Arc::new(Endpoint {
             metrics,
             store,
             instance,
+            access: guarded.then_some(access),
         }));
     let task = tokio::spawn(async move {
         let result = axum::serve(listener, app)
@@ -164,7 +177,26 @@ pub async fn serve(
     Ok((addr, task))
 }
 
-async fn render(State(endpoint): State<Arc<Endpoint>>) -> impl IntoResponse {
+async fn render(
+    State(endpoint): State<Arc<Endpoint>>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    if let Some(access) = &endpoint.access {
+        let authorization = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let allowed = match access.authenticate(authorization, None).await {
+            Ok(caller) if caller.may(Scope::MetricsRead) => Ok(()),
+            Ok(caller) => Err((
+                StatusCode::FORBIDDEN,
+                format!("{} may not scrape metrics: it needs the scope metrics:read\n", caller.name()),
+            )),
+            Err(refused) => Err((StatusCode::UNAUTHORIZED, format!("{}\n", refused.message()))),
+        };
+        if let Err(refused) = allowed {
+            return refused.into_response();
+        }
+    }
     match endpoint
         .metrics
         .render(&endpoint.store, &endpoint.instance)

@@ -19,7 +19,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context;
 use hodei_proto::v1::{
     FILE_DESCRIPTOR_SET, job_service_server::JobServiceServer,
-    log_stream_service_server::LogStreamServiceServer,
+    log_stream_service_server::LogStreamServiceServer, token_service_server::TokenServiceServer,
     worker_agent_service_server::WorkerAgentServiceServer,
     worker_query_service_server::WorkerQueryServiceServer,
 };
@@ -28,15 +28,17 @@ use hodei_store::Store;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::{
     Settings,
+    access::{Access, AccessLayer},
     core::Core,
     dispatcher,
     lifecycle::Lifecycle,
     maintenance, metrics,
-    services::{AgentService, JobsService, LogsService, WorkersService},
+    services::{AgentService, JobsService, LogsService, TokensService, WorkersService},
+    settings::AuthMode,
 };
 
 /// A started server.
@@ -68,10 +70,37 @@ pub async fn start(
             let key = tokio::fs::read(&files.key)
                 .await
                 .with_context(|| format!("reading TLS key {}", files.key.display()))?;
-            Some(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))
+            let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+            if let Some(ca) = &settings.client_ca {
+                let ca = tokio::fs::read(ca)
+                    .await
+                    .with_context(|| format!("reading client CA {}", ca.display()))?;
+                // Optional: workers and token-carrying clients connect without a certificate;
+                // one that presents a certificate must present a valid one.
+                tls = tls
+                    .client_ca_root(Certificate::from_pem(ca))
+                    .client_auth_optional(true);
+            }
+            Some(tls)
+        }
+        None if settings.client_ca.is_some() => {
+            anyhow::bail!("a client CA (mutual TLS) needs the server to serve TLS: give a certificate and key too")
         }
         None => None,
     };
+    if settings.auth == AuthMode::Off {
+        let reach = if addr.ip().is_loopback() {
+            "every process on this host"
+        } else {
+            "anyone who can reach this address"
+        };
+        tracing::warn!(%addr, "AUTHENTICATION IS OFF (--insecure-no-auth): {reach} may queue and cancel any job, read any output and list workers; jobs of the local provider run on this host and can call this API too");
+    }
+    let access = Arc::new(Access::new(
+        settings.auth,
+        store.clone(),
+        settings.client_certificate_scopes,
+    ));
     let core = Arc::new(Core::new(settings, store, provider, worker_address));
     let lifecycle = Lifecycle::new(core.clone());
     lifecycle
@@ -91,6 +120,7 @@ pub async fn start(
                 core.metrics.clone(),
                 core.store.clone(),
                 core.settings.instance.clone(),
+                access.clone(),
                 stop_serving.clone(),
             )
             .await
@@ -114,6 +144,9 @@ pub async fn start(
     health_reporter
         .set_serving::<WorkerQueryServiceServer<WorkersService>>()
         .await;
+    health_reporter
+        .set_serving::<TokenServiceServer<TokensService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -133,6 +166,7 @@ pub async fn start(
         builder = builder.tls_config(tls).context("TLS configuration")?;
     }
     let router = builder
+        .layer(AccessLayer::new(access.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -141,7 +175,7 @@ pub async fn start(
                 .max_encoding_message_size(limit),
         )
         .add_service(
-            LogStreamServiceServer::new(LogsService::new(core.clone()))
+            LogStreamServiceServer::new(LogsService::new(core.clone(), access.clone()))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )
@@ -152,6 +186,11 @@ pub async fn start(
         )
         .add_service(
             WorkerQueryServiceServer::new(WorkersService::new(core.clone()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit),
+        )
+        .add_service(
+            TokenServiceServer::new(TokensService::new(core.store.clone(), access))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         );

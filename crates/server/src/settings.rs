@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use hodei_domain::JobSpecLimits;
+use hodei_domain::{JobSpecLimits, Scope, Scopes};
 use hodei_store::RetryBackoff;
 
 /// Server behaviour. `Default` gives the production defaults.
@@ -58,9 +58,27 @@ pub struct Settings {
     pub database_outage_grace: Duration,
     /// How long a job re-queued after an infrastructure failure waits before its next attempt.
     pub retry_backoff: RetryBackoff,
+    /// Whether callers of the client API must authenticate.
+    pub auth: AuthMode,
+    /// PEM file of the CA whose client certificates authenticate callers (mutual TLS, on top
+    /// of API tokens; needs `tls`).
+    pub client_ca: Option<PathBuf>,
+    /// What a caller authenticated by a client certificate may do.
+    pub client_certificate_scopes: Scopes,
     /// Faults tests inject; all off in production.
     #[doc(hidden)]
     pub faults: Faults,
+}
+
+/// Whether callers of the client API (jobs, logs, workers, tokens) must authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// API tokens (or client certificates); the default.
+    Required,
+    /// Everyone who can reach the port may do everything (`--insecure-no-auth`): only for a
+    /// server nobody else can reach, and never with the local provider on a shared host (its
+    /// jobs run on the same host and could call the API).
+    Off,
 }
 
 /// Faults a test injects into a running server to prove what happens when code that should
@@ -91,7 +109,8 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
-            metrics_listen: Some(SocketAddr::from(([0, 0, 0, 0], 9090))),
+            // Loopback: the metrics name jobs and workers; expose them deliberately.
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             instance: "default".into(),
             worker_server_url: None,
             worker_server_host: "127.0.0.1".into(),
@@ -111,6 +130,9 @@ impl Default for Settings {
             max_message_bytes: 4 << 20,
             database_outage_grace: Duration::from_secs(60),
             retry_backoff: RetryBackoff::default(),
+            auth: AuthMode::Required,
+            client_ca: None,
+            client_certificate_scopes: [Scope::JobsSubmit, Scope::JobsRead].into_iter().collect(),
             faults: Faults::default(),
         }
     }

@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use hodei_domain::{Job, JobAttempt, JobId, JobSpec, JobState, WorkerId};
+use hodei_domain::{Job, JobAttempt, JobId, JobSecrets, JobSpec, JobState, WorkerId};
 use uuid::Uuid;
 
 use crate::{
@@ -99,22 +99,27 @@ impl Store {
     }
 
     /// Newest first. `before` continues a listing after the last id of the previous page.
+    /// `owner`: only the jobs of that principal (and those queued while authentication was
+    /// off); `None`: every job.
     pub async fn list_jobs(
         &self,
         states: &[JobState],
         limit: u32,
         before: Option<JobId>,
+        owner: Option<&str>,
     ) -> Result<Vec<Job>, StoreError> {
         let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
         let rows: Vec<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE (cardinality($1::text[]) = 0 OR state = ANY($1)) \
-              AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+              AND ($2::uuid IS NULL OR id < $2) \
+              AND ($4::text IS NULL OR owner = $4 OR owner IS NULL) ORDER BY id DESC LIMIT $3"
         ))
         .bind(&states)
         .bind(before.map(|id| *id.as_uuid()))
         .bind(i64::from(limit))
+        .bind(owner)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(Job::try_from).collect()
@@ -187,12 +192,32 @@ impl Store {
 
 impl Transitions {
     /// Stores a new `Queued` job.
-    pub async fn insert_job(&self, spec: &JobSpec) -> Result<Job, StoreError> {
+    /// Stores a new `Queued` job with its secrets (values apart from the job) in one statement.
+    /// `owner`: the principal queueing it (`None` when authentication is off).
+    pub async fn insert_job(
+        &self,
+        spec: &JobSpec,
+        secrets: &JobSecrets,
+        owner: Option<&str>,
+    ) -> Result<Job, StoreError> {
         let id = JobId::new();
+        let (names, values): (Vec<&str>, Vec<&str>) = secrets
+            .expose()
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .unzip();
         let row: JobRow = sqlx::query_as(concat!(
-            "INSERT INTO jobs (id, command, env, timeout_seconds, cpu_millis, memory_bytes, \
-             max_attempts, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued') RETURNING ",
-            job_columns!()
+            "WITH job AS (
+                INSERT INTO jobs (id, command, env, timeout_seconds, cpu_millis, memory_bytes,
+                                  max_attempts, state, owner, secret_names)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9) RETURNING *
+             ), secrets AS (
+                INSERT INTO job_secrets (job_id, name, value)
+                SELECT $1, name, value FROM unnest($9::text[], $10::text[]) AS s(name, value)
+             )
+             SELECT ",
+            job_columns!(),
+            " FROM job"
         ))
         .bind(id.as_uuid())
         .bind(&spec.command)
@@ -201,6 +226,9 @@ impl Transitions {
         .bind(i64::from(spec.resources.cpu_millis))
         .bind(i64::try_from(spec.resources.memory_bytes).unwrap_or(i64::MAX))
         .bind(i32::try_from(spec.max_attempts).unwrap_or(i32::MAX))
+        .bind(owner)
+        .bind(&names)
+        .bind(&values)
         .fetch_one(&self.pool)
         .await?;
         row.try_into()
@@ -264,6 +292,8 @@ impl Transitions {
                        jobs_run = w.jobs_run + 1
                 FROM finished WHERE w.id = finished.worker_id AND w.state = 'busy'
                   AND w.current_job_id = finished.id
+             ), forget AS (
+                DELETE FROM job_secrets s USING finished WHERE s.job_id = finished.id
              )
              SELECT ",
             job_columns!(),
@@ -315,6 +345,9 @@ impl Transitions {
                                       ELSE updated.state END,
                        reason = $3
                 FROM updated WHERE a.job_id = updated.id AND a.attempt = updated.attempts
+             ), forget AS (
+                DELETE FROM job_secrets s USING updated
+                WHERE s.job_id = updated.id AND updated.state <> 'queued'
              )
              SELECT state, attempts FROM updated",
         )
@@ -396,9 +429,16 @@ impl Transitions {
         reason: &str,
     ) -> Result<Option<Job>, StoreError> {
         let row: Option<JobRow> = sqlx::query_as(concat!(
-            "UPDATE jobs SET state = 'cancelled', reason = $2, finished_at = now(), retry_at = NULL \
-             WHERE id = $1 AND state = 'queued' RETURNING ",
-            job_columns!()
+            "WITH cancelled AS (
+                UPDATE jobs SET state = 'cancelled', reason = $2, finished_at = now(),
+                       retry_at = NULL
+                WHERE id = $1 AND state = 'queued' RETURNING *
+             ), forget AS (
+                DELETE FROM job_secrets s USING cancelled WHERE s.job_id = cancelled.id
+             )
+             SELECT ",
+            job_columns!(),
+            " FROM cancelled"
         ))
         .bind(job.as_uuid())
         .bind(reason)

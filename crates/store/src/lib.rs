@@ -7,10 +7,12 @@
 //!
 //! Rows become domain types here and nowhere else.
 
+mod api_tokens;
 mod error;
 mod jobs;
 mod logs;
 mod rows;
+mod secrets;
 mod tokens;
 mod transitions;
 mod workers;

@@ -15,7 +15,7 @@ use crate::StoreError;
 macro_rules! job_columns {
     () => {
         "id, command, env, timeout_seconds, cpu_millis, memory_bytes, max_attempts, state, \
-         attempts, worker_id, exit_code, reason, created_at, started_at, finished_at"
+         attempts, worker_id, exit_code, reason, created_at, started_at, finished_at, owner, secret_names"
     };
 }
 pub(crate) use job_columns;
@@ -37,6 +37,8 @@ pub(crate) struct JobRow {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    owner: Option<String>,
+    secret_names: Vec<String>,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -66,6 +68,8 @@ impl TryFrom<JobRow> for Job {
             created_at: row.created_at,
             started_at: row.started_at,
             finished_at: row.finished_at,
+            owner: row.owner,
+            secret_names: row.secret_names,
         })
     }
 }

@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, time::Duration};
 use bytes::Bytes;
 use chrono::Utc;
 use hodei_domain::{
-    JobSpec, JobSpecLimits, JobState, LogStreamKind, OneTimeToken, Resources, WorkerId, WorkerState,
+    JobSecrets, JobSpec, JobSpecLimits, JobState, LogStreamKind, OneTimeToken, Resources, WorkerId,
+    WorkerState,
 };
 use hodei_store::{NewLogLine, RequeueOutcome, RetryBackoff, Store, TokenRejection, Transitions};
 use hodei_testkit::TestDatabase;
@@ -53,7 +54,7 @@ async fn worker(tx: &Transitions) -> (WorkerId, OneTimeToken) {
 #[tokio::test]
 async fn a_job_round_trips_with_its_spec() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("echo hi", 3)).await.unwrap();
+    let job = tx.insert_job(&spec("echo hi", 3), &JobSecrets::default(), None).await.unwrap();
     assert_eq!(job.state, JobState::Queued);
     let loaded = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!(loaded, job);
@@ -65,7 +66,7 @@ async fn a_job_round_trips_with_its_spec() {
 async fn concurrent_claims_never_hand_out_the_same_job() {
     let (_db, _store, tx) = store().await;
     for i in 0..20 {
-        tx.insert_job(&spec(&format!("echo {i}"), 1)).await.unwrap();
+        tx.insert_job(&spec(&format!("echo {i}"), 1), &JobSecrets::default(), None).await.unwrap();
     }
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -93,8 +94,8 @@ async fn concurrent_claims_never_hand_out_the_same_job() {
 #[tokio::test]
 async fn jobs_are_claimed_oldest_first() {
     let (_db, _store, tx) = store().await;
-    let first = tx.insert_job(&spec("echo 1", 1)).await.unwrap();
-    let _second = tx.insert_job(&spec("echo 2", 1)).await.unwrap();
+    let first = tx.insert_job(&spec("echo 1", 1), &JobSecrets::default(), None).await.unwrap();
+    let _second = tx.insert_job(&spec("echo 2", 1), &JobSecrets::default(), None).await.unwrap();
     let (w, _) = worker(&tx).await;
     assert_eq!(tx.claim_next_job(w).await.unwrap().unwrap().id, first.id);
 }
@@ -102,7 +103,7 @@ async fn jobs_are_claimed_oldest_first() {
 #[tokio::test]
 async fn an_infrastructure_failure_requeues_until_attempts_run_out() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("true", 2)).await.unwrap();
+    let job = tx.insert_job(&spec("true", 2), &JobSecrets::default(), None).await.unwrap();
 
     let (w1, _) = worker(&tx).await;
     tx.claim_next_job(w1).await.unwrap().unwrap();
@@ -157,7 +158,7 @@ async fn an_infrastructure_failure_requeues_until_attempts_run_out() {
 #[tokio::test]
 async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("true", 3)).await.unwrap();
+    let job = tx.insert_job(&spec("true", 3), &JobSecrets::default(), None).await.unwrap();
     let backoff = RetryBackoff {
         first: Duration::from_millis(600),
         max: Duration::from_secs(60),
@@ -185,7 +186,7 @@ async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it
         "but not claimable yet"
     );
     // A job queued later is not held up by it.
-    let later = tx.insert_job(&spec("echo later", 1)).await.unwrap();
+    let later = tx.insert_job(&spec("echo later", 1), &JobSecrets::default(), None).await.unwrap();
     assert_eq!(tx.claim_next_job(w2).await.unwrap().unwrap().id, later.id);
 
     assert_eq!(
@@ -229,7 +230,7 @@ async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it
 #[tokio::test]
 async fn a_claim_never_sent_to_its_worker_is_undone_without_spending_an_attempt() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("true", 2)).await.unwrap();
+    let job = tx.insert_job(&spec("true", 2), &JobSecrets::default(), None).await.unwrap();
 
     // First claim, never sent: back to queued with no attempt and no worker.
     let (w1, _) = worker(&tx).await;
@@ -276,7 +277,7 @@ async fn a_claim_never_sent_to_its_worker_is_undone_without_spending_an_attempt(
 #[tokio::test]
 async fn a_job_whose_cancel_was_requested_ends_cancelled_instead_of_being_requeued() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("sleep 60", 3)).await.unwrap();
+    let job = tx.insert_job(&spec("sleep 60", 3), &JobSecrets::default(), None).await.unwrap();
     assert!(
         !tx.request_cancel(job.id, "too late").await.unwrap(),
         "a queued job is cancelled directly, not by request"
@@ -308,7 +309,7 @@ async fn a_job_whose_cancel_was_requested_ends_cancelled_instead_of_being_requeu
 #[tokio::test]
 async fn a_finished_job_is_final_and_its_attempt_closed() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("exit 3", 1)).await.unwrap();
+    let job = tx.insert_job(&spec("exit 3", 1), &JobSecrets::default(), None).await.unwrap();
     let (w, _) = worker(&tx).await;
     tx.claim_next_job(w).await.unwrap().unwrap();
     assert!(tx.mark_job_running(job.id, w).await.unwrap());
@@ -437,7 +438,7 @@ async fn a_failed_worker_cannot_register_and_keeps_its_token() {
 #[tokio::test]
 async fn logs_come_back_in_sequence_order_as_raw_bytes() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("echo", 1)).await.unwrap();
+    let job = tx.insert_job(&spec("echo", 1), &JobSecrets::default(), None).await.unwrap();
     let line = |sequence: u64, stream, data: &'static [u8]| NewLogLine {
         sequence,
         stream,
@@ -483,7 +484,7 @@ async fn logs_come_back_in_sequence_order_as_raw_bytes() {
 #[tokio::test]
 async fn a_page_of_logs_stops_at_its_byte_budget_but_never_comes_back_empty() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("echo", 1)).await.unwrap();
+    let job = tx.insert_job(&spec("echo", 1), &JobSecrets::default(), None).await.unwrap();
     let lines: Vec<NewLogLine> = (1..=5)
         .map(|sequence| NewLogLine {
             sequence,
@@ -519,25 +520,25 @@ async fn listing_pages_newest_first_and_filters_by_state() {
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(
-            tx.insert_job(&spec(&format!("echo {i}"), 1))
+            tx.insert_job(&spec(&format!("echo {i}"), 1), &JobSecrets::default(), None)
                 .await
                 .unwrap()
                 .id,
         );
     }
     tx.cancel_queued_job(ids[0], "no").await.unwrap().unwrap();
-    let page1 = store.list_jobs(&[], 2, None).await.unwrap();
+    let page1 = store.list_jobs(&[], 2, None, None).await.unwrap();
     assert_eq!(
         page1.iter().map(|j| j.id).collect::<Vec<_>>(),
         [ids[4], ids[3]]
     );
-    let page2 = store.list_jobs(&[], 2, Some(ids[3])).await.unwrap();
+    let page2 = store.list_jobs(&[], 2, Some(ids[3]), None).await.unwrap();
     assert_eq!(
         page2.iter().map(|j| j.id).collect::<Vec<_>>(),
         [ids[2], ids[1]]
     );
     let cancelled = store
-        .list_jobs(&[JobState::Cancelled], 10, None)
+        .list_jobs(&[JobState::Cancelled], 10, None, None)
         .await
         .unwrap();
     assert_eq!(cancelled.len(), 1);
@@ -564,7 +565,7 @@ async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
         "no job, no worker row"
     );
 
-    let job = tx.insert_job(&spec("true", 1)).await.unwrap();
+    let job = tx.insert_job(&spec("true", 1), &JobSecrets::default(), None).await.unwrap();
     let worker = WorkerId::new();
     let claimed = tx
         .claim_job_for_new_worker(
@@ -590,7 +591,7 @@ async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
 #[tokio::test]
 async fn a_connected_worker_is_recorded_busy_with_the_job_it_claims_and_idle_once_it_ends() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("true", 1)).await.unwrap();
+    let job = tx.insert_job(&spec("true", 1), &JobSecrets::default(), None).await.unwrap();
     let (w, token) = worker(&tx).await;
     tx.register_worker(w, token.hash(), OneTimeToken::generate().hash())
         .await

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use chrono::Utc;
 use hodei_domain::{
-    JOB_TRANSITIONS, JobId, JobSpec, JobSpecLimits, JobState, JobStep, OneTimeToken, Resources,
+    JOB_TRANSITIONS, JobId, JobSecrets, JobSpec, JobSpecLimits, JobState, JobStep, OneTimeToken, Resources,
     SessionCredential, WORKER_TRANSITIONS, WorkerId, WorkerState, WorkerStep,
 };
 use hodei_store::{RetryBackoff, Store, Transitions};
@@ -62,7 +62,7 @@ impl Db {
     async fn job_in(&self, state: JobState, worker: WorkerId, max_attempts: u32) -> JobId {
         let job = self
             .tx
-            .insert_job(&spec(max_attempts))
+            .insert_job(&spec(max_attempts), &JobSecrets::default(), None)
             .await
             .expect("insert job");
         if state != JobState::Queued {
@@ -307,7 +307,7 @@ async fn every_worker_statement_moves_exactly_as_the_domain_table_says() {
         );
         db.empty_queue().await;
         let (worker, _) = db.worker_in(from).await;
-        let queued = db.tx.insert_job(&spec(3)).await.expect("insert job");
+        let queued = db.tx.insert_job(&spec(3), &JobSecrets::default(), None).await.expect("insert job");
         let _ = db.tx.claim_next_job(worker).await.expect("claim");
         check_worker(
             WorkerStep::TakeJob,

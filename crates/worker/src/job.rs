@@ -105,7 +105,7 @@ pub async fn run(
     let job_id = assignment.job_id.to_string();
     let mut child = match process::spawn_shell(
         &assignment.command,
-        &assignment.env,
+        &assignment.job_environment(),
         &job_id,
         assignment.attempt,
     ) {
@@ -321,6 +321,7 @@ mod tests {
             attempt: 1,
             command: command.into(),
             env: BTreeMap::new(),
+            secrets: Default::default(),
             timeout: Duration::from_secs(3600),
             kill_grace: Duration::from_secs(5),
         }

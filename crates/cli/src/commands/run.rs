@@ -64,6 +64,7 @@ fn job_spec(args: RunArgs) -> pb::JobSpec {
         timeout_seconds: args.timeout.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
         resources,
         max_attempts: args.max_attempts,
+        secrets: Default::default(),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use hodei_domain::{Job, JobId, JobSpec, JobState, WorkerId, WorkerState};
+use hodei_domain::{Job, JobId, JobSecrets, JobSpec, JobState, WorkerId, WorkerState};
 use hodei_store::{RequeueOutcome, StoreError};
 
 use super::Lifecycle;
@@ -35,13 +35,19 @@ pub enum CancelError {
 }
 
 impl Lifecycle {
-    /// `→ Queued`, and the dispatcher is woken. Refused while the server drains.
-    pub async fn queue(&self, spec: &JobSpec) -> Result<Job, QueueError> {
+    /// `→ Queued` with its secrets and its owner, and the dispatcher is woken. Refused while
+    /// the server drains.
+    pub async fn queue(
+        &self,
+        spec: &JobSpec,
+        secrets: &JobSecrets,
+        owner: Option<&str>,
+    ) -> Result<Job, QueueError> {
         if self.core.is_draining() {
             return Err(QueueError::Draining);
         }
-        let job = self.db.insert_job(spec).await?;
-        tracing::info!(job = %job.id, "job queued");
+        let job = self.db.insert_job(spec, secrets, owner).await?;
+        tracing::info!(job = %job.id, owner, "job queued");
         self.core.wake_dispatcher();
         Ok(job)
     }

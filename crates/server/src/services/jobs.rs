@@ -6,6 +6,7 @@ use hodei_proto::v1::{self as pb, job_service_server::JobService};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    access::Caller,
     contract_status,
     lifecycle::{CancelError, Lifecycle, QueueError},
     store_status,
@@ -20,12 +21,15 @@ impl JobsService {
         Self { lifecycle }
     }
 
-    async fn job_message(&self, id: JobId) -> Result<pb::Job, Status> {
+    /// The job as `caller` may see it: someone else's job is `NOT_FOUND`, exactly like a job
+    /// that does not exist, so its existence is not revealed.
+    async fn job_message(&self, id: JobId, caller: &Caller) -> Result<pb::Job, Status> {
         let store = &self.lifecycle.core().store;
         let job = store
             .get_job(id)
             .await
             .map_err(store_status)?
+            .filter(|job| caller.can_read_job_of(job.owner.as_deref()))
             .ok_or_else(|| Status::not_found(format!("no job {id}")))?;
         let attempts = store.job_attempts(id).await.map_err(store_status)?;
         Ok(job_to_proto(&job, &attempts))
@@ -43,9 +47,12 @@ impl JobService for JobsService {
         &self,
         request: Request<pb::QueueJobRequest>,
     ) -> Result<Response<pb::QueueJobResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let limits = &self.lifecycle.core().settings.job_limits;
-        let spec = spec_from_proto(request.into_inner().spec, limits).map_err(contract_status)?;
-        let job = self.lifecycle.queue(&spec).await.map_err(|e| match e {
+        let (spec, secrets) =
+            spec_from_proto(request.into_inner().spec, limits).map_err(contract_status)?;
+        let queued = self.lifecycle.queue(&spec, &secrets, caller.owner()).await;
+        let job = queued.map_err(|e| match e {
             QueueError::Draining => Status::unavailable(e.to_string()),
             QueueError::Store(e) => store_status(e),
         })?;
@@ -58,14 +65,16 @@ impl JobService for JobsService {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&request)?;
         let id = parse_job_id(&request.into_inner().job_id).map_err(contract_status)?;
-        Ok(Response::new(self.job_message(id).await?))
+        Ok(Response::new(self.job_message(id, &caller).await?))
     }
 
     async fn list_jobs(
         &self,
         request: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let states = request
             .states
@@ -90,7 +99,7 @@ impl JobService for JobsService {
             .lifecycle
             .core()
             .store
-            .list_jobs(&states, limit, before)
+            .list_jobs(&states, limit, before, caller.listing_owner())
             .await
             .map_err(store_status)?;
         let next_page_token = if jobs.len() == limit as usize {
@@ -108,8 +117,22 @@ impl JobService for JobsService {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let id = parse_job_id(&request.job_id).map_err(contract_status)?;
+        let owner = self
+            .lifecycle
+            .core()
+            .store
+            .get_job(id)
+            .await
+            .map_err(store_status)?
+            .map(|job| job.owner);
+        match owner {
+            Some(owner) if caller.can_cancel_job_of(owner.as_deref()) => {}
+            // Not theirs: answered like a job that does not exist.
+            _ => return Err(Status::not_found(format!("no job {id}"))),
+        }
         let reason = if request.reason.is_empty() {
             "cancelled by request".to_string()
         } else {
@@ -124,6 +147,7 @@ impl JobService for JobsService {
                 CancelError::NoWorker(..) => Status::internal(e.to_string()),
                 CancelError::Store(e) => store_status(e),
             })?;
-        Ok(Response::new(self.job_message(id).await?))
+        tracing::info!(job = %id, by = caller.name(), "cancel requested");
+        Ok(Response::new(self.job_message(id, &caller).await?))
     }
 }

@@ -11,15 +11,22 @@ use tonic::{Request, Response, Status};
 
 use hodei_contract::convert::{log_line_to_proto, parse_job_id};
 
-use crate::{contract_status, core::Core, log_hub::HubEvent, store_status};
+use crate::{
+    access::{Access, Caller},
+    contract_status,
+    core::Core,
+    log_hub::HubEvent,
+    store_status,
+};
 
 pub struct LogsService {
     core: Arc<Core>,
+    access: Arc<Access>,
 }
 
 impl LogsService {
-    pub fn new(core: Arc<Core>) -> Self {
-        Self { core }
+    pub fn new(core: Arc<Core>, access: Arc<Access>) -> Self {
+        Self { core, access }
     }
 }
 
@@ -29,7 +36,8 @@ const MAX_PAGE: u32 = 10_000;
 /// at most 64 KiB each, so the line count alone would allow 128 MiB per follower).
 const CATCH_UP_PAGE: u32 = 2000;
 const CATCH_UP_BYTES: usize = 1 << 20;
-/// A follower that has heard nothing for this long asks the database whether its job ended.
+/// A follower that has heard nothing for this long asks the database whether its job ended,
+/// and whether its caller's token is still valid (a revocation through another server).
 const QUIET_RECHECK: Duration = Duration::from_secs(5);
 /// Lines buffered towards one subscriber.
 const SUBSCRIBER_BUFFER: usize = 1024;
@@ -44,17 +52,20 @@ impl LogStreamService for LogsService {
         &self,
         request: Request<pb::SubscribeLogsRequest>,
     ) -> Result<Response<Self::SubscribeLogsStream>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let job = parse_job_id(&request.job_id).map_err(contract_status)?;
         // Register for live lines *before* looking at the job, so nothing falls in between.
         let subscription = request.follow.then(|| self.core.hub.subscribe(job));
         let found = self.core.store.get_job(job).await.map_err(store_status)?;
-        let Some(found) = found else {
+        let Some(found) = found.filter(|j| caller.can_read_job_of(j.owner.as_deref())) else {
             return Err(Status::not_found(format!("no job {job}")));
         };
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let follower = Follower {
             core: self.core.clone(),
+            access: self.access.clone(),
+            caller,
             job,
             job_id: job.to_string(),
             next: request.from_sequence.max(1),
@@ -69,10 +80,12 @@ impl LogStreamService for LogsService {
         &self,
         request: Request<pb::GetLogsRequest>,
     ) -> Result<Response<pb::GetLogsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let job = parse_job_id(&request.job_id).map_err(contract_status)?;
         let store = &self.core.store;
-        if store.get_job(job).await.map_err(store_status)?.is_none() {
+        let found = store.get_job(job).await.map_err(store_status)?;
+        if !found.is_some_and(|j| caller.can_read_job_of(j.owner.as_deref())) {
             return Err(Status::not_found(format!("no job {job}")));
         }
         let limit = match request.limit {
@@ -103,6 +116,9 @@ impl LogStreamService for LogsService {
 /// falling back to the database whenever it lags, until the job ends or the client leaves.
 struct Follower {
     core: Arc<Core>,
+    access: Arc<Access>,
+    /// Who follows: a revoked token ends the stream.
+    caller: Caller,
     job: JobId,
     /// `job`, formatted once for every line sent.
     job_id: String,
@@ -126,15 +142,21 @@ impl Follower {
         let Some(mut subscription) = subscription else {
             return Ok(());
         };
+        let mut revocations = self.access.revocations();
         loop {
             let event = tokio::select! {
                 event = subscription.receiver.recv() => event,
                 _ = self.tx.closed() => return Err(Gone),
                 _ = self.core.stop.cancelled() => return Ok(()),
+                _ = revocations.changed() => {
+                    self.still_allowed().await?;
+                    continue;
+                }
                 // The hub is told when a job ends, but a job can also end where it cannot tell
                 // (a reply lost to a database restart, another server instance): after a quiet
                 // spell, the database says whether there is anything left to follow.
                 _ = tokio::time::sleep(QUIET_RECHECK) => {
+                    self.still_allowed().await?;
                     match self.core.store.get_job(self.job).await {
                         Ok(Some(job)) if job.state.is_terminal() => return self.catch_up().await,
                         Ok(_) => {}
@@ -162,6 +184,15 @@ impl Follower {
                 Err(RecvError::Lagged(_)) => self.catch_up().await?,
             }
         }
+    }
+
+    /// Ends the stream with the refusal if the caller's token was revoked or has expired.
+    async fn still_allowed(&self) -> Result<(), Gone> {
+        if let Err(refused) = self.access.recheck(&self.caller).await {
+            let _ = self.tx.send(Err(refused)).await;
+            return Err(Gone);
+        }
+        Ok(())
     }
 
     /// Sends everything stored from `next` on.

@@ -3,9 +3,11 @@
 mod agent;
 mod jobs;
 mod logs;
+mod tokens;
 mod workers;
 
 pub use agent::AgentService;
 pub use jobs::JobsService;
 pub use logs::LogsService;
+pub use tokens::TokensService;
 pub use workers::WorkersService;

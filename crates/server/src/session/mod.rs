@@ -7,15 +7,17 @@
 //! causes goes through the lifecycle; output ingestion is `output.rs`. When it ends, the worker
 //! is either retired (it was told to go) or lost, and a held job is re-queued.
 
+mod masking;
 mod output;
 
 use std::time::{Duration, Instant};
 
 use hodei_contract::{Assignment, convert::outcome_from_proto};
-use hodei_domain::{Job, JobId, JobState, WorkerId, WorkerState};
+use hodei_domain::{Job, JobId, JobSecrets, JobState, WorkerId, WorkerState};
 use hodei_proto::v1::{self as pb, server_message, worker_message};
 use tonic::{Status, Streaming};
 
+use self::masking::Masker;
 use crate::{
     commands::{CommandInbox, Outbound, SessionCommand},
     lifecycle::{AfterJob, Lifecycle},
@@ -29,6 +31,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct CurrentJob {
     job: Job,
+    /// Its secret values, replaced in its output.
+    masker: Masker,
     next_sequence: u64,
     cancel_reason: Option<String>,
     /// When the server gives up waiting for the worker to report.
@@ -345,14 +349,31 @@ impl Session {
                 return Ok(());
             }
         };
+        // Only jobs that have secrets pay for reading them.
+        let secrets = if job.secret_names.is_empty() {
+            Ok(JobSecrets::default())
+        } else {
+            core.retry_db("reading a job's secrets", || core.store.job_secrets(job.id))
+                .await
+        };
+        let secrets = match secrets {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                let reason = format!("cannot read the job's secrets: {e}");
+                self.lifecycle.abandon(job.id, worker, &reason).await;
+                return Ok(());
+            }
+        };
+        let masker = Masker::new(secrets.expose().values().map(String::as_str));
         let settings = self.settings();
-        let message = Assignment::for_job(&job, settings.kill_grace).to_wire();
+        let message = Assignment::for_job(&job, secrets, settings.kill_grace).to_wire();
         // Until the worker reports the start, the back-stop covers a worker that never does.
         let backstop = Instant::now() + job.spec.timeout + settings.kill_grace + BACKSTOP_SLACK;
         self.idle_since = None;
         tracing::info!(%worker, job = %job.id, attempt = job.attempts, "job assigned");
         self.current = Some(CurrentJob {
             job,
+            masker,
             next_sequence,
             cancel_reason: None,
             backstop: Some(backstop),

@@ -1,5 +1,6 @@
 //! A session's output ingestion: batches the worker has already sent are merged, numbered,
-//! stored by one insert, and only then published to followers.
+//! masked (the job's secret values become `***`), stored by one insert, and only then
+//! published to followers.
 
 use std::sync::Arc;
 
@@ -85,7 +86,7 @@ impl Session {
             .map(|(i, chunk)| NewLogLine {
                 sequence: first + i as u64,
                 stream: stream_from_proto(chunk.stream),
-                data: chunk.data,
+                data: current.masker.mask(chunk.data),
                 emitted_at: datetime(chunk.emitted_at.as_ref()).unwrap_or(now),
             })
             .collect();

@@ -220,6 +220,7 @@ impl FakeSession {
             env: [("JOB_VAR".to_string(), "from-the-job".to_string())].into(),
             timeout_seconds,
             kill_grace_ms,
+            secrets: Default::default(),
         }))
         .await;
     }
