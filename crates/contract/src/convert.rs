@@ -209,7 +209,11 @@ pub fn api_token_to_proto(token: &ApiTokenInfo) -> pb::ApiToken {
     pb::ApiToken {
         id: token.id.to_string(),
         name: token.name.clone(),
-        scopes: token.scopes.iter().map(|s| s.as_str().to_string()).collect(),
+        scopes: token
+            .scopes
+            .iter()
+            .map(|s| s.as_str().to_string())
+            .collect(),
         created_at: Some(timestamp(token.created_at)),
         created_by: token.created_by.clone(),
         expires_at: token.expires_at.map(timestamp),

@@ -6,12 +6,14 @@
 //! - [`assignment`]: what a worker is told to run, and its rules (the timeout is always set);
 //! - [`convert`]: proto ↔ domain conversions (jobs, states, output, outcomes, workers, times) — the only
 //!   place they happen;
-//! - [`duration`]: the one grammar for durations people type (`90s`, `5m`, `1h30m`).
+//! - [`duration`]: the one grammar for durations people type (`90s`, `5m`, `1h30m`);
+//! - [`auth`]: the `authorization: Bearer <API token>` header of the client API.
 //!
 //! No I/O and no transport: errors are [`ContractError`]s, which the gRPC edge turns into
 //! `INVALID_ARGUMENT` statuses.
 
 pub mod assignment;
+pub mod auth;
 pub mod convert;
 pub mod duration;
 pub mod env;

@@ -60,7 +60,9 @@ impl fmt::Display for Scope {
 
 /// A word that is not a scope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scope {0:?}; one of: jobs:submit, jobs:read, jobs:admin, workers:read, tokens:admin, metrics:read")]
+#[error(
+    "unknown scope {0:?}; one of: jobs:submit, jobs:read, jobs:admin, workers:read, tokens:admin, metrics:read"
+)]
 pub struct UnknownScope(pub String);
 
 impl FromStr for Scope {
@@ -156,7 +158,10 @@ impl ApiToken {
         if hex.len() != API_TOKEN_HEX || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(MalformedApiToken);
         }
-        Ok(Self(format!("{API_TOKEN_PREFIX}{}", hex.to_ascii_lowercase())))
+        Ok(Self(format!(
+            "{API_TOKEN_PREFIX}{}",
+            hex.to_ascii_lowercase()
+        )))
     }
 
     /// The secret itself, to show its owner once. Never log it.
@@ -234,7 +239,10 @@ mod tests {
         assert!(scopes.contains(Scope::JobsSubmit) && scopes.contains(Scope::JobsRead));
         assert!(!scopes.contains(Scope::JobsAdmin));
         assert_eq!(scopes.to_string(), "jobs:submit,jobs:read");
-        assert_eq!(Scopes::parse_list(&Scopes::all().to_string()), Ok(Scopes::all()));
+        assert_eq!(
+            Scopes::parse_list(&Scopes::all().to_string()),
+            Ok(Scopes::all())
+        );
         let err = Scopes::parse_list("jobs:write").unwrap_err();
         assert!(err.to_string().contains("jobs:write"), "{err}");
     }
@@ -246,12 +254,23 @@ mod tests {
         assert_eq!(token.expose().len(), 6 + 64);
         assert_eq!(ApiToken::parse(token.expose()), Ok(token.clone()));
         assert_eq!(
-            ApiToken::parse(&token.expose().to_ascii_uppercase().replacen("HODEI_", "hodei_", 1))
-                .map(|t| t.hash()),
+            ApiToken::parse(
+                &token
+                    .expose()
+                    .to_ascii_uppercase()
+                    .replacen("HODEI_", "hodei_", 1)
+            )
+            .map(|t| t.hash()),
             Ok(token.hash())
         );
         assert_eq!(format!("{token:?}"), "ApiToken(<redacted>)");
-        for bad in ["", "hodei_", "hodei_xyz", &token.expose()[6..], "Bearer hodei_00"] {
+        for bad in [
+            "",
+            "hodei_",
+            "hodei_xyz",
+            &token.expose()[6..],
+            "Bearer hodei_00",
+        ] {
             assert_eq!(ApiToken::parse(bad), Err(MalformedApiToken), "{bad}");
         }
     }

@@ -23,7 +23,11 @@ pub enum SecretError {
     )]
     TooShort { name: String, len: usize },
     #[error("secret {name} is {len} bytes; the limit per value is {max} bytes")]
-    TooLarge { name: String, len: usize, max: usize },
+    TooLarge {
+        name: String,
+        len: usize,
+        max: usize,
+    },
     #[error("secret {name} has a NUL byte or a newline in its value")]
     InvalidValue { name: String },
     #[error("{count} secrets given; the limit is {MAX_SECRETS}")]

@@ -3,15 +3,16 @@
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use hodei_contract::duration;
+use hodei_domain::{Scopes, TokenId};
 use hodei_providers::{
     WorkerProvider,
     docker::{DockerProvider, DockerProviderConfig},
     kubernetes::{KubernetesProvider, KubernetesProviderConfig, RestartPolicy},
     local::{LocalProvider, LocalProviderConfig},
 };
-use hodei_server::{RetryBackoff, Settings, TlsFiles};
+use hodei_server::{AuthMode, RetryBackoff, Settings, TlsFiles};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProviderKind {
@@ -44,9 +45,22 @@ pub struct Config {
     /// gRPC listen address; use 0.0.0.0 when workers run in containers or Pods.
     #[arg(long, env = "HODEI_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
-    /// Prometheus /metrics listen address, or "off".
-    #[arg(long, env = "HODEI_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    /// Prometheus /metrics listen address, or "off". On a non-loopback address a scrape needs
+    /// `Authorization: Bearer <API token with metrics:read>`.
+    #[arg(long, env = "HODEI_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
     pub metrics_listen: String,
+
+    /// Serve the client API without authentication: anyone who can reach the port may run any
+    /// command. Only for a server nobody else can reach; logged as a warning at start-up.
+    #[arg(long, env = "HODEI_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// PEM of a CA whose client certificates authenticate callers (mutual TLS; needs
+    /// --tls-cert/--tls-key). The principal is `cert:<common name>`.
+    #[arg(long, env = "HODEI_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// Scopes of callers authenticated by a client certificate.
+    #[arg(long, env = "HODEI_CLIENT_CERTIFICATE_SCOPES", default_value = "jobs:submit,jobs:read", value_parser = parse_scopes)]
+    pub client_certificate_scopes: Scopes,
     /// Name of this deployment; set as label hodei.io/instance on every worker.
     #[arg(long, env = "HODEI_INSTANCE", default_value = "default")]
     pub instance: String,
@@ -125,6 +139,53 @@ pub struct Config {
 
     #[arg(long, env = "HODEI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Server-side commands that work on the database directly, without a running server.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// API tokens: create the first admin token, or recover when every admin token is lost.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum TokensCommand {
+    /// Creates a token and prints it (only it) on standard output: shown this once.
+    Create {
+        /// The principal it acts as; jobs it queues are owned by this name.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: jobs:submit, jobs:read, jobs:admin, workers:read, tokens:admin,
+        /// metrics:read, or "all".
+        #[arg(long, value_parser = parse_scopes)]
+        scopes: Scopes,
+        /// Lifetime (e.g. 30d); default: no expiry.
+        #[arg(long, value_parser = duration::parse)]
+        ttl: Option<Duration>,
+    },
+    /// Lists every token (never the secrets).
+    List,
+    /// Revokes a token: refused at once from then on.
+    Revoke {
+        /// The token's id, as `list` shows it.
+        id: TokenId,
+    },
+}
+
+/// `jobs:submit,jobs:read`, or `all`.
+fn parse_scopes(list: &str) -> Result<Scopes, String> {
+    if list.trim() == "all" {
+        return Ok(Scopes::all());
+    }
+    let scopes = Scopes::parse_list(list).map_err(|e| e.to_string())?;
+    if scopes.is_empty() {
+        return Err("give at least one scope".into());
+    }
+    Ok(scopes)
 }
 
 impl Config {
@@ -203,6 +264,13 @@ impl Config {
                 first: self.retry_backoff,
                 max: self.retry_backoff_max,
             },
+            auth: if self.insecure_no_auth {
+                AuthMode::Off
+            } else {
+                AuthMode::Required
+            },
+            client_ca: self.client_ca.clone(),
+            client_certificate_scopes: self.client_certificate_scopes,
             ..Settings::default()
         };
         settings.job_limits.default_timeout = self.default_job_timeout;

@@ -2,13 +2,14 @@
 //! until SIGTERM or SIGINT, then shuts down gracefully.
 
 mod config;
+mod tokens;
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 
-use crate::config::Config;
+use crate::config::{Command, Config};
 
 fn main() -> ExitCode {
     let config = Config::parse();
@@ -35,6 +36,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
+    if let Some(Command::Tokens(command)) = &config.command {
+        let store =
+            hodei_store::Store::connect(&config.database_url, 2, config.database_connect_timeout)
+                .await
+                .context("cannot use the database")?;
+        return tokens::run(command, &store).await;
+    }
     tracing::info!(config = ?config.redacted(), "starting hodei-server");
     let settings = config.settings()?;
     let store = hodei_store::Store::connect(

@@ -20,10 +20,7 @@ use prometheus_client::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    access::Access,
-    settings::AuthMode,
-};
+use crate::{access::Access, settings::AuthMode};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
@@ -189,7 +186,10 @@ async fn render(
             Ok(caller) if caller.may(Scope::MetricsRead) => Ok(()),
             Ok(caller) => Err((
                 StatusCode::FORBIDDEN,
-                format!("{} may not scrape metrics: it needs the scope metrics:read\n", caller.name()),
+                format!(
+                    "{} may not scrape metrics: it needs the scope metrics:read\n",
+                    caller.name()
+                ),
             )),
             Err(refused) => Err((StatusCode::UNAUTHORIZED, format!("{}\n", refused.message()))),
         };

@@ -84,10 +84,32 @@ pub async fn start(
             Some(tls)
         }
         None if settings.client_ca.is_some() => {
-            anyhow::bail!("a client CA (mutual TLS) needs the server to serve TLS: give a certificate and key too")
+            anyhow::bail!(
+                "a client CA (mutual TLS) needs the server to serve TLS: give a certificate and key too"
+            )
         }
         None => None,
     };
+    if settings.auth == AuthMode::Required
+        && settings.client_ca.is_none()
+        && !store
+            .has_usable_api_token()
+            .await
+            .context("looking for API tokens")?
+    {
+        let advice = "create one with `hodei-server tokens create --name admin --scopes all` \
+                      (it works before the server runs)";
+        if !settings.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "no API token exists, so nobody could use this server on {}: {advice}, or, only \
+                 where nobody else can reach the port, start with --insecure-no-auth",
+                settings.listen
+            );
+        }
+        tracing::warn!(
+            "no API token exists yet: every call to the job API is refused until you {advice}"
+        );
+    }
     if settings.auth == AuthMode::Off {
         let reach = if addr.ip().is_loopback() {
             "every process on this host"

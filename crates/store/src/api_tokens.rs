@@ -79,26 +79,39 @@ impl Store {
         &self,
         hash: SecretHash,
     ) -> Result<Option<(ApiTokenInfo, DateTime<Utc>)>, StoreError> {
-        let row: Option<(ApiTokenRow, DateTime<Utc>)> = sqlx::query_as::<_, ApiTokenRowWithNow>(
-            concat!(
+        let row: Option<(ApiTokenRow, DateTime<Utc>)> =
+            sqlx::query_as::<_, ApiTokenRowWithNow>(concat!(
                 "SELECT ",
                 columns!(),
                 ", now() AS db_now FROM api_tokens WHERE token_hash = $1"
-            ),
-        )
-        .bind(hash.as_bytes().as_slice())
-        .fetch_optional(&self.pool)
-        .await?
-        .map(|r| (r.token, r.db_now));
+            ))
+            .bind(hash.as_bytes().as_slice())
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| (r.token, r.db_now));
         row.map(|(row, now)| Ok((row.try_into()?, now))).transpose()
+    }
+
+    /// Whether any token is valid now (neither revoked nor expired).
+    pub async fn has_usable_api_token(&self) -> Result<bool, StoreError> {
+        let (usable,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE revoked_at IS NULL \
+             AND (expires_at IS NULL OR expires_at > now()))",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(usable)
     }
 
     /// Every token, newest first (revoked and expired ones too, so they can be audited).
     pub async fn list_api_tokens(&self) -> Result<Vec<ApiTokenInfo>, StoreError> {
-        let rows: Vec<ApiTokenRow> =
-            sqlx::query_as(concat!("SELECT ", columns!(), " FROM api_tokens ORDER BY id DESC"))
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<ApiTokenRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM api_tokens ORDER BY id DESC"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter().map(ApiTokenInfo::try_from).collect()
     }
 

@@ -15,6 +15,8 @@ impl Store {
                 .bind(job.as_uuid())
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(JobSecrets::from_stored(rows.into_iter().collect::<BTreeMap<_, _>>()))
+        Ok(JobSecrets::from_stored(
+            rows.into_iter().collect::<BTreeMap<_, _>>(),
+        ))
     }
 }

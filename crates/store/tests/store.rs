@@ -54,7 +54,10 @@ async fn worker(tx: &Transitions) -> (WorkerId, OneTimeToken) {
 #[tokio::test]
 async fn a_job_round_trips_with_its_spec() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("echo hi", 3), &JobSecrets::default(), None).await.unwrap();
+    let job = tx
+        .insert_job(&spec("echo hi", 3), &JobSecrets::default(), None)
+        .await
+        .unwrap();
     assert_eq!(job.state, JobState::Queued);
     let loaded = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!(loaded, job);
@@ -66,7 +69,9 @@ async fn a_job_round_trips_with_its_spec() {
 async fn concurrent_claims_never_hand_out_the_same_job() {
     let (_db, _store, tx) = store().await;
     for i in 0..20 {
-        tx.insert_job(&spec(&format!("echo {i}"), 1), &JobSecrets::default(), None).await.unwrap();
+        tx.insert_job(&spec(&format!("echo {i}"), 1), &JobSecrets::default(), None)
+            .await
+            .unwrap();
     }
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -94,8 +99,14 @@ async fn concurrent_claims_never_hand_out_the_same_job() {
 #[tokio::test]
 async fn jobs_are_claimed_oldest_first() {
     let (_db, _store, tx) = store().await;
-    let first = tx.insert_job(&spec("echo 1", 1), &JobSecrets::default(), None).await.unwrap();
-    let _second = tx.insert_job(&spec("echo 2", 1), &JobSecrets::default(), None).await.unwrap();
+    let first = tx
+        .insert_job(&spec("echo 1", 1), &JobSecrets::default(), None)
+        .await
+        .unwrap();
+    let _second = tx
+        .insert_job(&spec("echo 2", 1), &JobSecrets::default(), None)
+        .await
+        .unwrap();
     let (w, _) = worker(&tx).await;
     assert_eq!(tx.claim_next_job(w).await.unwrap().unwrap().id, first.id);
 }
@@ -103,7 +114,10 @@ async fn jobs_are_claimed_oldest_first() {
 #[tokio::test]
 async fn an_infrastructure_failure_requeues_until_attempts_run_out() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("true", 2), &JobSecrets::default(), None).await.unwrap();
+    let job = tx
+        .insert_job(&spec("true", 2), &JobSecrets::default(), None)
+        .await
+        .unwrap();
 
     let (w1, _) = worker(&tx).await;
     tx.claim_next_job(w1).await.unwrap().unwrap();
@@ -158,7 +172,10 @@ async fn an_infrastructure_failure_requeues_until_attempts_run_out() {
 #[tokio::test]
 async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("true", 3), &JobSecrets::default(), None).await.unwrap();
+    let job = tx
+        .insert_job(&spec("true", 3), &JobSecrets::default(), None)
+        .await
+        .unwrap();
     let backoff = RetryBackoff {
         first: Duration::from_millis(600),
         max: Duration::from_secs(60),
@@ -186,7 +203,10 @@ async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it
         "but not claimable yet"
     );
     // A job queued later is not held up by it.
-    let later = tx.insert_job(&spec("echo later", 1), &JobSecrets::default(), None).await.unwrap();
+    let later = tx
+        .insert_job(&spec("echo later", 1), &JobSecrets::default(), None)
+        .await
+        .unwrap();
     assert_eq!(tx.claim_next_job(w2).await.unwrap().unwrap().id, later.id);
 
     assert_eq!(
@@ -230,7 +250,10 @@ async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it
 #[tokio::test]
 async fn a_claim_never_sent_to_its_worker_is_undone_without_spending_an_attempt() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("true", 2), &JobSecrets::default(), None).await.unwrap();
+    let job = tx
+        .insert_job(&spec("true", 2), &JobSecrets::default(), None)
+        .await
+        .unwrap();
 
     // First claim, never sent: back to queued with no attempt and no worker.
     let (w1, _) = worker(&tx).await;
@@ -277,7 +300,10 @@ async fn a_claim_never_sent_to_its_worker_is_undone_without_spending_an_attempt(
 #[tokio::test]
 async fn a_job_whose_cancel_was_requested_ends_cancelled_instead_of_being_requeued() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("sleep 60", 3), &JobSecrets::default(), None).await.unwrap();
+    let job = tx
+        .insert_job(&spec("sleep 60", 3), &JobSecrets::default(), None)
+        .await
+        .unwrap();
     assert!(
         !tx.request_cancel(job.id, "too late").await.unwrap(),
         "a queued job is cancelled directly, not by request"
@@ -309,7 +335,10 @@ async fn a_job_whose_cancel_was_requested_ends_cancelled_instead_of_being_requeu
 #[tokio::test]
 async fn a_finished_job_is_final_and_its_attempt_closed() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("exit 3", 1), &JobSecrets::default(), None).await.unwrap();
+    let job = tx
+        .insert_job(&spec("exit 3", 1), &JobSecrets::default(), None)
+        .await
+        .unwrap();
     let (w, _) = worker(&tx).await;
     tx.claim_next_job(w).await.unwrap().unwrap();
     assert!(tx.mark_job_running(job.id, w).await.unwrap());
@@ -438,7 +467,10 @@ async fn a_failed_worker_cannot_register_and_keeps_its_token() {
 #[tokio::test]
 async fn logs_come_back_in_sequence_order_as_raw_bytes() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("echo", 1), &JobSecrets::default(), None).await.unwrap();
+    let job = tx
+        .insert_job(&spec("echo", 1), &JobSecrets::default(), None)
+        .await
+        .unwrap();
     let line = |sequence: u64, stream, data: &'static [u8]| NewLogLine {
         sequence,
         stream,
@@ -484,7 +516,10 @@ async fn logs_come_back_in_sequence_order_as_raw_bytes() {
 #[tokio::test]
 async fn a_page_of_logs_stops_at_its_byte_budget_but_never_comes_back_empty() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("echo", 1), &JobSecrets::default(), None).await.unwrap();
+    let job = tx
+        .insert_job(&spec("echo", 1), &JobSecrets::default(), None)
+        .await
+        .unwrap();
     let lines: Vec<NewLogLine> = (1..=5)
         .map(|sequence| NewLogLine {
             sequence,
@@ -565,7 +600,10 @@ async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
         "no job, no worker row"
     );
 
-    let job = tx.insert_job(&spec("true", 1), &JobSecrets::default(), None).await.unwrap();
+    let job = tx
+        .insert_job(&spec("true", 1), &JobSecrets::default(), None)
+        .await
+        .unwrap();
     let worker = WorkerId::new();
     let claimed = tx
         .claim_job_for_new_worker(
@@ -591,7 +629,10 @@ async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
 #[tokio::test]
 async fn a_connected_worker_is_recorded_busy_with_the_job_it_claims_and_idle_once_it_ends() {
     let (_db, store, tx) = store().await;
-    let job = tx.insert_job(&spec("true", 1), &JobSecrets::default(), None).await.unwrap();
+    let job = tx
+        .insert_job(&spec("true", 1), &JobSecrets::default(), None)
+        .await
+        .unwrap();
     let (w, token) = worker(&tx).await;
     tx.register_worker(w, token.hash(), OneTimeToken::generate().hash())
         .await

@@ -7,8 +7,8 @@ use std::{collections::BTreeMap, time::Duration};
 
 use chrono::Utc;
 use hodei_domain::{
-    JOB_TRANSITIONS, JobId, JobSecrets, JobSpec, JobSpecLimits, JobState, JobStep, OneTimeToken, Resources,
-    SessionCredential, WORKER_TRANSITIONS, WorkerId, WorkerState, WorkerStep,
+    JOB_TRANSITIONS, JobId, JobSecrets, JobSpec, JobSpecLimits, JobState, JobStep, OneTimeToken,
+    Resources, SessionCredential, WORKER_TRANSITIONS, WorkerId, WorkerState, WorkerStep,
 };
 use hodei_store::{RetryBackoff, Store, Transitions};
 use hodei_testkit::TestDatabase;
@@ -307,7 +307,11 @@ async fn every_worker_statement_moves_exactly_as_the_domain_table_says() {
         );
         db.empty_queue().await;
         let (worker, _) = db.worker_in(from).await;
-        let queued = db.tx.insert_job(&spec(3), &JobSecrets::default(), None).await.expect("insert job");
+        let queued = db
+            .tx
+            .insert_job(&spec(3), &JobSecrets::default(), None)
+            .await
+            .expect("insert job");
         let _ = db.tx.claim_next_job(worker).await.expect("claim");
         check_worker(
             WorkerStep::TakeJob,

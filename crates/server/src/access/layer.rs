@@ -71,10 +71,7 @@ where
         // What the decision needs, taken out of the request so the body is not held across
         // the token lookup.
         let path = request.uri().path().to_owned();
-        let authorization = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .cloned();
+        let authorization = request.headers().get(http::header::AUTHORIZATION).cloned();
         let subject = certificate_subject(&request);
         Box::pin(async move {
             let authorization = authorization.as_ref().map(|v| v.as_bytes());

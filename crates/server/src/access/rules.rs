@@ -29,16 +29,34 @@ const OPEN_SERVICES: [&str; 3] = [
 
 /// Every method of the `hodei.v1` services, and what calling it needs.
 pub const RULES: &[(&str, Rule)] = &[
-    ("/hodei.v1.JobService/QueueJob", Rule::AnyOf(&[Scope::JobsSubmit])),
+    (
+        "/hodei.v1.JobService/QueueJob",
+        Rule::AnyOf(&[Scope::JobsSubmit]),
+    ),
     ("/hodei.v1.JobService/GetJob", Rule::AnyOf(READ_JOBS)),
     ("/hodei.v1.JobService/ListJobs", Rule::AnyOf(READ_JOBS)),
     ("/hodei.v1.JobService/CancelJob", Rule::AnyOf(CANCEL_JOBS)),
-    ("/hodei.v1.LogStreamService/SubscribeLogs", Rule::AnyOf(READ_JOBS)),
+    (
+        "/hodei.v1.LogStreamService/SubscribeLogs",
+        Rule::AnyOf(READ_JOBS),
+    ),
     ("/hodei.v1.LogStreamService/GetLogs", Rule::AnyOf(READ_JOBS)),
-    ("/hodei.v1.WorkerQueryService/ListWorkers", Rule::AnyOf(&[Scope::WorkersRead])),
-    ("/hodei.v1.TokenService/CreateToken", Rule::AnyOf(&[Scope::TokensAdmin])),
-    ("/hodei.v1.TokenService/ListTokens", Rule::AnyOf(&[Scope::TokensAdmin])),
-    ("/hodei.v1.TokenService/RevokeToken", Rule::AnyOf(&[Scope::TokensAdmin])),
+    (
+        "/hodei.v1.WorkerQueryService/ListWorkers",
+        Rule::AnyOf(&[Scope::WorkersRead]),
+    ),
+    (
+        "/hodei.v1.TokenService/CreateToken",
+        Rule::AnyOf(&[Scope::TokensAdmin]),
+    ),
+    (
+        "/hodei.v1.TokenService/ListTokens",
+        Rule::AnyOf(&[Scope::TokensAdmin]),
+    ),
+    (
+        "/hodei.v1.TokenService/RevokeToken",
+        Rule::AnyOf(&[Scope::TokensAdmin]),
+    ),
     ("/hodei.v1.WorkerAgentService/Register", Rule::Agent),
     ("/hodei.v1.WorkerAgentService/Connect", Rule::Agent),
 ];
@@ -87,7 +105,10 @@ mod tests {
             assert_eq!(rows, 1, "{method} has {rows} rules in access::rules::RULES");
         }
         for (method, _) in RULES {
-            assert!(methods.iter().any(|m| m == method), "{method} is not in the API");
+            assert!(
+                methods.iter().any(|m| m == method),
+                "{method} is not in the API"
+            );
         }
     }
 

@@ -36,7 +36,10 @@ impl TokenService for TokensService {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let name = request.name.trim();
-        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        if name.is_empty()
+            || name.chars().count() > MAX_NAME_CHARS
+            || name.chars().any(char::is_control)
+        {
             return Err(Status::invalid_argument(format!(
                 "a token needs a name of 1 to {MAX_NAME_CHARS} printable characters: the principal it acts as, e.g. \"ci\" or \"alice\""
             )));

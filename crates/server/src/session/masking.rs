@@ -56,7 +56,12 @@ mod tests {
     use super::*;
 
     fn mask(masker: &Masker, line: &str) -> String {
-        String::from_utf8(masker.mask(Bytes::copy_from_slice(line.as_bytes())).to_vec()).unwrap()
+        String::from_utf8(
+            masker
+                .mask(Bytes::copy_from_slice(line.as_bytes()))
+                .to_vec(),
+        )
+        .unwrap()
     }
 
     #[test]
