@@ -182,7 +182,11 @@ async fn snapshot(server: &TestServer) -> anyhow::Result<String> {
     )
     .fetch_all(server.store.pool())
     .await?;
-    Ok(rows.into_iter().map(|(r,)| r).collect::<Vec<_>>().join("\n"))
+    Ok(rows
+        .into_iter()
+        .map(|(r,)| r)
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,11 +233,14 @@ async fn every_client_rpc_refuses_callers_without_the_right_token() -> anyhow::R
             .token(&format!("wrong-{}", method.len()), wrong_scopes(method))
             .await?;
         let refused = call(&server, method, Some(&wrong), &targets).await?;
-        let allowed_but_blind = is_about_a_job(method)
-            && matches!(&refused, Err(s) if s.code() == Code::NotFound);
+        let allowed_but_blind =
+            is_about_a_job(method) && matches!(&refused, Err(s) if s.code() == Code::NotFound);
         if !(matches!(&refused, Err(s) if s.code() == Code::PermissionDenied) || allowed_but_blind)
         {
-            failures.push(format!("{method} with scopes {}: {refused:?}", wrong_scopes(method)));
+            failures.push(format!(
+                "{method} with scopes {}: {refused:?}",
+                wrong_scopes(method)
+            ));
         }
         if is_about_a_job(method) {
             // Bob may call the method, but the job is Alice's: it does not exist for him.
@@ -258,7 +265,10 @@ async fn every_client_rpc_refuses_callers_without_the_right_token() -> anyhow::R
         .filter(|line| !before.lines().any(|b| b == *line))
         .filter(|line| !line.contains("|wrong-"))
         .collect();
-    assert!(changed.is_empty(), "refused calls changed the database: {changed:?}");
+    assert!(
+        changed.is_empty(),
+        "refused calls changed the database: {changed:?}"
+    );
     assert_state(&server.get_job(&job).await?, pb::JobState::Running);
 
     // The owner may cancel; an administrator may see every job.
@@ -276,8 +286,8 @@ async fn every_client_rpc_refuses_callers_without_the_right_token() -> anyhow::R
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoked_token_is_refused_within_a_second_and_its_log_stream_ends()
--> anyhow::Result<()> {
+async fn a_revoked_token_is_refused_within_a_second_and_its_log_stream_ends() -> anyhow::Result<()>
+{
     let server = TestServer::local(|_| {}).await?;
     let reader = server.token("reader", "jobs:submit,jobs:read").await?;
     let mut jobs = JobServiceClient::new(server.channel_as(Some(&reader)).await?);
@@ -382,7 +392,9 @@ async fn a_token_made_through_the_api_works_once_shown_and_is_never_listed_with_
         .await?
         .into_inner();
     let secret = ApiToken::parse(&created.secret)?;
-    let info = created.token.ok_or_else(|| anyhow::anyhow!("no token info"))?;
+    let info = created
+        .token
+        .ok_or_else(|| anyhow::anyhow!("no token info"))?;
     assert_eq!(info.scopes, ["jobs:submit", "jobs:read"]);
     assert!(info.expires_at.is_some());
     assert_eq!(info.created_by, "admin");
@@ -398,7 +410,10 @@ async fn a_token_made_through_the_api_works_once_shown_and_is_never_listed_with_
         .ok_or_else(|| anyhow::anyhow!("no job"))?;
     assert_eq!(job.owner, "ci");
 
-    let listed = tokens.list_tokens(pb::ListTokensRequest {}).await?.into_inner();
+    let listed = tokens
+        .list_tokens(pb::ListTokensRequest {})
+        .await?
+        .into_inner();
     let encoded = listed.encode_to_vec();
     assert!(
         memchr_find(&encoded, created.secret.as_bytes()).is_none(),
@@ -441,4 +456,189 @@ async fn a_token_made_through_the_api_works_once_shown_and_is_never_listed_with_
 
 fn memchr_find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A CA and a certificate it signs for `name` (a DNS name for servers, a common name for
+/// clients).
+struct TestPki {
+    ca_params: rcgen::CertificateParams,
+    ca_key: rcgen::KeyPair,
+    ca_pem: String,
+}
+
+impl TestPki {
+    fn new(name: &str) -> anyhow::Result<Self> {
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca_pem = ca_params.self_signed(&ca_key)?.pem();
+        Ok(Self {
+            ca_params,
+            ca_key,
+            ca_pem,
+        })
+    }
+
+    /// (certificate PEM, key PEM) for a server named `dns` or a client called `common_name`.
+    fn issue(&self, dns: &[&str], common_name: &str) -> anyhow::Result<(String, String)> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params =
+            rcgen::CertificateParams::new(dns.iter().map(|d| d.to_string()).collect::<Vec<_>>())?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        Ok((params.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_signed_by_the_configured_ca_authenticates_its_common_name()
+-> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let servers = TestPki::new("server CA")?;
+    let clients = TestPki::new("client CA")?;
+    let strangers = TestPki::new("somebody else's CA")?;
+    let (server_cert, server_key) = servers.issue(&["localhost"], "localhost")?;
+    let paths = |name: &str| dir.path().join(name);
+    std::fs::write(paths("server.pem"), &server_cert)?;
+    std::fs::write(paths("server.key"), &server_key)?;
+    std::fs::write(paths("clients.pem"), &clients.ca_pem)?;
+
+    let mut server = TestServer::local(|s| {
+        s.tls = Some(hodei_server::TlsFiles {
+            cert: paths("server.pem"),
+            key: paths("server.key"),
+        });
+        s.client_ca = Some(paths("clients.pem"));
+        s.worker_ca_pem = Some(servers.ca_pem.clone());
+        s.worker_server_host = "localhost".into();
+    })
+    .await?;
+
+    // A certificate from the client CA: its common name is the principal, with the
+    // configured scopes (jobs:submit, jobs:read), and workers still connect without one.
+    let (bot_cert, bot_key) = clients.issue(&[], "build-bot")?;
+    server.use_client_identity(Some((&bot_cert, &bot_key)), &servers.ca_pem, "localhost");
+    let mut jobs = JobServiceClient::new(server.channel_as(None).await?);
+    let job = jobs
+        .queue_job(pb::QueueJobRequest {
+            spec: Some(spec("echo via-certificate")),
+        })
+        .await?
+        .into_inner()
+        .job
+        .ok_or_else(|| anyhow::anyhow!("no job"))?;
+    assert_eq!(job.owner, "cert:build-bot");
+    let finished = server.wait_finished(&job.id, JOB_TIMEOUT).await?;
+    assert_state(&finished, pb::JobState::Succeeded);
+    let denied = WorkerQueryServiceClient::new(server.channel_as(None).await?)
+        .list_workers(pb::ListWorkersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+
+    // A certificate from another CA does not get through the handshake.
+    let (stranger_cert, stranger_key) = strangers.issue(&[], "build-bot")?;
+    server.use_client_identity(
+        Some((&stranger_cert, &stranger_key)),
+        &servers.ca_pem,
+        "localhost",
+    );
+    let refused = match server.channel_as(None).await {
+        Err(_) => true,
+        Ok(channel) => JobServiceClient::new(channel)
+            .list_jobs(pb::ListJobsRequest::default())
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a certificate from an unknown CA was accepted");
+
+    // No certificate and no token: unauthenticated.
+    server.use_client_identity(None, &servers.ca_pem, "localhost");
+    let anonymous = JobServiceClient::new(server.channel_as(None).await?)
+        .list_jobs(pb::ListJobsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated, "{anonymous:?}");
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cannot_use_the_api_from_inside_its_worker() -> anyhow::Result<()> {
+    let server = TestServer::local(|s| s.max_workers = 2).await?;
+    let victim = server.queue("echo victim; sleep 60").await?;
+    server.wait_running(&victim).await?;
+    // The job knows the server's address and has the CLI: it still has no credential.
+    let cli = hodei_testkit::cli_binary()?;
+    let attack = format!(
+        "env | grep -c -e HODEI_TOKEN -e HODEI_API_TOKEN -e HODEI_DATABASE_URL || true; \
+         for call in 'jobs cancel {victim}' 'jobs get {victim}' 'jobs logs {victim}' \
+                     'run -- echo smuggled'; do \
+           if {cli} --server {url} $call >/dev/null 2>err; then echo \"ALLOWED: $call\"; \
+           else echo \"refused: $call: $(grep -o -i -e unauthenticated -e token err | head -n 1)\"; fi; \
+         done",
+        cli = cli.display(),
+        url = server.url(),
+    );
+    let attacker = server.queue(&attack).await?;
+    let finished = server.wait_finished(&attacker, JOB_TIMEOUT).await?;
+    assert_state(&finished, pb::JobState::Succeeded);
+    let lines = hodei_testkit::log_lines::texts(&server.follow_logs(&attacker, JOB_TIMEOUT).await?);
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some("0"),
+        "credentials in the job's environment: {lines:?}"
+    );
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    for line in &lines[1..] {
+        assert!(line.starts_with("refused: "), "{lines:?}");
+    }
+    assert_state(&server.get_job(&victim).await?, pb::JobState::Running);
+    let (jobs,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
+        .fetch_one(server.store.pool())
+        .await?;
+    assert_eq!(jobs, 2, "the job queued another job");
+    server.cancel(&victim, "test over").await?;
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_a_reachable_address_need_a_token_with_metrics_read() -> anyhow::Result<()> {
+    let server = TestServer::local(|s| {
+        s.metrics_listen = Some("0.0.0.0:0".parse().expect("static address"));
+    })
+    .await?;
+    let port = server
+        .server()
+        .metrics_addr()
+        .ok_or_else(|| anyhow::anyhow!("no metrics endpoint"))?
+        .port();
+    let scraper = server.token("prometheus", "metrics:read").await?;
+    let reader = server.token("reader", "jobs:read").await?;
+    let get = |token: Option<&ApiToken>| {
+        let authorization = token
+            .map(|t| format!("Authorization: Bearer {}\r\n", t.expose()))
+            .unwrap_or_default();
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{authorization}Connection: close\r\n\r\n");
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            stream.write_all(request.as_bytes()).await?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await?;
+            anyhow::Ok(answer.lines().next().unwrap_or_default().to_string())
+        }
+    };
+    assert!(get(None).await?.contains(" 401 "), "no token");
+    assert!(
+        get(Some(&reader)).await?.contains(" 403 "),
+        "no metrics:read"
+    );
+    assert!(get(Some(&scraper)).await?.contains(" 200 "), "metrics:read");
+    server.shutdown().await
 }

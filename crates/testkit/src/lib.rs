@@ -20,7 +20,7 @@ pub mod process;
 pub mod server_process;
 mod wait;
 
-pub use binaries::worker_binary;
+pub use binaries::{cli_binary, worker_binary};
 pub use postgres::TestDatabase;
 pub use wait::{Probe, probe_value, wait_for};
 

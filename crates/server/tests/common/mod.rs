@@ -121,6 +121,22 @@ impl TestServer {
         );
     }
 
+    /// Present this client certificate (after [`Self::use_client_tls`]); `None` presents none.
+    pub fn use_client_identity(
+        &mut self,
+        identity: Option<(&str, &str)>,
+        ca_pem: &str,
+        domain: &str,
+    ) {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name(domain);
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        self.client_tls = Some(tls);
+    }
+
     async fn boot(&mut self) -> anyhow::Result<()> {
         let store = Store::connect(self.db.url(), 20, Duration::from_secs(30)).await?;
         let server =
