@@ -22,12 +22,15 @@ LOCAL_NODE_IMAGE="${HODEI_KIND_LOCAL_NODE_IMAGE:-localhost/hodei/kind-node:${KUB
 # The label that records the hash of the image's inputs; an image whose label matches is current.
 NODE_IMAGE_INPUTS_LABEL=io.hodei.kind-node.inputs
 
+# Steps show the seconds since the outermost script started (.ci/run, or the first of these
+# scripts), so the clocks of nested scripts continue instead of restarting at 0.
 SCRIPT_STARTED=${SECONDS}
+export HODEI_STEP_EPOCH="${HODEI_STEP_EPOCH:-$(date +%s)}"
 CURRENT_STEP="start"
 
 step() {
   CURRENT_STEP="$*"
-  printf '\n==> [%4ss] %s\n' "$((SECONDS - SCRIPT_STARTED))" "$*"
+  printf '\n==> [%4ss] %s\n' "$(($(date +%s) - HODEI_STEP_EPOCH))" "$*"
 }
 info() { printf '    %s\n' "$*"; }
 warn() { printf 'WARNING: %s\n' "$*" >&2; }
