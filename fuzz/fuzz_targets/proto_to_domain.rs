@@ -1,12 +1,14 @@
-//! The proto → domain conversions at the gRPC edge (`crates/server/src/convert.rs`), fed with
-//! arbitrary bytes decoded as the messages clients and workers send.
+//! The proto → domain conversions of `hodei-contract` (what the server's gRPC edge, the worker
+//! and the CLI use), fed with arbitrary bytes decoded as the messages clients, workers and the
+//! server send.
 //!
-//! Properties: nothing panics; an accepted job spec survives domain → proto → domain
-//! unchanged; ids and enum values either parse or are refused as `InvalidArgument`.
+//! Properties: nothing panics; an accepted job spec or assignment survives domain → proto →
+//! domain unchanged; ids and enum values either parse or are refused with a sentence (which the
+//! server answers `INVALID_ARGUMENT`).
 #![no_main]
 
+use hodei_contract::{Assignment, convert};
 use hodei_domain::JobSpecLimits;
-use hodei_server::fuzzing;
 use hodei_proto::v1 as pb;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -15,8 +17,8 @@ fuzz_target!(|data: &[u8]| {
     let limits = JobSpecLimits::default();
 
     if let Ok(request) = pb::QueueJobRequest::decode(data) {
-        if let Ok(spec) = fuzzing::spec_from_proto(request.spec, &limits) {
-            let again = fuzzing::spec_from_proto(Some(fuzzing::spec_to_proto(&spec)), &limits)
+        if let Ok(spec) = convert::spec_from_proto(request.spec, &limits) {
+            let again = convert::spec_from_proto(Some(convert::spec_to_proto(&spec)), &limits)
                 .expect("a spec the server accepted is accepted again after a round trip");
             assert_eq!(again, spec);
         }
@@ -24,39 +26,53 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(request) = pb::ListJobsRequest::decode(data) {
         for state in request.states {
-            match fuzzing::job_state_from_proto(state) {
+            match convert::job_state_from_proto(state) {
                 Ok(parsed) => {
-                    assert_eq!(i32::from(fuzzing::job_state_to_proto(parsed)), state);
+                    assert_eq!(i32::from(convert::job_state_to_proto(parsed)), state);
                 }
-                Err(status) => assert_eq!(status.code(), tonic_code_invalid_argument()),
+                Err(refused) => assert!(!refused.to_string().is_empty()),
             }
         }
     }
 
     if let Ok(request) = pb::GetJobRequest::decode(data) {
-        match fuzzing::parse_job_id(&request.job_id) {
+        match convert::parse_job_id(&request.job_id) {
             Ok(id) => assert_eq!(
-                fuzzing::parse_job_id(&id.to_string()).ok(),
+                convert::parse_job_id(&id.to_string()).ok(),
                 Some(id),
                 "a parsed id prints as itself"
             ),
-            Err(status) => assert_eq!(status.code(), tonic_code_invalid_argument()),
+            Err(refused) => assert!(!refused.to_string().is_empty()),
         }
     }
 
-    if let Ok(message) = pb::WorkerMessage::decode(data)
-        && let Some(pb::worker_message::Msg::Logs(batch)) = message.msg
+    if let Ok(message) = pb::ServerMessage::decode(data)
+        && let Some(pb::server_message::Msg::Assign(assign)) = message.msg
+        && let Ok(assignment) = Assignment::from_wire(assign)
     {
-        for chunk in batch.lines {
-            let _ = fuzzing::stream_from_proto(chunk.stream);
-            if let Some(at) = fuzzing::datetime(chunk.emitted_at.as_ref()) {
-                let back = fuzzing::timestamp(at);
-                assert_eq!(fuzzing::datetime(Some(&back)), Some(at));
+        assert_eq!(
+            Assignment::from_wire(assignment.to_wire()).as_ref(),
+            Ok(&assignment),
+            "an accepted assignment survives the wire"
+        );
+    }
+
+    if let Ok(message) = pb::WorkerMessage::decode(data) {
+        match message.msg {
+            Some(pb::worker_message::Msg::Logs(batch)) => {
+                for chunk in batch.lines {
+                    let _ = convert::stream_from_proto(chunk.stream);
+                    if let Some(at) = convert::datetime(chunk.emitted_at.as_ref()) {
+                        let back = convert::timestamp(at);
+                        assert_eq!(convert::datetime(Some(&back)), Some(at));
+                    }
+                }
             }
+            Some(pb::worker_message::Msg::JobFinished(finished)) => {
+                let outcome = convert::outcome_from_proto(&finished, None);
+                assert!(outcome.state().is_terminal());
+            }
+            _ => {}
         }
     }
 });
-
-fn tonic_code_invalid_argument() -> fuzzing::Code {
-    fuzzing::Code::InvalidArgument
-}

@@ -5,20 +5,21 @@
 //! client does not share its runtime or heap), exactly as it would in production.
 
 use std::{
+    ffi::OsString,
     fs,
-    net::TcpListener,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
 use hodei_proto::v1::{
-    self as pb, job_service_client::JobServiceClient,
-    log_stream_service_client::LogStreamServiceClient,
+    job_service_client::JobServiceClient, log_stream_service_client::LogStreamServiceClient,
     worker_query_service_client::WorkerQueryServiceClient,
 };
-use hodei_testkit::TestDatabase;
+use hodei_testkit::{
+    TestDatabase,
+    server_process::{ServerCommand, ServerProcess},
+};
 use sqlx::{PgPool, postgres::PgPoolOptions};
 use tonic::transport::Channel;
 
@@ -76,12 +77,11 @@ impl Default for ServerOptions {
 /// A private PostgreSQL with a `hodei-server` process on it.
 pub struct Environment {
     // Field order is drop order: the server goes before its database.
-    server: Option<Child>,
+    server: ServerProcess,
     pub db: PgPool,
     _database: TestDatabase,
     pub url: String,
     pub instance: String,
-    log_path: PathBuf,
     _log_dir: tempfile::TempDir,
 }
 
@@ -95,108 +95,73 @@ impl Environment {
             .connect(database.url())
             .await
             .context("connecting to the private PostgreSQL")?;
-        let port = free_port()?;
         let instance = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let log_dir = tempfile::Builder::new().prefix("hodei-bench-").tempdir()?;
-        let log_path = log_dir.path().join("hodei-server.log");
-        let log = fs::File::create(&log_path)?;
-        let child = Command::new(&binaries.server)
-            .env("RUST_LOG", &options.log_filter)
-            .args(["--database-url", database.url()])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", "off"])
-            .args(["--instance", &instance])
-            .args(["--provider", "local"])
-            .arg("--worker-binary")
-            .arg(&binaries.worker)
-            .args(["--max-workers", &options.max_workers.to_string()])
-            .args([
-                "--max-jobs-per-worker",
-                &options.max_jobs_per_worker.to_string(),
-            ])
-            .args(["--idle-timeout", options.idle_timeout])
-            .args(["--shutdown-grace", "2s", "--kill-grace", "2s"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", binaries.server.display()))?;
-        let mut this = Self {
-            server: Some(child),
+        let args: Vec<OsString> = [
+            "--database-url",
+            database.url(),
+            "--instance",
+            &instance,
+            "--provider",
+            "local",
+            "--max-workers",
+            &options.max_workers.to_string(),
+            "--max-jobs-per-worker",
+            &options.max_jobs_per_worker.to_string(),
+            "--idle-timeout",
+            options.idle_timeout,
+            "--shutdown-grace",
+            "2s",
+            "--kill-grace",
+            "2s",
+        ]
+        .iter()
+        .map(OsString::from)
+        .chain([
+            OsString::from("--worker-binary"),
+            binaries.worker.clone().into(),
+        ])
+        .collect();
+        let server = ServerProcess::start(ServerCommand {
+            binary: binaries.server.clone(),
+            args,
+            log_filter: options.log_filter.clone(),
+            log: log_dir.path().join("hodei-server.log"),
+        })
+        .await?;
+        Ok(Self {
+            url: server.url(),
+            server,
             db,
             _database: database,
-            url: format!("http://127.0.0.1:{port}"),
             instance,
-            log_path,
             _log_dir: log_dir,
-        };
-        this.wait_serving().await?;
-        Ok(this)
+        })
     }
 
     pub fn server_pid(&self) -> Option<u32> {
-        self.server.as_ref().map(Child::id)
-    }
-
-    async fn wait_serving(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(child) = self.server.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!(
-                    "hodei-server exited at start-up ({status}):\n{}",
-                    self.log_tail()
-                );
-            }
-            let ready = async {
-                let mut jobs = self.jobs().await?;
-                jobs.list_jobs(pb::ListJobsRequest {
-                    limit: 1,
-                    ..Default::default()
-                })
-                .await?;
-                anyhow::Ok(())
-            };
-            match ready.await {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    bail!(
-                        "hodei-server did not serve within 60 s ({e:#}):\n{}",
-                        self.log_tail()
-                    )
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        self.server.pid()
     }
 
     /// The last lines of the server's log, for error messages.
     pub fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log_path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        self.server.log_tail()
     }
 
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Channel::from_shared(self.url.clone())?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {}", self.url))
+        self.server.channel().await
     }
 
     pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
-        Ok(JobServiceClient::new(self.channel().await?))
+        self.server.jobs().await
     }
 
     pub async fn logs(&self) -> anyhow::Result<LogStreamServiceClient<Channel>> {
-        Ok(LogStreamServiceClient::new(self.channel().await?))
+        self.server.logs().await
     }
 
     pub async fn workers(&self) -> anyhow::Result<WorkerQueryServiceClient<Channel>> {
-        Ok(WorkerQueryServiceClient::new(self.channel().await?))
+        self.server.workers().await
     }
 
     /// Waits until `count` workers are connected and idle, and returns their process ids.
@@ -250,34 +215,11 @@ impl Environment {
 
     /// SIGTERM (graceful shutdown: workers are destroyed), SIGKILL if it takes over 30 s.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        let Some(mut child) = self.server.take() else {
-            return Ok(());
-        };
-        signal(child.id(), libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                if !status.success() {
-                    eprintln!("hodei-server exited with {status}:\n{}", self.log_tail());
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                signal(child.id(), libc::SIGKILL);
-                let _ = child.wait();
-                bail!("hodei-server did not shut down within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let status = self.server.stop(Duration::from_secs(30)).await?;
+        if !status.success() {
+            eprintln!("hodei-server exited with {status}:\n{}", self.log_tail());
         }
-    }
-}
-
-impl Drop for Environment {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.server.take() {
-            signal(child.id(), libc::SIGKILL);
-            let _ = child.wait();
-        }
+        Ok(())
     }
 }
 
@@ -290,28 +232,8 @@ pub fn pid_of_resource(resource: Option<&str>) -> anyhow::Result<u32> {
         .with_context(|| format!("unexpected local worker resource {resource:?}"))
 }
 
-pub fn signal(pid: u32, signal: libc::c_int) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill(2) only sends a signal to a process this program started.
-        unsafe {
-            libc::kill(pid, signal);
-        }
-    }
-}
-
-/// A port that was free a moment ago (the server binds it right after).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// A spec for `command` with a one-minute timeout.
-pub fn spec(command: &str) -> pb::JobSpec {
-    pb::JobSpec {
-        command: command.into(),
-        timeout_seconds: Some(60),
-        ..Default::default()
-    }
-}
+pub use hodei_testkit::jobs::spec;
 
 /// Resident memory of a process, from `/proc/<pid>/status`.
 #[derive(Debug, Clone, Copy)]

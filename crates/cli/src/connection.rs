@@ -4,9 +4,10 @@
 //! RPC), so the channel is built here from an [`Endpoint`]: TLS when the URL is `https://`,
 //! a connect timeout, a limit on waiting for an answer (a port that accepts connections but
 //! does not speak gRPC), and HTTP/2 keep-alive so a silently dead connection under a long
-//! `--follow` is noticed instead of waiting forever.
+//! `--follow` is noticed instead of waiting forever. A failed call is told apart here too: the
+//! transport's failure reads like the connect failure, the server's answer keeps its message.
 
-use std::{path::PathBuf, time::Duration};
+use std::{error::Error as _, path::PathBuf, time::Duration};
 
 use hodei_proto::v1::{
     job_service_client::JobServiceClient, log_stream_service_client::LogStreamServiceClient,
@@ -68,8 +69,52 @@ impl Clients {
 
     /// Turns a failed RPC into the error shown to the user.
     pub fn error(&self, status: tonic::Status) -> CliError {
-        CliError::from_status(&self.server, status)
+        error_from_status(&self.server, status)
     }
+}
+
+/// An RPC failure: a dropped connection reads like the connect failure, anything else is the
+/// server's own message.
+fn error_from_status(url: &str, status: tonic::Status) -> CliError {
+    if is_answer_timeout(&status) {
+        return CliError::Unreachable {
+            url: url.to_owned(),
+            cause: format!("no answer within {}s", ANSWER_TIMEOUT.as_secs()),
+        };
+    }
+    if is_transport_failure(&status) {
+        return CliError::Unreachable {
+            url: url.to_owned(),
+            cause: root_cause(&status),
+        };
+    }
+    let message = if status.message().is_empty() {
+        format!("the server answered {}", status.code().description())
+    } else {
+        status.message().to_owned()
+    };
+    CliError::Server {
+        code: status.code(),
+        message,
+    }
+}
+
+/// Whether the status was made by the client's transport (connection refused or dropped) rather
+/// than sent by the server: tonic attaches the transport error as its source.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.source().is_some()
+}
+
+/// Whether the client gave up waiting for the answer ([`ANSWER_TIMEOUT`]).
+fn is_answer_timeout(status: &tonic::Status) -> bool {
+    let mut source = status.source();
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 const PEM_MARKER: &[u8] = b"-----BEGIN CERTIFICATE-----";
@@ -119,9 +164,9 @@ fn endpoint(options: &ConnectOptions) -> Result<Endpoint, CliError> {
                 }
                 None => ClientTlsConfig::new().with_native_roots(),
             };
-            endpoint
-                .tls_config(tls)
-                .map_err(|err| CliError::Usage(format!("cannot use TLS for {url}: {err}")))
+            endpoint.tls_config(tls).map_err(|err| {
+                CliError::Usage(format!("cannot use TLS for {url}: {}", root_cause(&err)))
+            })
         }
     }
 }
@@ -129,6 +174,46 @@ fn endpoint(options: &ConnectOptions) -> Result<Endpoint, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::EXIT_FAILURE;
+
+    #[test]
+    fn a_server_status_keeps_its_message() {
+        let err = error_from_status(
+            "http://h:1",
+            tonic::Status::invalid_argument("invalid job spec: command is empty"),
+        );
+        assert_eq!(err.to_string(), "invalid job spec: command is empty");
+        assert_eq!(err.exit_code(), EXIT_FAILURE);
+    }
+
+    #[test]
+    fn a_status_without_message_still_says_something() {
+        let err = error_from_status("http://h:1", tonic::Status::new(tonic::Code::NotFound, ""));
+        assert!(err.to_string().contains("not found"), "{err}");
+    }
+
+    #[test]
+    fn a_transport_failure_reads_as_unreachable() {
+        let refused =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let mut status = tonic::Status::unavailable("tcp connect error");
+        status.set_source(std::sync::Arc::new(refused));
+        let err = error_from_status("http://h:1", status);
+        assert_eq!(
+            err.to_string(),
+            "cannot reach the Hodei server at http://h:1: Connection refused (is hodei-server \
+             running? set --server or HODEI_SERVER)"
+        );
+    }
+
+    #[test]
+    fn an_unavailable_sent_by_the_server_keeps_its_message() {
+        let err = error_from_status(
+            "http://h:1",
+            tonic::Status::unavailable("database unavailable"),
+        );
+        assert_eq!(err.to_string(), "database unavailable");
+    }
 
     fn options(server: &str, tls_ca: Option<&str>) -> ConnectOptions {
         ConnectOptions {

@@ -31,7 +31,7 @@ pub fn main() -> ExitCode {
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|err| error::CliError::Output(io::Error::other(format!("cannot start: {err}"))))
+        .map_err(error::CliError::Start)
         .and_then(|runtime| runtime.block_on(commands::execute(cli)));
     match result {
         Ok(code) => ExitCode::from(code),

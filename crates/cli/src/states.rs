@@ -1,33 +1,20 @@
 //! Job and worker states between the wire (`hodei.v1` enums as `i32`) and the words people
-//! read and type (`queued`, `timed_out`, ...), which are the domain's names.
+//! read and type (`queued`, `timed_out`, ...), which are the domain's names. The mapping is the
+//! contract's ([`hodei_contract::convert`]); what is the CLI's own is leniency: a value newer than
+//! this client is shown as `unknown`, and states are typed in any case, with `-` or `_`.
 
+use hodei_contract::convert;
 use hodei_domain::{JobState, WorkerState};
 use hodei_proto::v1 as pb;
 
-/// The domain state of a wire value; `None` for `UNSPECIFIED` or a value newer than this client.
+/// The domain state of a wire value; `None` for `UNSPECIFIED` or a value newer than this client,
+/// which the CLI shows rather than refuses (a newer server may know more states).
 pub fn job_state(wire: i32) -> Option<JobState> {
-    match pb::JobState::try_from(wire).ok()? {
-        pb::JobState::Unspecified => None,
-        pb::JobState::Queued => Some(JobState::Queued),
-        pb::JobState::Assigned => Some(JobState::Assigned),
-        pb::JobState::Running => Some(JobState::Running),
-        pb::JobState::Succeeded => Some(JobState::Succeeded),
-        pb::JobState::Failed => Some(JobState::Failed),
-        pb::JobState::Cancelled => Some(JobState::Cancelled),
-        pb::JobState::TimedOut => Some(JobState::TimedOut),
-    }
+    convert::job_state_from_proto(wire).ok()
 }
 
 pub fn job_state_to_wire(state: JobState) -> pb::JobState {
-    match state {
-        JobState::Queued => pb::JobState::Queued,
-        JobState::Assigned => pb::JobState::Assigned,
-        JobState::Running => pb::JobState::Running,
-        JobState::Succeeded => pb::JobState::Succeeded,
-        JobState::Failed => pb::JobState::Failed,
-        JobState::Cancelled => pb::JobState::Cancelled,
-        JobState::TimedOut => pb::JobState::TimedOut,
-    }
+    convert::job_state_to_proto(state)
 }
 
 /// `queued`, `timed_out`, ... or `unknown` for a state this client does not know.
@@ -35,18 +22,9 @@ pub fn job_state_name(wire: i32) -> &'static str {
     job_state(wire).map_or("unknown", JobState::as_str)
 }
 
+/// `idle`, `lost`, ... or `unknown` for a state this client does not know.
 pub fn worker_state_name(wire: i32) -> &'static str {
-    let state = match pb::WorkerState::try_from(wire) {
-        Ok(pb::WorkerState::Provisioning) => WorkerState::Provisioning,
-        Ok(pb::WorkerState::Idle) => WorkerState::Idle,
-        Ok(pb::WorkerState::Busy) => WorkerState::Busy,
-        Ok(pb::WorkerState::Terminating) => WorkerState::Terminating,
-        Ok(pb::WorkerState::Terminated) => WorkerState::Terminated,
-        Ok(pb::WorkerState::Failed) => WorkerState::Failed,
-        Ok(pb::WorkerState::Lost) => WorkerState::Lost,
-        Ok(pb::WorkerState::Unspecified) | Err(_) => return "unknown",
-    };
-    state.as_str()
+    convert::worker_state_from_proto(wire).map_or("unknown", WorkerState::as_str)
 }
 
 /// For clap: `--state timed_out`; also accepts `timed-out` and any case.

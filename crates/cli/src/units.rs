@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use hodei_contract::duration;
+
 /// Bytes from `536870912`, `512Mi`, `1Gi`, `1.5Gi`, `500M`, `64k`, `2GiB`, `100MB`.
 ///
 /// Binary suffixes (`Ki`, `Mi`, `Gi`, `Ti`, `Pi`) are powers of 1024 and decimal ones (`k`/`K`,
@@ -96,41 +98,26 @@ pub fn parse_cpu_millis(input: &str) -> Result<u32, String> {
     })
 }
 
-/// Seconds from `90`, `90s`, `5m`, `2h`, `1d`; zero is refused because the server takes a
-/// present timeout to mean "this many seconds" and zero would kill the job at once.
+/// Whole seconds, in the one duration grammar of [`hodei_contract::duration`] (`90`, `90s`,
+/// `5m`, `1h30m`, `1d`). A job's timeout is counted in whole seconds, so a fraction is refused
+/// rather than rounded; zero too, see [`parse_duration`].
 pub fn parse_seconds(input: &str) -> Result<u64, String> {
-    let text = input.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let multiplier = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "{input:?} is not a duration; write seconds or a number with s, m, h or d, e.g. \
-                 90 or 5m"
-            ));
-        }
-    };
-    let seconds = number
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(multiplier))
-        .filter(|&s| s <= i64::MAX as u64)
-        .ok_or_else(|| format!("{input:?} is not a duration in seconds"))?;
-    if seconds == 0 {
-        return Err("must be greater than zero".to_owned());
+    let duration = parse_duration(input)?;
+    if duration.subsec_nanos() != 0 {
+        return Err(format!("{input:?} is not a whole number of seconds"));
     }
-    Ok(seconds)
+    Ok(duration.as_secs())
 }
 
-/// Like [`parse_seconds`] but as a [`Duration`], for clap.
+/// A positive duration, in the one duration grammar of [`hodei_contract::duration`]. Zero is
+/// refused because the server takes a present timeout to mean "this long", and zero would end
+/// the job (or the connection attempt) at once.
 pub fn parse_duration(input: &str) -> Result<Duration, String> {
-    parse_seconds(input).map(Duration::from_secs)
+    let duration = duration::parse(input)?;
+    if duration.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(duration)
 }
 
 /// `5400` → `1h30m`, `42` → `42s`.
@@ -225,9 +212,12 @@ mod tests {
         assert_eq!(parse_seconds("5m"), Ok(300));
         assert_eq!(parse_seconds("2h"), Ok(7200));
         assert!(parse_seconds("0").is_err());
-        assert!(parse_seconds("1.5m").is_err());
+        // The contract's grammar reads fractions; what the CLI refuses is a fraction of a second.
+        assert_eq!(parse_seconds("1.5m"), Ok(90));
         assert!(parse_seconds("m").is_err());
         assert!(parse_seconds("99999999999999999999").is_err());
+        assert!(parse_seconds("1500ms").is_err());
+        assert_eq!(parse_seconds("1h30m"), Ok(5400));
     }
 
     #[test]

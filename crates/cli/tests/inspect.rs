@@ -5,6 +5,7 @@ mod support;
 use std::time::Duration;
 
 use hodei_proto::v1 as pb;
+use hodei_testkit::jobs::is_final;
 use support::{FakeServer, Step, exits, finish};
 
 fn timed_out() -> Step {
@@ -18,11 +19,15 @@ fn timed_out() -> Step {
 /// Three finished jobs, newest last: job-1 succeeded, job-2 failed with 3, job-3 timed out.
 async fn fake_with_three_jobs() -> FakeServer {
     let fake = FakeServer::start(vec![]).await;
-    fake.add_job("true", vec![exits(0)]);
-    fake.add_job("exit 3", vec![exits(3)]);
-    fake.add_job("sleep 10", vec![timed_out()]);
-    // Let the programs finish.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let ids = [
+        fake.add_job("true", vec![exits(0)]),
+        fake.add_job("exit 3", vec![exits(3)]),
+        fake.add_job("sleep 10", vec![timed_out()]),
+    ];
+    for id in ids {
+        fake.wait_until_job(&id, "to finish", |job, _| is_final(job.state))
+            .await;
+    }
     fake
 }
 
@@ -234,7 +239,10 @@ async fn given_a_running_job_when_logs_are_read_without_follow_then_only_stored_
             exits(0),
         ],
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    fake.wait_until_job(&id, "to have printed two lines", |_, lines| {
+        lines.len() == 2
+    })
+    .await;
 
     let outcome = finish(fake.hodei(&["jobs", "logs", &id, "--from", "2"])).await;
 

@@ -174,6 +174,23 @@ async fn given_a_bad_memory_size_when_run_then_it_is_a_usage_error_and_nothing_i
 }
 
 #[tokio::test]
+async fn given_a_timeout_too_long_to_represent_when_run_then_one_sentence_names_the_flag_and_nothing_is_queued()
+ {
+    let fake = FakeServer::start(vec![exits(0)]).await;
+
+    let outcome =
+        finish(fake.hodei(&["run", "--timeout", "99999999999999999h", "--", "true"])).await;
+
+    assert_eq!(outcome.code, Some(2), "stderr: {}", outcome.stderr);
+    let stderr = outcome.stderr.trim_end();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("--timeout"), "{stderr}");
+    assert!(stderr.contains("99999999999999999h"), "{stderr}");
+    assert!(stderr.contains("too long"), "{stderr}");
+    assert!(fake.queued_specs().is_empty());
+}
+
+#[tokio::test]
 async fn given_detach_when_run_then_the_job_id_is_printed_and_no_logs_are_followed() {
     let fake = FakeServer::start(vec![Step::WaitForRelease, exits(0)]).await;
 

@@ -229,15 +229,11 @@ impl JobState {
         }
     }
 
-    /// Whether the state machine allows `self → next`.
-    pub const fn can_become(self, next: JobState) -> bool {
-        use JobState::*;
-        matches!(
-            (self, next),
-            (Queued, Assigned | Cancelled)
-                | (Assigned, Running | Queued | Failed | Cancelled | TimedOut)
-                | (Running, Queued | Succeeded | Failed | Cancelled | TimedOut)
-        )
+    /// Whether some step of [`crate::JOB_TRANSITIONS`] takes `self` to `next`.
+    pub fn can_become(self, next: JobState) -> bool {
+        crate::JOB_TRANSITIONS
+            .iter()
+            .any(|t| t.from == self && t.to == next)
     }
 }
 

@@ -8,6 +8,7 @@ mod ids;
 mod job;
 mod log;
 mod token;
+mod transitions;
 mod worker;
 
 pub use ids::{IdParseError, JobId, WorkerId};
@@ -15,5 +16,8 @@ pub use job::{
     Job, JobAttempt, JobSpec, JobSpecError, JobSpecLimits, JobState, Resources, TerminalOutcome,
 };
 pub use log::{LogLine, LogStreamKind};
-pub use token::{MalformedToken, OneTimeToken, SecretHash};
+pub use token::{MalformedToken, OneTimeToken, SecretHash, SessionCredential};
+pub use transitions::{
+    JOB_TRANSITIONS, JobStep, JobTransition, WORKER_TRANSITIONS, WorkerStep, WorkerTransition,
+};
 pub use worker::{Worker, WorkerFailure, WorkerState};

@@ -1,16 +1,13 @@
 //! Secrets handed to workers: the one-time registration token (`HODEI_TOKEN`) and the session
 //! credential returned by `Register`. Both are 256-bit random values, shown as 64 hex digits,
-//! and stored only as SHA-256 hashes.
+//! and stored only as SHA-256 hashes; they are distinct types so one is never taken for the
+//! other.
 
 use std::fmt;
 
 use sha2::{Digest, Sha256};
 
 const TOKEN_BYTES: usize = 32;
-
-/// A secret token. `Debug` and `Display` never print it; use [`OneTimeToken::expose`].
-#[derive(Clone, PartialEq, Eq)]
-pub struct OneTimeToken(String);
 
 /// A string that cannot be a token (wrong length or not hex).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,41 +16,65 @@ pub struct MalformedToken {
     len: usize,
 }
 
-impl OneTimeToken {
-    /// A fresh random token from the operating system's CSPRNG.
-    ///
-    /// # Panics
-    /// If the operating system cannot provide randomness, which leaves no safe way to continue.
-    pub fn generate() -> Self {
-        let mut bytes = [0u8; TOKEN_BYTES];
-        getrandom::fill(&mut bytes).expect("the OS random number generator failed");
-        Self(hex::encode(bytes))
-    }
+/// Defines a secret type: 256 random bits shown as 64 hex digits, stored only as a
+/// [`SecretHash`]. `Debug` never prints it, and there is no `Display`: use `expose`.
+macro_rules! secret {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq)]
+        pub struct $name(String);
 
-    /// Accepts exactly 64 hex digits (any case).
-    pub fn parse(s: &str) -> Result<Self, MalformedToken> {
-        let len = s.chars().count();
-        if len != TOKEN_BYTES * 2 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(MalformedToken { len });
+        impl $name {
+            /// A fresh random value from the operating system's CSPRNG.
+            ///
+            /// # Panics
+            /// If the operating system cannot provide randomness, which leaves no safe way to
+            /// continue.
+            pub fn generate() -> Self {
+                let mut bytes = [0u8; TOKEN_BYTES];
+                getrandom::fill(&mut bytes).expect("the OS random number generator failed");
+                Self(hex::encode(bytes))
+            }
+
+            /// Accepts exactly 64 hex digits (any case).
+            pub fn parse(s: &str) -> Result<Self, MalformedToken> {
+                let len = s.chars().count();
+                if len != TOKEN_BYTES * 2 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(MalformedToken { len });
+                }
+                Ok(Self(s.to_ascii_lowercase()))
+            }
+
+            /// The secret itself, for handing to its holder. Never log it.
+            pub fn expose(&self) -> &str {
+                &self.0
+            }
+
+            /// What is stored at rest.
+            pub fn hash(&self) -> SecretHash {
+                SecretHash(Sha256::digest(self.0.as_bytes()).into())
+            }
         }
-        Ok(Self(s.to_ascii_lowercase()))
-    }
 
-    /// The secret itself, for handing to the worker. Never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// What is stored at rest.
-    pub fn hash(&self) -> SecretHash {
-        SecretHash(Sha256::digest(self.0.as_bytes()).into())
-    }
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "(<redacted>)"))
+            }
+        }
+    };
 }
 
-impl fmt::Debug for OneTimeToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("OneTimeToken(<redacted>)")
-    }
+secret! {
+    /// The registration token a provider hands a new worker (`HODEI_TOKEN`): bound to one
+    /// worker id, valid once, until the provisioning deadline.
+    OneTimeToken
+}
+
+secret! {
+    /// What `Register` gives a worker in exchange for its one-time token: it authenticates the
+    /// worker's `Connect` stream for as long as the worker lives. Not one-time: a worker holds it
+    /// for its whole life.
+    SessionCredential
 }
 
 /// SHA-256 of a token. A token has 256 bits of entropy, so an unsalted fast hash is enough:
@@ -96,6 +117,8 @@ mod tests {
         let token = OneTimeToken::generate();
         assert!(!format!("{token:?}").contains(token.expose()));
         assert!(!format!("{:?}", token.hash()).contains(token.expose()));
+        let session = SessionCredential::generate();
+        assert_eq!(format!("{session:?}"), "SessionCredential(<redacted>)");
     }
 
     #[test]

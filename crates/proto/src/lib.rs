@@ -1,13 +1,12 @@
-//! The `hodei.v1` gRPC API: messages and the tonic clients and servers generated from
-//! `proto/hodei/v1/hodei.proto`.
+//! The `hodei.v1` gRPC API: messages and, with the `grpc` feature, the tonic clients and
+//! servers generated from `proto/hodei/v1/hodei.proto`.
 //!
-//! Nothing here knows about the domain; conversions live at the gRPC edge (`hodei-server`) and in
-//! the clients (`hodei-worker`, `hodei-cli`).
+//! Nothing here knows about the domain; conversions live in `hodei-contract`.
 
 /// Generated code for package `hodei.v1`.
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
-    tonic::include_proto!("hodei.v1");
+    include!(concat!(env!("OUT_DIR"), "/hodei.v1.rs"));
 
     /// Encoded `FileDescriptorSet` of the API, for gRPC server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -14,15 +14,3 @@ mod provider;
 pub use provider::{
     ManagedWorker, ProviderError, WorkerHandle, WorkerProvider, WorkerSpec, WorkerStatus,
 };
-
-/// Environment variables every worker agent receives.
-pub mod env {
-    /// The one-time registration token.
-    pub const TOKEN: &str = "HODEI_TOKEN";
-    /// The gRPC address of the server, e.g. `http://10.0.0.1:50051`.
-    pub const SERVER: &str = "HODEI_SERVER";
-    /// The id the token is bound to.
-    pub const WORKER_ID: &str = "HODEI_WORKER_ID";
-    /// PEM of the CA that signed the server's certificate (TLS only).
-    pub const TLS_CA_PEM: &str = "HODEI_TLS_CA_PEM";
-}

@@ -14,16 +14,20 @@ use std::{
 };
 
 use async_trait::async_trait;
+use hodei_contract::env;
 use hodei_domain::WorkerId;
+use nix::{
+    errno::Errno,
+    sys::signal::{Signal, kill, killpg},
+    unistd::Pid,
+};
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader},
     process::Command,
     sync::watch,
 };
 
-use crate::{
-    ManagedWorker, ProviderError, WorkerHandle, WorkerProvider, WorkerSpec, WorkerStatus, env,
-};
+use crate::{ManagedWorker, ProviderError, WorkerHandle, WorkerProvider, WorkerSpec, WorkerStatus};
 
 const PROVIDER: &str = "local";
 /// Environment variables standing in for labels.
@@ -204,7 +208,7 @@ impl WorkerProvider for LocalProvider {
                 if child.exit.borrow().is_some() {
                     return Ok(());
                 }
-                signal_group(child.pid, libc::SIGTERM);
+                signal_group(child.pid, Signal::SIGTERM);
                 let exited = tokio::time::timeout(
                     self.config.kill_grace,
                     child.exit.wait_for(Option::is_some),
@@ -213,7 +217,7 @@ impl WorkerProvider for LocalProvider {
                 .is_ok();
                 if !exited {
                     tracing::warn!(%worker_id, pid = child.pid, "worker ignored SIGTERM; sending SIGKILL");
-                    signal_group(child.pid, libc::SIGKILL);
+                    signal_group(child.pid, Signal::SIGKILL);
                     let _ = tokio::time::timeout(
                         Duration::from_secs(5),
                         child.exit.wait_for(Option::is_some),
@@ -254,7 +258,7 @@ async fn spawn_retrying_busy(command: &mut Command) -> std::io::Result<tokio::pr
     let mut attempts = 0;
     loop {
         match command.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 10 => {
+            Err(e) if e.raw_os_error() == Some(Errno::ETXTBSY as i32) && attempts < 10 => {
                 attempts += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -281,25 +285,22 @@ async fn forward_output(
 
 /// Signals the process group led by `pid` (how we start workers), or the process alone when it
 /// leads no group (a process someone else started with our labels).
-fn signal_group(pid: u32, signal: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
+fn signal_group(pid: u32, signal: Signal) {
+    let Ok(pid) = i32::try_from(pid).map(Pid::from_raw) else {
         return;
     };
-    // SAFETY: kill(2) only sends a signal; a negative pid addresses the process group.
-    unsafe {
-        if libc::kill(-pid, signal) != 0 {
-            libc::kill(pid, signal);
-        }
+    if killpg(pid, signal).is_err() {
+        let _ = kill(pid, signal);
     }
 }
 
 /// Stops a process that is not our child: we cannot wait() for it, so poll /proc.
 async fn terminate_foreign(pid: u32, grace: Duration) {
-    signal_group(pid, libc::SIGTERM);
+    signal_group(pid, Signal::SIGTERM);
     let deadline = tokio::time::Instant::now() + grace;
     while proc_scan::is_running(pid) {
         if tokio::time::Instant::now() >= deadline {
-            signal_group(pid, libc::SIGKILL);
+            signal_group(pid, Signal::SIGKILL);
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -313,7 +314,9 @@ mod proc_scan {
     use hodei_domain::WorkerId;
 
     use super::{ENV_INSTANCE, ENV_MANAGED_BY};
-    use crate::{env, labels::MANAGED_BY_VALUE};
+    use hodei_contract::env;
+
+    use crate::labels::MANAGED_BY_VALUE;
 
     /// The label-like variables of one managed process.
     pub struct WorkerEnv {

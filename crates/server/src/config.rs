@@ -4,13 +4,14 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use hodei_server::{RetryBackoff, Settings, TlsFiles};
+use hodei_contract::duration;
 use hodei_providers::{
     WorkerProvider,
     docker::{DockerProvider, DockerProviderConfig},
     kubernetes::{KubernetesProvider, KubernetesProviderConfig, RestartPolicy},
     local::{LocalProvider, LocalProviderConfig},
 };
+use hodei_server::{RetryBackoff, Settings, TlsFiles};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ProviderKind {
@@ -37,7 +38,7 @@ pub struct Config {
     pub database_url: String,
     #[arg(long, env = "HODEI_DATABASE_MAX_CONNECTIONS", default_value_t = 20)]
     pub database_max_connections: u32,
-    #[arg(long, env = "HODEI_DATABASE_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "HODEI_DATABASE_CONNECT_TIMEOUT", default_value = "30s", value_parser = duration::parse)]
     pub database_connect_timeout: Duration,
 
     /// gRPC listen address; use 0.0.0.0 when workers run in containers or Pods.
@@ -64,29 +65,29 @@ pub struct Config {
     /// Jobs per worker before it is retired; 1 = every job gets a fresh worker.
     #[arg(long, env = "HODEI_MAX_JOBS_PER_WORKER", default_value_t = 1)]
     pub max_jobs_per_worker: u32,
-    #[arg(long, env = "HODEI_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "HODEI_IDLE_TIMEOUT", default_value = "60s", value_parser = duration::parse)]
     pub idle_timeout: Duration,
-    #[arg(long, env = "HODEI_PROVISIONING_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    #[arg(long, env = "HODEI_PROVISIONING_TIMEOUT", default_value = "120s", value_parser = duration::parse)]
     pub provisioning_timeout: Duration,
-    #[arg(long, env = "HODEI_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "HODEI_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = duration::parse)]
     pub heartbeat_interval: Duration,
-    #[arg(long, env = "HODEI_HEARTBEAT_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "HODEI_HEARTBEAT_TIMEOUT", default_value = "20s", value_parser = duration::parse)]
     pub heartbeat_timeout: Duration,
     /// Between SIGTERM and SIGKILL of a cancelled or timed-out job.
-    #[arg(long, env = "HODEI_KILL_GRACE", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "HODEI_KILL_GRACE", default_value = "10s", value_parser = duration::parse)]
     pub kill_grace: Duration,
     /// On SIGTERM, how long running jobs may finish before they are re-queued.
-    #[arg(long, env = "HODEI_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "HODEI_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration::parse)]
     pub shutdown_grace: Duration,
-    #[arg(long, env = "HODEI_ORPHAN_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "HODEI_ORPHAN_SWEEP_INTERVAL", default_value = "30s", value_parser = duration::parse)]
     pub orphan_sweep_interval: Duration,
-    #[arg(long, env = "HODEI_DEFAULT_JOB_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    #[arg(long, env = "HODEI_DEFAULT_JOB_TIMEOUT", default_value = "1h", value_parser = duration::parse)]
     pub default_job_timeout: Duration,
     /// Wait before the second attempt of a job re-queued after an infrastructure failure;
     /// doubled for each further attempt, up to --retry-backoff-max.
-    #[arg(long, env = "HODEI_RETRY_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "HODEI_RETRY_BACKOFF", default_value = "1s", value_parser = duration::parse)]
     pub retry_backoff: Duration,
-    #[arg(long, env = "HODEI_RETRY_BACKOFF_MAX", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "HODEI_RETRY_BACKOFF_MAX", default_value = "60s", value_parser = duration::parse)]
     pub retry_backoff_max: Duration,
 
     /// PEM certificate chain; with --tls-key, serve gRPC over TLS.
@@ -256,24 +257,6 @@ fn default_worker_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("hodei-worker"))
 }
 
-/// `500ms`, `30s`, `5m`, `1h`, or plain seconds.
-pub fn parse_duration(raw: &str) -> Result<Duration, String> {
-    let raw = raw.trim();
-    let (number, unit) = raw
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((raw, "s"), |i| raw.split_at(i));
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{raw:?} is not a duration; use e.g. 500ms, 30s, 5m, 1h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        "h" => Ok(Duration::from_secs(value * 3600)),
-        _ => Err(format!("{raw:?}: unknown unit {unit:?}; use ms, s, m or h")),
-    }
-}
-
 fn redact_url(url: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
@@ -318,12 +301,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_accept_units_and_refuse_nonsense() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("5d").is_err());
+    fn duration_flags_read_the_contracts_grammar() {
+        let config = Config::try_parse_from([
+            "hodei-server",
+            "--database-url",
+            "postgres://x/y",
+            "--idle-timeout",
+            "1h30m",
+            "--kill-grace",
+            "500ms",
+        ])
+        .expect("valid flags");
+        assert_eq!(config.idle_timeout, Duration::from_secs(5400));
+        assert_eq!(config.kill_grace, Duration::from_millis(500));
+        let err = Config::try_parse_from([
+            "hodei-server",
+            "--database-url",
+            "postgres://x/y",
+            "--idle-timeout",
+            "99999999999999999h",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--idle-timeout") && err.contains("too long"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! State shared by the services and background tasks of one server.
+//! State shared by the services and background tasks of one server, and the plumbing they all
+//! use (waking the dispatcher, waiting out a database outage, tracked tasks). No lifecycle
+//! policy lives here: that is `lifecycle/`.
 
 use std::{
+    any::Any,
     future::Future,
+    panic::AssertUnwindSafe,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -9,9 +13,9 @@ use std::{
     time::Duration,
 };
 
-use hodei_domain::{Job, JobId, JobState, WorkerId, WorkerState};
+use futures::FutureExt;
 use hodei_providers::WorkerProvider;
-use hodei_store::{RequeueOutcome, Store, StoreError};
+use hodei_store::{Store, StoreError};
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -19,6 +23,7 @@ use crate::{Settings, log_hub::LogHub, metrics::Metrics, registry::Registry};
 
 pub struct Core {
     pub settings: Settings,
+    /// Reads, output and heartbeats. State changes go through the lifecycle's transitions.
     pub store: Store,
     pub provider: Arc<dyn WorkerProvider>,
     pub registry: Registry,
@@ -27,15 +32,18 @@ pub struct Core {
     /// `HODEI_SERVER` for new workers.
     pub worker_address: String,
     /// Wakes the dispatcher: a job was queued, a worker became idle or went away.
-    pub dispatch: Arc<Notify>,
+    dispatch: Notify,
+    /// A re-queued job's retry wait has ended: the dispatcher makes such jobs claimable.
+    retries_due: AtomicBool,
     /// Set once a graceful shutdown begins: no new jobs are accepted or dispatched.
     draining: AtomicBool,
-    /// A re-queued job's retry wait has ended: the dispatcher makes such jobs claimable.
-    pub retries_due: Arc<AtomicBool>,
     /// Cancelled to stop every task at once without cleanup (a simulated crash), or at the very
     /// end of a graceful shutdown.
     pub kill: CancellationToken,
-    /// Background work (provisioning, destroying) that a graceful shutdown waits for.
+    /// Cancelled when the server is going away (a child of `kill`): tasks that only wait —
+    /// retry timers, log followers — end, so a shutdown does not wait for them.
+    pub stop: CancellationToken,
+    /// Every task the server spawns. A graceful shutdown waits for them.
     pub tasks: TaskTracker,
 }
 
@@ -46,6 +54,7 @@ impl Core {
         provider: Arc<dyn WorkerProvider>,
         worker_address: String,
     ) -> Self {
+        let kill = CancellationToken::new();
         Self {
             settings,
             store,
@@ -54,10 +63,11 @@ impl Core {
             hub: Arc::new(LogHub::default()),
             metrics: Arc::new(Metrics::default()),
             worker_address,
-            dispatch: Arc::new(Notify::new()),
+            dispatch: Notify::new(),
+            retries_due: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            retries_due: Arc::new(AtomicBool::new(false)),
-            kill: CancellationToken::new(),
+            stop: kill.child_token(),
+            kill,
             tasks: TaskTracker::new(),
         }
     }
@@ -74,31 +84,42 @@ impl Core {
         self.dispatch.notify_one();
     }
 
+    /// Resolves when the dispatcher is woken.
+    pub async fn dispatcher_woken(&self) {
+        self.dispatch.notified().await;
+    }
+
+    /// Whether a retry wait ended since the last call.
+    pub fn take_retries_due(&self) -> bool {
+        self.retries_due.swap(false, Ordering::SeqCst)
+    }
+
     /// Wakes the dispatcher once `delay` has passed: a re-queued job becomes claimable then,
     /// and nothing else may happen meanwhile to wake it sooner than its safety tick.
-    pub fn wake_dispatcher_after(&self, delay: Duration) {
+    pub fn wake_dispatcher_after(self: &Arc<Self>, delay: Duration) {
         if delay.is_zero() {
             return self.wake_dispatcher();
         }
-        let dispatch = self.dispatch.clone();
-        let due = self.retries_due.clone();
-        let kill = self.kill.clone();
-        tokio::spawn(async move {
+        let core = self.clone();
+        self.spawn("retry timer", async move {
             tokio::select! {
-                _ = kill.cancelled() => {}
+                _ = core.stop.cancelled() => {}
                 _ = tokio::time::sleep(delay) => {
-                    due.store(true, Ordering::SeqCst);
-                    dispatch.notify_one();
+                    core.retries_due.store(true, Ordering::SeqCst);
+                    core.wake_dispatcher();
                 }
             }
         });
     }
 
-    /// Records a job reaching a final state: subscribers are told, metrics counted.
-    pub fn job_finished(&self, job: &Job) {
-        debug_assert!(job.state.is_terminal());
-        self.metrics.job_finished(job.state);
-        self.hub.finish(job.id);
+    /// Spawns `task` on the tracker. A panic is logged here; tasks whose panic leaves state
+    /// behind (sessions, provisioning) clean it up through the lifecycle's own spawners.
+    pub fn spawn(&self, what: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(async move {
+            if let Err(panic) = AssertUnwindSafe(task).catch_unwind().await {
+                tracing::error!(task = what, panic = panic_message(&*panic), "task panicked");
+            }
+        });
     }
 
     /// Runs a database operation, waiting out an unreachable database (a restart, a fail-over)
@@ -126,82 +147,13 @@ impl Core {
             }
         }
     }
+}
 
-    /// `job` was claimed for `worker` but never handed to it (the worker went away first): it
-    /// goes back to the queue without spending an attempt.
-    pub async fn release_unsent(&self, job: JobId, worker: WorkerId, why: &str) {
-        let released = self
-            .retry_db("releasing an unsent job", || {
-                self.store.release_unsent_job(job, worker)
-            })
-            .await;
-        match released {
-            Ok(true) => {
-                tracing::info!(%job, %worker, why, "job released before it was sent");
-                self.wake_dispatcher();
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(%job, %worker, error = %e, "cannot release an unsent job; re-queueing it");
-                self.requeue_or_fail(job, worker, why).await;
-            }
-        }
-    }
-
-    /// The attempt of `job` on `worker` failed for infrastructure reasons.
-    pub async fn requeue_or_fail(&self, job: JobId, worker: WorkerId, reason: &str) {
-        let outcome = self
-            .retry_db("re-queueing a job", || {
-                self.store
-                    .requeue_or_fail(job, worker, reason, self.settings.retry_backoff)
-            })
-            .await;
-        match outcome {
-            Ok(RequeueOutcome::Requeued { retry_in }) => {
-                tracing::info!(%job, %worker, reason, ?retry_in, "job re-queued");
-                self.wake_dispatcher_after(retry_in);
-            }
-            Ok(RequeueOutcome::Failed) => {
-                tracing::warn!(%job, %worker, reason, "job failed: out of attempts");
-                self.metrics.job_finished(JobState::Failed);
-                self.hub.finish(job);
-            }
-            Ok(RequeueOutcome::Cancelled) => {
-                tracing::info!(%job, %worker, reason, "job cancelled: its attempt ended before the worker confirmed the cancel");
-                self.metrics.job_finished(JobState::Cancelled);
-                self.hub.finish(job);
-            }
-            Ok(RequeueOutcome::NotHeld) => {}
-            Err(e) => tracing::error!(%job, %worker, error = %e, "cannot re-queue job"),
-        }
-    }
-
-    /// Removes the worker's resources in the background, then records its end. The worker keeps
-    /// counting against `max_workers` until its resource is really gone.
-    pub fn retire_worker(self: &Arc<Self>, worker: WorkerId, state: WorkerState, reason: String) {
-        debug_assert!(!state.is_alive());
-        self.registry.mark_retiring(worker);
-        let core = self.clone();
-        self.tasks.spawn(async move {
-            let _ = core
-                .retry_db("recording a worker as terminating", || {
-                    core.store
-                        .set_worker_state(worker, WorkerState::Terminating, &reason)
-                })
-                .await;
-            if let Err(e) = core.provider.destroy_worker(&worker).await {
-                tracing::warn!(%worker, error = %e, "destroying worker failed; the orphan sweep will retry");
-            }
-            let recorded = core
-                .retry_db("recording a worker's end", || {
-                    core.store.set_worker_state(worker, state, &reason)
-                })
-                .await;
-            if let Err(e) = recorded {
-                tracing::error!(%worker, error = %e, "cannot record worker state");
-            }
-            core.registry.remove(worker);
-            core.wake_dispatcher();
-        });
-    }
+/// The message a panic was raised with, for logs and reasons.
+pub fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }

@@ -4,9 +4,10 @@
 //! [`hodei_providers::WorkerProvider`] into the gRPC services and the background tasks.
 //! `ARCHITECTURE.md` at the repository root has the map.
 
-mod convert;
+mod commands;
 mod core;
 mod dispatcher;
+mod lifecycle;
 mod log_hub;
 mod maintenance;
 mod metrics;
@@ -19,17 +20,13 @@ mod settings;
 
 pub use server::{RunningServer, start};
 
-/// The gRPC-edge conversions, for the fuzz targets in `fuzz/`. Not an API.
-#[doc(hidden)]
-pub mod fuzzing {
-    pub use crate::convert::{
-        datetime, job_state_from_proto, job_state_to_proto, parse_job_id, spec_from_proto,
-        spec_to_proto, stream_from_proto, timestamp,
-    };
-    pub use tonic::Code;
-}
 pub use hodei_store::RetryBackoff;
-pub use settings::{Settings, TlsFiles};
+pub use settings::{Faults, Settings, TlsFiles};
+
+/// A message that breaks the contract (a missing field, an invalid spec): the caller's mistake.
+pub(crate) fn contract_status(error: hodei_contract::ContractError) -> tonic::Status {
+    tonic::Status::invalid_argument(error.to_string())
+}
 
 /// A store failure as the client sees it: the database is the server's problem, not theirs.
 pub(crate) fn store_status(error: hodei_store::StoreError) -> tonic::Status {

@@ -5,6 +5,7 @@ mod config;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 
 use crate::config::Config;
@@ -25,8 +26,9 @@ fn main() -> ExitCode {
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
+            let sentence = each_cause_once(&e);
+            tracing::error!("{sentence}");
+            eprintln!("error: {sentence}");
             ExitCode::FAILURE
         }
     }
@@ -41,7 +43,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         config.database_connect_timeout,
     )
     .await
-    .map_err(|e| anyhow::anyhow!("cannot use the database: {e}"))?;
+    .context("cannot use the database")?;
     let provider = config.provider().await?;
     let server = hodei_server::start(settings, store, provider).await?;
     wait_for_signal().await?;
@@ -57,4 +59,42 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
     Ok(())
+}
+
+/// The error and its causes as one sentence, `what failed: why: why`. A cause whose text its
+/// parent already quotes (as `"database error: {source}"` does) is not said a second time.
+fn each_cause_once(error: &anyhow::Error) -> String {
+    let mut sentence = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if sentence.contains(&text) {
+            continue;
+        }
+        if !sentence.is_empty() {
+            sentence.push_str(": ");
+        }
+        sentence.push_str(&text);
+    }
+    sentence
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database error: {0}")]
+    struct Quoting(#[source] std::io::Error);
+
+    #[test]
+    fn each_cause_is_said_once_even_when_a_parent_quotes_it() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = anyhow::Error::new(Quoting(refused)).context("cannot use the database");
+        assert_eq!(
+            each_cause_once(&error),
+            "cannot use the database: database error: refused"
+        );
+        let plain = anyhow::Error::new(std::io::Error::other("disk full")).context("writing");
+        assert_eq!(each_cause_once(&plain), "writing: disk full");
+    }
 }

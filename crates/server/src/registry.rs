@@ -1,8 +1,16 @@
-//! The workers this server process is responsible for, and what each is doing.
+//! The workers this server process is responsible for, and what each is doing right now.
 //!
-//! Only in-memory facts live here (who may be handed a job, which session task to talk to);
-//! the database stays the record of truth for jobs. Every transition is one short critical
-//! section, so the dispatcher, sessions and RPC handlers can race without double-assigning.
+//! Only in-memory facts live here (who may be handed a job, which session to talk to); the
+//! database stays the record of truth. A [`Phase`] is finer than the stored
+//! [`WorkerState`](hodei_domain::WorkerState): it knows whether a registered worker's session
+//! is open, and which idle worker the dispatcher is claiming for. Phase → stored state:
+//! `Provisioning` → `provisioning`; `Registered`, `Idle`, `Reserved` → `idle`; `Busy` → `busy`;
+//! `Retiring` → `terminating` (then a final state once its resource is gone and it is removed).
+//!
+//! Every transition is one short critical section, so the dispatcher, sessions and RPC handlers
+//! can race without double-assigning. Only the lifecycle module moves workers between phases.
+//! The registry is observable: each worker's phase is a `watch`, and a global `watch` ticks on
+//! every change, so provisioning, cancels and shutdown await a change instead of polling.
 
 use std::{
     collections::HashMap,
@@ -11,9 +19,9 @@ use std::{
 };
 
 use hodei_domain::{JobId, WorkerId};
-use tokio::sync::mpsc;
+use tokio::sync::watch;
 
-use crate::session::SessionCommand;
+use crate::commands::Commands;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -35,15 +43,47 @@ pub enum Phase {
     Retiring,
 }
 
-struct Entry {
-    phase: Phase,
-    since: Instant,
-    commands: Option<mpsc::UnboundedSender<SessionCommand>>,
+impl Phase {
+    /// The job bound to the worker in this phase, if any.
+    pub fn job(self) -> Option<JobId> {
+        match self {
+            Phase::Provisioning { job } | Phase::Busy { job } => Some(job),
+            Phase::Registered { job } => job,
+            Phase::Idle | Phase::Reserved | Phase::Retiring => None,
+        }
+    }
 }
 
-#[derive(Default)]
+struct Entry {
+    phase: watch::Sender<Phase>,
+    since: Instant,
+    commands: Option<Commands>,
+}
+
+impl Entry {
+    fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    fn set(&mut self, phase: Phase) {
+        self.phase.send_replace(phase);
+        self.since = Instant::now();
+    }
+}
+
 pub struct Registry {
     entries: Mutex<HashMap<WorkerId, Entry>>,
+    /// Ticks on every change of any worker.
+    changes: watch::Sender<()>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::default(),
+            changes: watch::channel(()).0,
+        }
+    }
 }
 
 /// Why a session could not be attached.
@@ -55,190 +95,246 @@ pub enum AttachError {
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WorkerId, Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    /// Runs `change` under the lock and tells every watcher afterwards.
+    fn change<T>(&self, change: impl FnOnce(&mut HashMap<WorkerId, Entry>) -> T) -> T {
+        let result = change(&mut self.entries.lock().unwrap_or_else(|e| e.into_inner()));
+        self.changes.send_replace(());
+        result
+    }
+
+    fn read<T>(&self, read: impl FnOnce(&HashMap<WorkerId, Entry>) -> T) -> T {
+        read(&self.entries.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn insert_provisioning(&self, worker: WorkerId, job: JobId) {
-        self.lock().insert(
-            worker,
-            Entry {
-                phase: Phase::Provisioning { job },
-                since: Instant::now(),
-                commands: None,
-            },
-        );
+        self.change(|entries| {
+            entries.insert(
+                worker,
+                Entry {
+                    phase: watch::channel(Phase::Provisioning { job }).0,
+                    since: Instant::now(),
+                    commands: None,
+                },
+            )
+        });
     }
 
     /// `Provisioning → Registered`; returns how long provisioning took.
     pub fn mark_registered(&self, worker: WorkerId) -> Option<Duration> {
-        let mut entries = self.lock();
-        let entry = entries.get_mut(&worker)?;
-        let Phase::Provisioning { job } = entry.phase else {
-            return None;
-        };
-        let took = entry.since.elapsed();
-        entry.phase = Phase::Registered { job: Some(job) };
-        entry.since = Instant::now();
-        Some(took)
+        self.change(|entries| {
+            let entry = entries.get_mut(&worker)?;
+            let Phase::Provisioning { job } = entry.phase() else {
+                return None;
+            };
+            let took = entry.since.elapsed();
+            entry.set(Phase::Registered { job: Some(job) });
+            Some(took)
+        })
     }
 
     /// Binds a session to a registered worker; returns the job it was provisioned for.
     pub fn attach(
         &self,
         worker: WorkerId,
-        commands: mpsc::UnboundedSender<SessionCommand>,
+        commands: Commands,
     ) -> Result<Option<JobId>, AttachError> {
-        let mut entries = self.lock();
-        let entry = entries.get_mut(&worker).ok_or(AttachError::Unknown)?;
-        let job = match entry.phase {
-            Phase::Registered { job } => job,
-            Phase::Retiring => return Err(AttachError::Retiring),
-            Phase::Provisioning { .. } => return Err(AttachError::Unknown),
-            _ => return Err(AttachError::AlreadyConnected),
-        };
-        entry.phase = match job {
-            Some(job) => Phase::Busy { job },
-            None => Phase::Idle,
-        };
-        entry.since = Instant::now();
-        entry.commands = Some(commands);
-        Ok(job)
+        self.change(|entries| {
+            let entry = entries.get_mut(&worker).ok_or(AttachError::Unknown)?;
+            let job = match entry.phase() {
+                Phase::Registered { job } => job,
+                Phase::Retiring => return Err(AttachError::Retiring),
+                Phase::Provisioning { .. } => return Err(AttachError::Unknown),
+                _ => return Err(AttachError::AlreadyConnected),
+            };
+            entry.set(match job {
+                Some(job) => Phase::Busy { job },
+                None => Phase::Idle,
+            });
+            entry.commands = Some(commands);
+            Ok(job)
+        })
     }
 
     /// Moves every idle worker to `Reserved` and returns them.
     pub fn reserve_idle(&self) -> Vec<WorkerId> {
-        let mut entries = self.lock();
-        entries
-            .iter_mut()
-            .filter(|(_, e)| e.phase == Phase::Idle)
-            .map(|(id, e)| {
-                e.phase = Phase::Reserved;
-                *id
-            })
-            .collect()
+        self.change(|entries| {
+            entries
+                .iter_mut()
+                .filter(|(_, e)| e.phase() == Phase::Idle)
+                .map(|(id, e)| {
+                    e.phase.send_replace(Phase::Reserved);
+                    *id
+                })
+                .collect()
+        })
     }
 
     /// `Reserved → Busy`; the session's command channel to send the job to.
-    pub fn assign(
-        &self,
-        worker: WorkerId,
-        job: JobId,
-    ) -> Option<mpsc::UnboundedSender<SessionCommand>> {
-        let mut entries = self.lock();
-        let entry = entries.get_mut(&worker)?;
-        if entry.phase != Phase::Reserved {
-            return None;
-        }
-        entry.phase = Phase::Busy { job };
-        entry.since = Instant::now();
-        entry.commands.clone()
+    pub fn assign(&self, worker: WorkerId, job: JobId) -> Option<Commands> {
+        self.change(|entries| {
+            let entry = entries.get_mut(&worker)?;
+            if entry.phase() != Phase::Reserved {
+                return None;
+            }
+            entry.set(Phase::Busy { job });
+            entry.commands.clone()
+        })
     }
 
     /// `Reserved → Idle` when there was nothing to claim.
     pub fn unreserve(&self, worker: WorkerId) {
-        if let Some(entry) = self.lock().get_mut(&worker)
-            && entry.phase == Phase::Reserved
-        {
-            entry.phase = Phase::Idle;
-        }
+        self.change(|entries| {
+            if let Some(entry) = entries.get_mut(&worker)
+                && entry.phase() == Phase::Reserved
+            {
+                entry.phase.send_replace(Phase::Idle);
+            }
+        });
     }
 
     /// `Busy → Idle` after a job.
     pub fn mark_idle(&self, worker: WorkerId) {
-        if let Some(entry) = self.lock().get_mut(&worker)
-            && matches!(entry.phase, Phase::Busy { .. })
-        {
-            entry.phase = Phase::Idle;
-            entry.since = Instant::now();
-        }
+        self.change(|entries| {
+            if let Some(entry) = entries.get_mut(&worker)
+                && matches!(entry.phase(), Phase::Busy { .. })
+            {
+                entry.set(Phase::Idle);
+            }
+        });
     }
 
     pub fn mark_retiring(&self, worker: WorkerId) {
-        if let Some(entry) = self.lock().get_mut(&worker) {
-            entry.phase = Phase::Retiring;
-            entry.since = Instant::now();
-        }
+        self.change(|entries| {
+            if let Some(entry) = entries.get_mut(&worker) {
+                entry.set(Phase::Retiring);
+            }
+        });
     }
 
     /// `Provisioning → Retiring` for a worker that failed to come up; false if it registered
     /// meanwhile. It keeps counting against the maximum until its resource is destroyed and
     /// it is removed.
     pub fn retire_if_provisioning(&self, worker: WorkerId) -> bool {
-        let mut entries = self.lock();
-        match entries.get_mut(&worker) {
-            Some(entry) if matches!(entry.phase, Phase::Provisioning { .. }) => {
-                entry.phase = Phase::Retiring;
-                entry.since = Instant::now();
+        self.change(|entries| match entries.get_mut(&worker) {
+            Some(entry) if matches!(entry.phase(), Phase::Provisioning { .. }) => {
+                entry.set(Phase::Retiring);
                 true
             }
             _ => false,
-        }
+        })
     }
 
     /// `Provisioning`/`Registered → Retiring`; false once a session is attached.
     pub fn retire_if_unconnected(&self, worker: WorkerId) -> bool {
-        let mut entries = self.lock();
-        match entries.get_mut(&worker) {
+        self.change(|entries| match entries.get_mut(&worker) {
             Some(entry)
                 if matches!(
-                    entry.phase,
+                    entry.phase(),
                     Phase::Provisioning { .. } | Phase::Registered { .. }
                 ) =>
             {
-                entry.phase = Phase::Retiring;
-                entry.since = Instant::now();
+                entry.set(Phase::Retiring);
                 true
             }
             _ => false,
-        }
+        })
     }
 
     pub fn remove(&self, worker: WorkerId) {
-        self.lock().remove(&worker);
+        self.change(|entries| entries.remove(&worker));
     }
 
     pub fn phase(&self, worker: WorkerId) -> Option<Phase> {
-        self.lock().get(&worker).map(|e| e.phase)
+        self.read(|entries| entries.get(&worker).map(Entry::phase))
     }
 
-    pub fn commands(&self, worker: WorkerId) -> Option<mpsc::UnboundedSender<SessionCommand>> {
-        self.lock().get(&worker).and_then(|e| e.commands.clone())
+    /// Follows one worker's phase; the receiver's sender is dropped when the worker is removed.
+    pub fn watch(&self, worker: WorkerId) -> Option<watch::Receiver<Phase>> {
+        self.read(|entries| entries.get(&worker).map(|e| e.phase.subscribe()))
+    }
+
+    /// Waits until `worker`'s phase satisfies `done`, the worker is removed, or `deadline`
+    /// passes; returns its phase then (`None`: removed or unknown).
+    pub async fn wait_for_phase(
+        &self,
+        worker: WorkerId,
+        deadline: tokio::time::Instant,
+        done: impl Fn(Phase) -> bool,
+    ) -> Option<Phase> {
+        let mut phase = self.watch(worker)?;
+        let reached = tokio::time::timeout_at(deadline, phase.wait_for(|p| done(*p))).await;
+        match reached {
+            Ok(Ok(p)) => Some(*p),
+            Ok(Err(_)) => None, // removed
+            Err(_) => self.phase(worker),
+        }
+    }
+
+    /// Waits until `done` holds for the registry or `deadline` passes; whether it holds.
+    pub async fn wait_until(
+        &self,
+        deadline: tokio::time::Instant,
+        done: impl Fn(&Self) -> bool,
+    ) -> bool {
+        let mut changes = self.changes.subscribe();
+        loop {
+            changes.borrow_and_update();
+            if done(self) {
+                return true;
+            }
+            // The sender lives in `self`, so `changed` only ends with a change or the deadline.
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return done(self);
+            }
+        }
+    }
+
+    pub fn commands(&self, worker: WorkerId) -> Option<Commands> {
+        self.read(|entries| entries.get(&worker).and_then(|e| e.commands.clone()))
     }
 
     /// Registered workers whose session never opened within `timeout`.
     pub fn stale_registrations(&self, timeout: Duration) -> Vec<(WorkerId, Option<JobId>)> {
-        self.lock()
-            .iter()
-            .filter_map(|(id, e)| match e.phase {
-                Phase::Registered { job } if e.since.elapsed() > timeout => Some((*id, job)),
-                _ => None,
-            })
-            .collect()
+        self.read(|entries| {
+            entries
+                .iter()
+                .filter_map(|(id, e)| match e.phase() {
+                    Phase::Registered { job } if e.since.elapsed() > timeout => Some((*id, job)),
+                    _ => None,
+                })
+                .collect()
+        })
     }
 
     pub fn alive_count(&self) -> usize {
-        self.lock().len()
+        self.read(HashMap::len)
     }
 
     pub fn busy_count(&self) -> usize {
-        self.lock()
-            .values()
-            .filter(|e| matches!(e.phase, Phase::Busy { .. }))
-            .count()
+        self.read(|entries| {
+            entries
+                .values()
+                .filter(|e| matches!(e.phase(), Phase::Busy { .. }))
+                .count()
+        })
     }
 
     pub fn snapshot(&self) -> Vec<(WorkerId, Phase)> {
-        self.lock().iter().map(|(id, e)| (*id, e.phase)).collect()
+        self.read(|entries| entries.iter().map(|(id, e)| (*id, e.phase())).collect())
     }
 
     pub fn contains(&self, worker: WorkerId) -> bool {
-        self.lock().contains_key(&worker)
+        self.read(|entries| entries.contains_key(&worker))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::mpsc;
+
     use super::*;
 
     #[test]
@@ -295,5 +391,55 @@ mod tests {
             2,
             "a failed worker counts until it is removed"
         );
+    }
+
+    #[tokio::test]
+    async fn a_waiter_wakes_on_the_change_it_waits_for_not_on_a_timer() {
+        let registry = std::sync::Arc::new(Registry::default());
+        let (worker, job) = (WorkerId::new(), JobId::new());
+        registry.insert_provisioning(worker, job);
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let waiter = {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                registry
+                    .wait_for_phase(worker, far, |p| !matches!(p, Phase::Provisioning { .. }))
+                    .await
+            })
+        };
+        let counter = {
+            let registry = registry.clone();
+            tokio::spawn(async move { registry.wait_until(far, |r| r.alive_count() == 0).await })
+        };
+        tokio::task::yield_now().await;
+        registry.mark_registered(worker);
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), waiter)
+                .await
+                .unwrap()
+                .unwrap(),
+            Some(Phase::Registered { job: Some(job) })
+        );
+        registry.remove(worker);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), counter)
+                .await
+                .unwrap()
+                .unwrap()
+        );
+        assert_eq!(
+            registry.wait_for_phase(worker, far, |_| true).await,
+            None,
+            "an unknown worker is not waited for"
+        );
+    }
+
+    #[test]
+    fn a_phase_names_the_job_bound_to_it() {
+        let job = JobId::new();
+        assert_eq!(Phase::Provisioning { job }.job(), Some(job));
+        assert_eq!(Phase::Registered { job: Some(job) }.job(), Some(job));
+        assert_eq!(Phase::Busy { job }.job(), Some(job));
+        assert_eq!(Phase::Reserved.job(), None);
     }
 }

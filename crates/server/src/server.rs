@@ -6,17 +6,17 @@
 //! - the dispatcher ([`crate::dispatcher`]);
 //! - maintenance ([`crate::maintenance`]): orphan sweep, stale registrations;
 //! - the metrics endpoint, when enabled;
-//! - one session per connected worker, one provisioning task per worker being created.
+//! - on the core's tracker: one session per connected worker, one provisioning task per worker
+//!   being created, workers being destroyed, retry timers, log followers.
 //!
-//! Shutdown ([`RunningServer::shutdown`]): stop taking jobs → let running jobs finish for
-//! `shutdown_grace` → re-queue what still runs → tell every worker to exit → destroy every
-//! worker → stop serving. [`RunningServer::kill`] instead drops everything on the floor, as a
+//! Shutdown ([`RunningServer::shutdown`]): the lifecycle's sequence (stop taking jobs → let
+//! running jobs finish for `shutdown_grace` → re-queue what still runs → tell every worker to
+//! exit → destroy every worker → wait for the tracked tasks), then stop serving. [`RunningServer::kill`] instead drops everything on the floor, as a
 //! crash would, so tests can prove recovery.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use hodei_domain::{JobId, WorkerId, WorkerState};
 use hodei_proto::v1::{
     FILE_DESCRIPTOR_SET, job_service_server::JobServiceServer,
     log_stream_service_server::LogStreamServiceServer,
@@ -33,18 +33,15 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use crate::{
     Settings,
     core::Core,
-    dispatcher, maintenance, metrics,
-    registry::Phase,
+    dispatcher,
+    lifecycle::Lifecycle,
+    maintenance, metrics,
     services::{AgentService, JobsService, LogsService, WorkersService},
-    session::SessionCommand,
 };
-
-/// At shutdown, how long giving running jobs back to the queue may take in all.
-const SHUTDOWN_GIVE_BACK: Duration = Duration::from_secs(15);
 
 /// A started server.
 pub struct RunningServer {
-    core: Arc<Core>,
+    lifecycle: Lifecycle,
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     stop_serving: CancellationToken,
@@ -76,14 +73,16 @@ pub async fn start(
         None => None,
     };
     let core = Arc::new(Core::new(settings, store, provider, worker_address));
-    maintenance::recover_previous_run(&core)
+    let lifecycle = Lifecycle::new(core.clone());
+    lifecycle
+        .recover_previous_run()
         .await
         .context("recovering the previous run")?;
 
     let stop_serving = CancellationToken::new();
     let mut tasks = vec![
-        tokio::spawn(dispatcher::run(core.clone())),
-        tokio::spawn(maintenance::run(core.clone())),
+        tokio::spawn(dispatcher::run(lifecycle.clone())),
+        tokio::spawn(maintenance::run(lifecycle.clone())),
     ];
     let metrics_addr = match core.settings.metrics_listen {
         Some(listen) => {
@@ -137,7 +136,7 @@ pub async fn start(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            JobServiceServer::new(JobsService::new(core.clone()))
+            JobServiceServer::new(JobsService::new(lifecycle.clone()))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )
@@ -147,7 +146,7 @@ pub async fn start(
                 .max_encoding_message_size(limit),
         )
         .add_service(
-            WorkerAgentServiceServer::new(AgentService::new(core.clone()))
+            WorkerAgentServiceServer::new(AgentService::new(lifecycle.clone()))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         )
@@ -167,7 +166,7 @@ pub async fn start(
         instance = core.settings.instance, "hodei-server listening");
     core.wake_dispatcher();
     Ok(RunningServer {
-        core,
+        lifecycle,
         addr,
         metrics_addr,
         stop_serving,
@@ -187,79 +186,18 @@ impl RunningServer {
 
     /// The `HODEI_SERVER` value given to workers.
     pub fn worker_address(&self) -> &str {
-        &self.core.worker_address
+        &self.lifecycle.core().worker_address
     }
 
     /// Workers this server currently accounts for (provisioning, connected or being destroyed).
     pub fn alive_workers(&self) -> usize {
-        self.core.registry.alive_count()
+        self.lifecycle.core().registry.alive_count()
     }
 
     /// Graceful shutdown; returns when every worker is gone and the endpoint is closed.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        let core = &self.core;
-        core.start_draining();
-        tracing::info!("shutting down: waiting for running jobs");
-        let deadline = tokio::time::Instant::now() + core.settings.shutdown_grace;
-        while core.registry.busy_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-
-        // Giving jobs back waits out a database outage (retry_db), but not for longer than this
-        // in all: what is left is re-queued by the next start's recovery instead.
-        let give_back_by = tokio::time::Instant::now() + SHUTDOWN_GIVE_BACK;
-        let give_back = |job: JobId, worker: WorkerId, reason: &'static str| async move {
-            let requeued =
-                tokio::time::timeout_at(give_back_by, core.requeue_or_fail(job, worker, reason));
-            if requeued.await.is_err() {
-                tracing::warn!(%job, %worker, "database unreachable at shutdown; the next start re-queues the job");
-            }
-        };
-        for (worker, phase) in core.registry.snapshot() {
-            match phase {
-                Phase::Busy { job } => {
-                    give_back(job, worker, "server shut down while the job was running").await;
-                    retire(core, worker, true);
-                }
-                Phase::Idle | Phase::Reserved => retire(core, worker, false),
-                Phase::Provisioning { job } | Phase::Registered { job: Some(job) } => {
-                    if core.registry.retire_if_unconnected(worker) {
-                        give_back(job, worker, "server shut down before the worker registered")
-                            .await;
-                        core.retire_worker(
-                            worker,
-                            WorkerState::Terminated,
-                            "server shut down".into(),
-                        );
-                    }
-                }
-                Phase::Registered { job: None } => {
-                    if core.registry.retire_if_unconnected(worker) {
-                        core.retire_worker(
-                            worker,
-                            WorkerState::Terminated,
-                            "server shut down".into(),
-                        );
-                    }
-                }
-                Phase::Retiring => {}
-            }
-        }
-
-        let deadline =
-            tokio::time::Instant::now() + core.settings.kill_grace + Duration::from_secs(15);
-        while core.registry.alive_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        core.tasks.close();
-        let _ = tokio::time::timeout(Duration::from_secs(10), core.tasks.wait()).await;
-        let leftover = core.registry.alive_count();
-        if leftover > 0 {
-            tracing::warn!(
-                leftover,
-                "workers still alive at shutdown; the next start will reap them"
-            );
-        }
+        self.lifecycle.shutdown().await;
+        let core = self.lifecycle.core();
         self.stop_serving.cancel();
         core.kill.cancel();
         let serve = tokio::time::timeout(Duration::from_secs(5), self.serve).await;
@@ -277,22 +215,14 @@ impl RunningServer {
 
     /// Stops everything at once without any cleanup, as a crash would.
     pub async fn kill(self) {
-        self.core.kill.cancel();
+        let core = self.lifecycle.core();
+        core.kill.cancel();
         self.stop_serving.cancel();
         self.serve.abort();
         for task in self.tasks {
             task.abort();
         }
         let _ = self.serve.await;
-        self.core.store.pool().close().await;
-    }
-}
-
-fn retire(core: &Arc<Core>, worker: hodei_domain::WorkerId, now: bool) {
-    if let Some(commands) = core.registry.commands(worker) {
-        let _ = commands.send(SessionCommand::Retire {
-            reason: "server shutting down".into(),
-            now,
-        });
+        core.store.pool().close().await;
     }
 }

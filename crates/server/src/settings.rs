@@ -1,6 +1,14 @@
 //! How the server behaves, independent of where the values come from (flags, env, tests).
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
 use hodei_domain::JobSpecLimits;
 use hodei_store::RetryBackoff;
@@ -50,6 +58,27 @@ pub struct Settings {
     pub database_outage_grace: Duration,
     /// How long a job re-queued after an infrastructure failure waits before its next attempt.
     pub retry_backoff: RetryBackoff,
+    /// Faults tests inject; all off in production.
+    #[doc(hidden)]
+    pub faults: Faults,
+}
+
+/// Faults a test injects into a running server to prove what happens when code that should
+/// never fail does. Production leaves every one off.
+#[doc(hidden)]
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// The next this-many worker sessions panic when their worker reports a job's start.
+    pub session_panics: Arc<AtomicU32>,
+}
+
+impl Faults {
+    /// Takes one of the session panics asked for, if any is left.
+    pub(crate) fn take_session_panic(&self) -> bool {
+        self.session_panics
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +111,7 @@ impl Default for Settings {
             max_message_bytes: 4 << 20,
             database_outage_grace: Duration::from_secs(60),
             retry_backoff: RetryBackoff::default(),
+            faults: Faults::default(),
         }
     }
 }

@@ -13,21 +13,22 @@
 //! - burst: 20 jobs queued at once with at most 4 workers; queued → registered then includes
 //!   the wait for a free slot, claimed → registered the engine under concurrent starts.
 
-mod e2e_common;
+mod common;
 
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use e2e_common::{
-    TestServer, describe,
+use common::{
+    TestServer,
     reachability::{self, WorkerNetwork},
-    state_of, test_settings,
+    test_settings,
 };
 use hodei_proto::v1 as pb;
 use hodei_providers::{
     WorkerProvider,
     docker::{DockerProvider, DockerProviderConfig},
 };
+use hodei_testkit::jobs::{describe, state_of};
 
 const JOBS: usize = 20;
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);

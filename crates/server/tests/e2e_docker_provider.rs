@@ -8,7 +8,7 @@
 //! Every test uses its own `hodei.io/instance` and, even when it fails, removes the containers
 //! labelled with it.
 
-mod e2e_common;
+mod common;
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
@@ -23,19 +23,22 @@ use bollard::{
     models::{ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, HostConfig},
     query_parameters::{CreateContainerOptionsBuilder, ListContainersOptionsBuilder},
 };
-use e2e_common::{
-    TestServer, describe,
+use common::{
+    TestServer,
     reachability::{self, WorkerNetwork},
-    spec, state_of, test_settings, texts,
+    test_settings,
 };
+use hodei_contract::env;
 use hodei_domain::{OneTimeToken, WorkerId};
-use hodei_server::Settings;
 use hodei_proto::v1 as pb;
 use hodei_providers::{
     WorkerProvider,
     docker::{DockerProvider, DockerProviderConfig, container_name},
-    env, labels,
+    labels,
 };
+use hodei_server::Settings;
+use hodei_testkit::jobs::{assert_state, describe, spec};
+use hodei_testkit::log_lines::texts;
 use hodei_testkit::{Probe, wait_for};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(60);
@@ -387,12 +390,7 @@ async fn given_a_queued_job_when_its_container_worker_registers_then_the_job_run
     let lines = server.follow_logs(&id, JOB_TIMEOUT).await?;
     assert_eq!(texts(&lines), ["hello-from-a-container", "token=unset"]);
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     let (state, exit_code, job_worker): (String, Option<i32>, uuid::Uuid) =
         sqlx::query_as("SELECT state, exit_code, worker_id FROM jobs WHERE id = $1::uuid")
             .bind(&id)
@@ -424,7 +422,7 @@ async fn a_failing_command_in_a_container_fails_the_job_with_its_exit_code_and_s
         .queue("echo to-stdout; echo oops >&2; exit 3")
         .await?;
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(state_of(&job), pb::JobState::Failed, "{}", describe(&job));
+    assert_state(&job, pb::JobState::Failed);
     assert_eq!(job.exit_code, Some(3));
     assert_eq!(job.attempts, 1, "a non-zero exit must not be retried");
     assert!(job.reason.contains("exited with code 3"), "{}", job.reason);
@@ -481,12 +479,7 @@ async fn cancelling_a_running_job_destroys_its_running_container_and_leaves_noth
 
     server.cancel(&id, "test says stop").await?;
     let job = server.wait_finished(&id, Duration::from_secs(20)).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Cancelled,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Cancelled);
     assert!(job.reason.contains("test says stop"), "{}", job.reason);
     wait_gone(server.docker(), name).await?;
     server.wait_no_workers(GONE_TIMEOUT).await?;
@@ -508,12 +501,7 @@ async fn a_worker_container_killed_mid_job_is_removed_once_exited_and_its_job_co
     server.docker().kill_container(&first, None).await?;
 
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     assert_eq!(job.attempts, 2);
     assert_ne!(job.worker_id, running.worker_id);
     assert!(
@@ -548,7 +536,7 @@ async fn a_job_whose_worker_image_is_missing_fails_as_image_pull_failed_after_it
         })
         .await?;
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(state_of(&job), pb::JobState::Failed, "{}", describe(&job));
+    assert_state(&job, pb::JobState::Failed);
     assert_eq!(job.attempts, 2, "{}", describe(&job));
     assert_eq!(job.exit_code, None);
     let expected = format!("image pull failed for {missing}");
@@ -603,12 +591,7 @@ async fn three_jobs_at_once_get_three_containers_each_with_its_own_token_and_eac
     let mut workers = HashSet::new();
     for id in &ids {
         let job = server.wait_finished(id, JOB_TIMEOUT).await?;
-        assert_eq!(
-            state_of(&job),
-            pb::JobState::Succeeded,
-            "{}",
-            describe(&job)
-        );
+        assert_state(&job, pb::JobState::Succeeded);
         // The job ran in its worker's container: it printed that container's hostname.
         let output = texts(&server.follow_logs(id, JOB_TIMEOUT).await?);
         let expected = hostnames
@@ -658,12 +641,7 @@ async fn orphaned_worker_containers_of_this_instance_are_removed_by_the_sweep_an
     // The sweep leaves the server's own, live workers alone.
     let id = server.queue("echo still-fine").await?;
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     server.shutdown().await
 }
 
@@ -765,12 +743,7 @@ async fn cpu_and_memory_limits_from_the_job_spec_reach_the_container() -> anyhow
     );
 
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     // Seen from inside: the kernel enforces what the spec asked for.
     let output = texts(&server.follow_logs(&id, JOB_TIMEOUT).await?);
     assert_eq!(output, [MEMORY.to_string(), "50000 100000".to_string()]);

@@ -10,7 +10,7 @@
 //! Each test has its own server instance (`hodei.io/instance` label), and a [`ClusterGuard`] that
 //! deletes the instance's Pods and Secrets when the test ends, whether it passed or not.
 
-mod e2e_common;
+mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -21,13 +21,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e_common::{
-    TestServer, assert_contiguous, describe,
+use common::{
+    TestServer,
     reachability::{WorkerNetwork, server_host_for},
-    spec, state_of, test_settings, texts,
+    test_settings,
 };
 use hodei_domain::{OneTimeToken, Resources, WorkerFailure, WorkerId};
-use hodei_server::Settings;
 use hodei_proto::v1 as pb;
 use hodei_providers::{
     WorkerProvider, WorkerSpec, WorkerStatus,
@@ -37,6 +36,9 @@ use hodei_providers::{
     },
     labels,
 };
+use hodei_server::Settings;
+use hodei_testkit::jobs::{assert_state, describe, spec, state_of};
+use hodei_testkit::log_lines::{assert_contiguous, texts};
 use hodei_testkit::{Probe, wait_for};
 use k8s_openapi::api::{
     authentication::v1::{TokenRequest, TokenRequestSpec},
@@ -518,7 +520,7 @@ async fn test_k8s_pod_provisioning() -> anyhow::Result<()> {
 
     // State: Running (above), on a node, and the job still running in it.
     let job = server.get_job(&id).await?;
-    assert_eq!(state_of(&job), pb::JobState::Running, "{}", describe(&job));
+    assert_state(&job, pb::JobState::Running);
     let pod_spec = pod.spec.as_ref().expect("a Pod has a spec");
     assert!(pod_spec.node_name.as_deref().is_some_and(|n| !n.is_empty()));
     assert_eq!(pod_spec.restart_policy.as_deref(), Some("Never"));
@@ -601,12 +603,7 @@ async fn test_k8s_pod_provisioning() -> anyhow::Result<()> {
     );
 
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     server.wait_no_workers(GONE).await?;
     cluster.assert_nothing_left(&instance).await?;
     server.shutdown().await
@@ -632,12 +629,7 @@ async fn test_k8s_full_job_execution() -> anyhow::Result<()> {
     let lines = server.follow_logs(&id, JOB_TIMEOUT).await?;
 
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     let worker: WorkerId = job.worker_id.parse()?;
     let text = texts(&lines);
     assert_contiguous(&lines);
@@ -945,12 +937,7 @@ async fn the_provider_works_with_only_the_permissions_of_rbac_test_yaml() -> any
     let server = TestServer::start(settings, Arc::new(provider)).await?;
     let id = server.queue("echo as-the-service-account").await?;
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     assert_eq!(
         texts(&server.follow_logs(&id, JOB_TIMEOUT).await?),
         ["as-the-service-account"]
@@ -982,7 +969,7 @@ async fn a_job_whose_worker_image_cannot_be_pulled_fails_with_that_reason_after_
         })
         .await?;
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(state_of(&job), pb::JobState::Failed, "{}", describe(&job));
+    assert_state(&job, pb::JobState::Failed);
     assert_eq!(job.attempts, 2, "{}", describe(&job));
     assert_eq!(job.exit_code, None, "the command never ran");
     let expected = format!("image pull failed for {MISSING_IMAGE}");
@@ -1066,12 +1053,7 @@ async fn queued_to_pod_worker_registered_latency_over_20_jobs() -> anyhow::Resul
     for _ in 0..JOBS {
         let id = server.queue("true").await?;
         let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-        assert_eq!(
-            state_of(&job),
-            pb::JobState::Succeeded,
-            "{}",
-            describe(&job)
-        );
+        assert_state(&job, pb::JobState::Succeeded);
         // One attempt: jobs.worker_id is then the worker whose registration is measured.
         assert_eq!(job.attempts, 1, "{}", describe(&job));
         ids.push(uuid::Uuid::parse_str(&id)?);

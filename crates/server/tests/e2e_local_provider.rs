@@ -1,28 +1,28 @@
 //! End to end with workers as local processes: a real `hodei-server` (in process), real
 //! `hodei-worker` processes, real gRPC over loopback, a real PostgreSQL per test.
 
-mod e2e_common;
+mod common;
 
 use std::{
     collections::{BTreeMap, HashSet},
     time::{Duration, Instant},
 };
 
-use e2e_common::{TestServer, assert_contiguous, describe, spec, state_of, texts};
+use anyhow::Context;
+use common::TestServer;
 use hodei_domain::{OneTimeToken, WorkerId};
 use hodei_proto::v1 as pb;
-use hodei_testkit::{Probe, wait_for};
+use hodei_testkit::{
+    Probe,
+    jobs::{assert_state, describe, is_final, spec, state_of},
+    log_lines::{assert_contiguous, texts},
+    probe_value,
+    process::{Signal, is_running, send_signal},
+    wait_for,
+};
 use tonic::Code;
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn process_is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X')
-    })
-}
 
 /// The pid of a local worker, from the resource the provider recorded (`pid/<n>`).
 async fn worker_pid(server: &TestServer, worker_id: &str) -> anyhow::Result<u32> {
@@ -51,12 +51,7 @@ async fn given_a_queued_job_when_a_worker_registers_then_the_job_runs_and_its_lo
     );
 
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     // What PostgreSQL holds, not only what the API says.
     let (state, exit_code, worker): (String, Option<i32>, uuid::Uuid) =
         sqlx::query_as("SELECT state, exit_code, worker_id FROM jobs WHERE id = $1::uuid")
@@ -88,7 +83,7 @@ async fn a_non_zero_exit_fails_the_job_with_that_code_and_keeps_stderr_marked_as
         .queue("echo to-stdout; echo oops >&2; exit 3")
         .await?;
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(state_of(&job), pb::JobState::Failed, "{}", describe(&job));
+    assert_state(&job, pb::JobState::Failed);
     assert_eq!(job.exit_code, Some(3));
     assert_eq!(job.attempts, 1, "a non-zero exit must not be retried");
     assert!(job.reason.contains("exited with code 3"), "{}", job.reason);
@@ -123,7 +118,7 @@ async fn a_subscriber_receives_the_first_line_before_the_job_ends() -> anyhow::R
     assert_eq!(first.data.as_ref(), b"line-1");
     // Live: the job is still running when its first line arrives.
     let job = server.get_job(&id).await?;
-    assert_eq!(state_of(&job), pb::JobState::Running, "{}", describe(&job));
+    assert_state(&job, pb::JobState::Running);
 
     let mut rest = Vec::new();
     while let Some(line) = stream.message().await? {
@@ -194,23 +189,18 @@ async fn cancelling_a_running_job_kills_it_and_its_children_and_ends_cancelled()
     let first = tokio::time::timeout(JOB_TIMEOUT, stream.message()).await??;
     assert_eq!(first.map(|l| l.data), Some("started".into()));
     let child: u32 = std::fs::read_to_string(&pid_file)?.trim().parse()?;
-    assert!(process_is_running(child));
+    assert!(is_running(child));
 
     let response = server.cancel(&id, "test says stop").await?;
     assert_eq!(response.id, id);
     let job = server.wait_finished(&id, Duration::from_secs(20)).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Cancelled,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Cancelled);
     assert!(job.reason.contains("test says stop"), "{}", job.reason);
     wait_for(
         "the job's child process to die",
         Duration::from_secs(10),
         || async {
-            Ok(if process_is_running(child) {
+            Ok(if is_running(child) {
                 Probe::Pending(format!("pid {child} still running"))
             } else {
                 Probe::Ready(())
@@ -257,7 +247,7 @@ async fn a_job_running_past_its_timeout_ends_timed_out() -> anyhow::Result<()> {
         })
         .await?;
     let job = server.wait_finished(&id, Duration::from_secs(30)).await?;
-    assert_eq!(state_of(&job), pb::JobState::TimedOut, "{}", describe(&job));
+    assert_state(&job, pb::JobState::TimedOut);
     assert!(job.reason.contains("timed out after 1s"), "{}", job.reason);
     assert!(started.elapsed() < Duration::from_secs(30));
     server.shutdown().await
@@ -298,7 +288,8 @@ async fn registration_state(server: &TestServer) -> anyhow::Result<String> {
 async fn bad_registration_tokens_are_unauthenticated_with_distinct_messages_and_change_nothing()
 -> anyhow::Result<()> {
     let server = TestServer::local(|_| {}).await?;
-    let store = &server.store;
+    // Workers recorded directly, as the dispatcher would.
+    let store = &hodei_store::Transitions::new(&server.store);
     let instance = &server.settings.instance;
     let soon = chrono::Utc::now() + chrono::Duration::seconds(60);
 
@@ -451,24 +442,24 @@ async fn twenty_jobs_with_at_most_four_workers_all_succeed_exactly_once() -> any
         most
     });
     let mut most_in_server = 0;
+    let server_ref = &server;
     for id in &ids {
-        loop {
-            most_in_server = most_in_server.max(server.server().alive_workers());
-            let job = server.get_job(id).await?;
-            if e2e_common::is_final(job.state) {
-                break;
+        wait_for(&format!("job {id} to end"), JOB_TIMEOUT, || {
+            most_in_server = most_in_server.max(server_ref.server().alive_workers());
+            async move {
+                let job = server_ref.get_job(id).await?;
+                Ok(if is_final(job.state) {
+                    Probe::Ready(())
+                } else {
+                    Probe::Pending(describe(&job))
+                })
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await?;
     }
     for (i, id) in ids.iter().enumerate() {
         let job = server.get_job(id).await?;
-        assert_eq!(
-            state_of(&job),
-            pb::JobState::Succeeded,
-            "{}",
-            describe(&job)
-        );
+        assert_state(&job, pb::JobState::Succeeded);
         assert_eq!(job.attempts, 1, "job {i} ran more than once");
         let lines = server.follow_logs(id, JOB_TIMEOUT).await?;
         assert_eq!(texts(&lines), [format!("job-{i}")], "job {i} output");
@@ -509,18 +500,10 @@ async fn a_worker_killed_mid_job_has_its_job_requeued_and_completed_by_another_w
     let running = server.wait_running(&id).await?;
     let first_worker = running.worker_id.clone();
     let pid = worker_pid(&server, &first_worker).await?;
-    // SAFETY: signalling a process this test's server started.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
+    send_signal(pid, Signal::SIGKILL)?;
 
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     assert_eq!(job.attempts, 2);
     assert_ne!(job.worker_id, first_worker);
     assert_eq!(job.attempt_history.len(), 2);
@@ -562,12 +545,7 @@ async fn long_output_lines_are_paged_by_size_so_every_page_fits_in_a_message() -
         .queue("i=0; while [ $i -lt 200 ]; do i=$((i+1)); printf \"%060000d\\n\" $i; done")
         .await?;
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
 
     let mut logs = server.logs().await?;
     let (mut from, mut lines, mut pages) = (1, Vec::new(), 0);
@@ -607,10 +585,8 @@ async fn a_cancelled_job_still_running_when_the_server_shuts_down_is_not_run_aga
     let id = server.queue("sleep 30").await?;
     let running = server.wait_running(&id).await?;
     let pid = worker_pid(&server, &running.worker_id).await?;
-    // SAFETY: signalling a process this test's server started; frozen, it cannot confirm.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGSTOP);
-    }
+    // Frozen, the worker cannot confirm the cancel.
+    send_signal(pid, Signal::SIGSTOP)?;
     server
         .cancel(&id, "no longer needed")
         .await
@@ -620,12 +596,7 @@ async fn a_cancelled_job_still_running_when_the_server_shuts_down_is_not_run_aga
     // The shutdown gave the job up; it ended cancelled rather than waiting in the queue for
     // the next server to run it.
     let job = server.get_job(&id).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Cancelled,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Cancelled);
     assert!(job.reason.contains("no longer needed"), "{}", job.reason);
     assert_eq!(job.attempts, 1);
     server.shutdown().await
@@ -637,26 +608,32 @@ async fn a_follower_ends_when_its_job_ends_even_if_this_server_was_not_the_one_t
     let server = TestServer::local(|_| {}).await?;
     let id = server.queue("echo before; sleep 60").await?;
     server.wait_running(&id).await?;
-    let follower = {
-        let server = &server;
-        let id = id.clone();
-        async move { server.follow_logs(&id, Duration::from_secs(30)).await }
-    };
+    let mut follower = server.subscribe(&id, 1).await?;
+    let mut lines = Vec::new();
+    // Following live: the first line has arrived, so the follower is subscribed.
+    let first = tokio::time::timeout(Duration::from_secs(30), follower.message())
+        .await
+        .context("no line from the running job within 30 s")??;
+    lines.extend(first);
     // Another instance (or a reply this one lost) ends the job: this server's log hub is not
     // told, only the database knows.
-    let end_elsewhere = async {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        sqlx::query(
-            "UPDATE jobs SET state = 'cancelled', reason = 'ended elsewhere', \
-             finished_at = now() WHERE id = $1::uuid",
-        )
-        .bind(&id)
-        .execute(server.store.pool())
-        .await
+    let updated = sqlx::query(
+        "UPDATE jobs SET state = 'cancelled', reason = 'ended elsewhere', \
+         finished_at = now() WHERE id = $1::uuid",
+    )
+    .bind(&id)
+    .execute(server.store.pool())
+    .await?;
+    let rest = async {
+        while let Some(line) = follower.message().await? {
+            lines.push(line);
+        }
+        anyhow::Ok(())
     };
-    let (lines, updated) = tokio::join!(follower, end_elsewhere);
-    assert_eq!(updated?.rows_affected(), 1);
-    let lines = lines?;
+    tokio::time::timeout(Duration::from_secs(30), rest)
+        .await
+        .context("the follower did not end within 30 s of its job's end")??;
+    assert_eq!(updated.rows_affected(), 1);
     assert_eq!(texts(&lines), ["before"]);
     server.shutdown().await
 }
@@ -673,8 +650,7 @@ async fn a_job_claimed_for_a_worker_the_server_does_not_know_is_requeued_and_run
     // A claim whose reply was lost (a database outage at the wrong moment): committed in the
     // database for a worker the server never heard of.
     let ghost = WorkerId::new();
-    let claimed = server
-        .store
+    let claimed = hodei_store::Transitions::new(&server.store)
         .claim_job_for_new_worker(
             ghost,
             &server.settings.instance,
@@ -687,12 +663,7 @@ async fn a_job_claimed_for_a_worker_the_server_does_not_know_is_requeued_and_run
     assert_eq!(claimed.id.to_string(), id);
 
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     assert_eq!(job.attempts, 2, "{}", describe(&job));
     assert_eq!(job.attempt_history[0].worker_id, ghost.to_string());
     assert!(
@@ -718,29 +689,30 @@ async fn a_cancelled_job_whose_worker_dies_before_confirming_ends_cancelled_and_
         .await?;
     let running = server.wait_running(&id).await?;
     let pid = worker_pid(&server, &running.worker_id).await?;
-    // SAFETY: signalling a process this test's server started. Frozen, the worker cannot
-    // confirm the cancel; then it dies.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGSTOP);
-    }
+    // Frozen, the worker cannot confirm the cancel; then it dies.
+    send_signal(pid, Signal::SIGSTOP)?;
     server
         .cancel(&id, "no longer needed")
         .await
         .map_err(|s| anyhow::anyhow!("cancel: {s}"))?;
-    // Ordering only: the cancel reaches the session (a channel send) before the worker dies.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGKILL);
-    }
+    // Ordering only: the cancel is on record before the worker dies.
+    wait_for(
+        "the cancel to be recorded on the job",
+        JOB_TIMEOUT,
+        || async {
+            let (requested,): (Option<String>,) =
+                sqlx::query_as("SELECT cancel_requested FROM jobs WHERE id = $1::uuid")
+                    .bind(&id)
+                    .fetch_one(server.store.pool())
+                    .await?;
+            Ok(probe_value(requested, Option::is_some))
+        },
+    )
+    .await?;
+    send_signal(pid, Signal::SIGKILL)?;
 
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Cancelled,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Cancelled);
     assert!(
         job.reason.contains("no longer needed") && job.reason.contains("before confirming"),
         "{}",
@@ -764,18 +736,11 @@ async fn a_worker_that_stops_heartbeating_is_declared_lost_and_its_job_requeued(
     let running = server.wait_running(&id).await?;
     let pid = worker_pid(&server, &running.worker_id).await?;
     let stopped = Instant::now();
-    // SAFETY: as above. SIGSTOP freezes the worker: its connection stays open, but silent.
-    unsafe {
-        libc::kill(pid as i32, libc::SIGSTOP);
-    }
+    // SIGSTOP freezes the worker: its connection stays open, but silent.
+    send_signal(pid, Signal::SIGSTOP)?;
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
     let lost_after = stopped.elapsed();
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     assert!(
         job.attempt_history[0].reason.contains("no heartbeat"),
         "{:?}",
@@ -791,7 +756,7 @@ async fn a_worker_that_stops_heartbeating_is_declared_lost_and_its_job_requeued(
         "the frozen worker to be destroyed",
         Duration::from_secs(20),
         || async {
-            Ok(if process_is_running(pid) {
+            Ok(if is_running(pid) {
                 Probe::Pending(format!("pid {pid} alive"))
             } else {
                 Probe::Ready(())
@@ -817,12 +782,7 @@ async fn restarting_the_server_gracefully_loses_no_job() -> anyhow::Result<()> {
     server.restart().await?;
     for id in &ids {
         let job = server.wait_finished(id, JOB_TIMEOUT).await?;
-        assert_eq!(
-            state_of(&job),
-            pb::JobState::Succeeded,
-            "{}",
-            describe(&job)
-        );
+        assert_state(&job, pb::JobState::Succeeded);
     }
     server.wait_no_workers(Duration::from_secs(20)).await?;
     server.shutdown().await
@@ -839,12 +799,7 @@ async fn a_server_crash_with_jobs_queued_and_running_loses_no_job() -> anyhow::R
     server.crash_and_restart().await?;
     for id in &ids {
         let job = server.wait_finished(id, JOB_TIMEOUT).await?;
-        assert_eq!(
-            state_of(&job),
-            pb::JobState::Succeeded,
-            "{}",
-            describe(&job)
-        );
+        assert_state(&job, pb::JobState::Succeeded);
     }
     let interrupted = server.get_job(&ids[0]).await?;
     assert!(
@@ -979,12 +934,7 @@ async fn bad_input_gets_a_clear_grpc_error_and_the_server_stays_up() -> anyhow::
         .queue("printf 'caf\\351\\n\\377\\376 raw\\n'")
         .await?;
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     let lines = server.follow_logs(&id, JOB_TIMEOUT).await?;
     assert_eq!(lines[0].data.as_ref(), b"caf\xe9");
     assert_eq!(lines[1].data.as_ref(), b"\xff\xfe raw");
@@ -1153,12 +1103,7 @@ async fn a_job_runs_over_tls_with_the_worker_trusting_the_configured_ca() -> any
     server.use_client_tls(&ca.pem(), "localhost");
     let id = server.queue("echo over-tls").await?;
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     assert_eq!(
         texts(&server.follow_logs(&id, JOB_TIMEOUT).await?),
         ["over-tls"]

@@ -8,30 +8,36 @@
 //! The heartbeat test (a `SIGSTOP`ped worker is declared lost) lives in `e2e_local_provider`
 //! (`a_worker_that_stops_heartbeating_is_declared_lost_and_its_job_requeued`).
 
-mod e2e_common;
+mod common;
 
 use std::{
     collections::HashMap,
     ffi::OsString,
     io::{Read, Write},
     net::TcpStream,
-    os::unix::{fs::PermissionsExt, process::CommandExt},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    os::unix::fs::PermissionsExt,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
-use e2e_common::{TestServer, describe, is_final, spec, state_of};
+use common::TestServer;
 use hodei_proto::v1::{
     self as pb, job_service_client::JobServiceClient,
     worker_agent_service_client::WorkerAgentServiceClient,
 };
-use hodei_testkit::{Probe, TestDatabase, wait_for};
+use hodei_testkit::{
+    Probe, TestDatabase,
+    jobs::{assert_state, describe, is_final, spec, state_of},
+    process::{Signal, is_running, processes_with_env, send_signal},
+    server_process::{ServerCommand, ServerProcess},
+    wait_for,
+};
 use tokio::sync::mpsc;
 use tonic::{Code, transport::Channel};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a graceful shutdown of the server process may take (its grace is 5 s).
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -252,12 +258,7 @@ async fn postgresql_restarted_mid_run_the_server_reconnects_and_no_job_is_lost()
     // Nothing is lost: every job queued before and after the outage succeeds.
     for id in &ids {
         let job = server.wait_finished(id, JOB_TIMEOUT).await?;
-        assert_eq!(
-            state_of(&job),
-            pb::JobState::Succeeded,
-            "{id}: {}",
-            describe(&job)
-        );
+        assert_state(&job, pb::JobState::Succeeded);
     }
     // Attempts cut off by the outage, if any, say why. (The test's own pool lost its
     // connections in the restart too: use a fresh one.)
@@ -279,7 +280,7 @@ async fn postgresql_restarted_mid_run_the_server_reconnects_and_no_job_is_lost()
 async fn a_server_killed_with_sigkill_and_restarted_reaps_its_orphans_and_runs_every_job()
 -> anyhow::Result<()> {
     let db = TestDatabase::create().await?;
-    let mut server = ServerProcess::start(db.url(), &["--max-workers", "3"]).await?;
+    let mut server = RealServer::start(db.url(), &["--max-workers", "3"]).await?;
     // The first worker is played by a process that never registers and never notices that
     // its server died (real workers exit when their stream breaks): an orphan that only the
     // restarted server's sweep can remove.
@@ -314,20 +315,12 @@ async fn a_server_killed_with_sigkill_and_restarted_reaps_its_orphans_and_runs_e
         3,
         "two running jobs and the orphan's: {interrupted:?}"
     );
-    assert!(
-        process_is_running(orphan),
-        "the orphan died with its server"
-    );
+    assert!(is_running(orphan), "the orphan died with its server");
     server.restart().await?;
 
     for id in &ids {
         let job = server.wait_finished(id).await?;
-        assert_eq!(
-            state_of(&job),
-            pb::JobState::Succeeded,
-            "{id}: {}",
-            describe(&job)
-        );
+        assert_state(&job, pb::JobState::Succeeded);
     }
     // The jobs cut off by the crash were re-queued with the reason, and ran again.
     for (id, _) in &interrupted {
@@ -345,7 +338,7 @@ async fn a_server_killed_with_sigkill_and_restarted_reaps_its_orphans_and_runs_e
         "the orphan to be reaped",
         Duration::from_secs(20),
         || async {
-            Ok(if process_is_running(orphan) {
+            Ok(if is_running(orphan) {
                 Probe::Pending(format!("pid {orphan} alive"))
             } else {
                 Probe::Ready(())
@@ -379,7 +372,7 @@ const PEAK_GROWTH_BOUND_MIB: u64 = 256;
 async fn a_thousand_session_streams_without_registration_are_refused_and_jobs_proceed()
 -> anyhow::Result<()> {
     let db = TestDatabase::create().await?;
-    let server = ServerProcess::start(db.url(), &[]).await?;
+    let server = RealServer::start(db.url(), &[]).await?;
     server.run_one("echo warm").await?;
     let before = server.rss_kib()?;
 
@@ -418,23 +411,13 @@ async fn a_thousand_session_streams_without_registration_are_refused_and_jobs_pr
     }
     // A real job goes through while the streams are refused.
     let job = server.run_one("echo through").await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     for call in calls {
         assert_eq!(call.await??, Code::Unauthenticated);
     }
     server.assert_memory_bounded(before, "1000 refused streams")?;
     let job = server.run_one("echo after").await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     server.stop().await
 }
 
@@ -442,10 +425,10 @@ async fn a_thousand_session_streams_without_registration_are_refused_and_jobs_pr
 async fn garbage_bytes_and_silent_connections_on_the_port_leave_the_server_serving()
 -> anyhow::Result<()> {
     let db = TestDatabase::create().await?;
-    let server = ServerProcess::start(db.url(), &[]).await?;
+    let server = RealServer::start(db.url(), &[]).await?;
     server.run_one("echo warm").await?;
     let before = server.rss_kib()?;
-    let addr = format!("127.0.0.1:{}", server.port);
+    let addr = format!("127.0.0.1:{}", server.process.port());
 
     let garbage: Vec<Vec<u8>> = vec![
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
@@ -486,12 +469,7 @@ async fn garbage_bytes_and_silent_connections_on_the_port_leave_the_server_servi
         .map(|_| TcpStream::connect(&addr))
         .collect::<Result<_, _>>()?;
     let job = server.run_one("echo through").await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     drop(silent);
     server.assert_memory_bounded(
         before,
@@ -504,7 +482,7 @@ async fn garbage_bytes_and_silent_connections_on_the_port_leave_the_server_servi
 async fn oversized_and_overfull_messages_from_a_worker_end_its_session_and_its_job_runs_elsewhere()
 -> anyhow::Result<()> {
     let db = TestDatabase::create().await?;
-    let server = ServerProcess::start(db.url(), &["--max-workers", "2"]).await?;
+    let server = RealServer::start(db.url(), &["--max-workers", "2"]).await?;
     server.run_one("echo warm").await?;
     let before = server.rss_kib()?;
 
@@ -570,7 +548,7 @@ async fn oversized_and_overfull_messages_from_a_worker_end_its_session_and_its_j
 async fn a_log_flood_from_one_worker_slows_no_other_job_and_memory_stays_bounded()
 -> anyhow::Result<()> {
     let db = TestDatabase::create().await?;
-    let server = ServerProcess::start(db.url(), &["--max-workers", "3"]).await?;
+    let server = RealServer::start(db.url(), &["--max-workers", "3"]).await?;
     server.run_one("echo warm").await?;
     let before = server.rss_kib()?;
 
@@ -608,12 +586,7 @@ async fn a_log_flood_from_one_worker_slows_no_other_job_and_memory_stays_bounded
     let started = Instant::now();
     for i in 0..5 {
         let job = server.run_one(&format!("echo other-{i}")).await?;
-        assert_eq!(
-            state_of(&job),
-            pb::JobState::Succeeded,
-            "{}",
-            describe(&job)
-        );
+        assert_state(&job, pb::JobState::Succeeded);
     }
     let others_took = started.elapsed();
     let flood_job = server.get_job(&flood).await?;
@@ -624,12 +597,7 @@ async fn a_log_flood_from_one_worker_slows_no_other_job_and_memory_stays_bounded
     );
     let during = server.rss_kib()?;
     let job = server.wait_finished(&flood).await?;
-    assert_eq!(
-        state_of(&job),
-        pb::JobState::Succeeded,
-        "{}",
-        describe(&job)
-    );
+    assert_state(&job, pb::JobState::Succeeded);
     let (lines, last): (i64, Option<i64>) =
         sqlx::query_as("SELECT count(*), max(sequence) FROM job_logs WHERE job_id = $1::uuid")
             .bind(&flood)
@@ -655,20 +623,17 @@ async fn a_log_flood_from_one_worker_slows_no_other_job_and_memory_stays_bounded
 
 /// `hodei-server` as its own process on a test's database, with the local provider. Worker
 /// processes are started through a wrapper script, which lets a test play one worker itself
-/// ([`ServerProcess::impersonate_next_worker`]).
-struct ServerProcess {
-    child: Option<Child>,
-    args: Vec<OsString>,
-    port: u16,
+/// ([`RealServer::impersonate_next_worker`]).
+struct RealServer {
+    process: ServerProcess,
     instance: String,
     db: sqlx::PgPool,
     dir: tempfile::TempDir,
-    log: PathBuf,
 }
 
-impl ServerProcess {
+impl RealServer {
     async fn start(database_url: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        e2e_common::init_tracing();
+        hodei_testkit::init_tracing();
         let dir = tempfile::Builder::new().prefix("hodei-rel-").tempdir()?;
         let wrapper = dir.path().join("worker.sh");
         std::fs::write(
@@ -687,17 +652,10 @@ impl ServerProcess {
             ),
         )?;
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
         let instance = format!("rel-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let mut args: Vec<OsString> = [
             "--database-url",
             database_url,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--metrics-listen",
-            "off",
             "--instance",
             &instance,
             "--provider",
@@ -729,82 +687,23 @@ impl ServerProcess {
             .max_connections(4)
             .connect(database_url)
             .await?;
-        let log = dir.path().join("server.log");
-        let mut this = Self {
-            child: None,
+        let process = ServerProcess::start(ServerCommand {
+            binary: env!("CARGO_BIN_EXE_hodei-server").into(),
             args,
-            port,
+            log_filter: "info".into(),
+            log: dir.path().join("server.log"),
+        })
+        .await?;
+        Ok(Self {
+            process,
             instance,
             db,
             dir,
-            log,
-        };
-        this.spawn().await?;
-        Ok(this)
-    }
-
-    async fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)?;
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hodei-server"));
-        command
-            .args(&self.args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe; the server dies if the test process does.
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        self.child = Some(command.spawn().context("starting hodei-server")?);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!("hodei-server exited ({status}):\n{}", self.log_tail());
-            }
-            let probe = match self.jobs().await {
-                Ok(mut jobs) => jobs
-                    .list_jobs(pb::ListJobsRequest::default())
-                    .await
-                    .map(|_| ())
-                    .map_err(|status| format!("{status:?}")),
-                Err(e) => Err(format!("{e:#}")),
-            };
-            match probe {
-                Ok(()) => return Ok(()),
-                Err(last) if Instant::now() > deadline => {
-                    bail!(
-                        "hodei-server did not serve within 60 s ({last})\n{}",
-                        self.log_tail()
-                    )
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        })
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        format!(
-            "--- server log (last lines) ---\n{}",
-            lines[lines.len().saturating_sub(60)..].join("\n")
-        )
-    }
-
-    fn pid(&self) -> anyhow::Result<u32> {
-        self.child
-            .as_ref()
-            .map(Child::id)
-            .context("the server is not running")
+        self.process.log_tail()
     }
 
     /// Resident memory now (`VmRSS`), in KiB.
@@ -840,7 +739,8 @@ impl ServerProcess {
     }
 
     fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?))?;
+        let pid = self.process.pid().context("the server is not running")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         status
             .lines()
             .find_map(|l| l.strip_prefix(field))
@@ -850,22 +750,17 @@ impl ServerProcess {
 
     /// SIGKILL, as a crash would.
     fn kill(&mut self) -> anyhow::Result<()> {
-        let mut child = self.child.take().context("the server is not running")?;
-        signal(child.id(), libc::SIGKILL);
-        child.wait()?;
-        Ok(())
+        self.process.kill()
     }
 
     /// A new process with the same arguments: same port, database and instance.
     async fn restart(&mut self) -> anyhow::Result<()> {
-        self.spawn().await
+        self.process.restart().await
     }
 
     /// SIGTERM and wait for the graceful shutdown to finish.
     async fn stop(mut self) -> anyhow::Result<()> {
-        let mut child = self.child.take().context("the server is not running")?;
-        signal(child.id(), libc::SIGTERM);
-        let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+        let status = self.process.stop(SHUTDOWN_TIMEOUT).await?;
         anyhow::ensure!(
             status.success(),
             "hodei-server exited with {status}\n{}",
@@ -875,24 +770,17 @@ impl ServerProcess {
     }
 
     async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(
-            Channel::from_shared(format!("http://127.0.0.1:{}", self.port))?
-                .connect_timeout(Duration::from_secs(5))
-                .connect()
-                .await?,
-        )
+        self.process.channel().await
     }
 
     async fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
-        Ok(JobServiceClient::new(self.channel().await?))
+        self.process.jobs().await
     }
 
     async fn logs(
         &self,
     ) -> anyhow::Result<pb::log_stream_service_client::LogStreamServiceClient<Channel>> {
-        Ok(pb::log_stream_service_client::LogStreamServiceClient::new(
-            self.channel().await?,
-        ))
+        self.process.logs().await
     }
 
     async fn queue(&self, command: &str) -> anyhow::Result<String> {
@@ -998,15 +886,13 @@ impl ServerProcess {
     }
 }
 
-impl Drop for ServerProcess {
+impl Drop for RealServer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), libc::SIGKILL);
-            let _ = child.wait();
-        }
+        // The server first, so it starts no worker after its workers are gone.
+        let _ = self.process.kill();
         // After a failed test, leave no worker of this instance behind.
         for pid in processes_of_instance(&self.instance) {
-            signal(pid, libc::SIGKILL);
+            let _ = send_signal(pid, Signal::SIGKILL);
         }
     }
 }
@@ -1018,7 +904,7 @@ struct FakeWorker {
 }
 
 impl FakeWorker {
-    async fn connect(server: &ServerProcess, worker_id: &str, token: &str) -> anyhow::Result<Self> {
+    async fn connect(server: &RealServer, worker_id: &str, token: &str) -> anyhow::Result<Self> {
         let mut agent = WorkerAgentServiceClient::new(server.channel().await?)
             .max_encoding_message_size(64 << 20);
         let registered = agent
@@ -1078,35 +964,7 @@ impl FakeWorker {
 // Processes
 // ---------------------------------------------------------------------------------------------
 
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill(2) only sends a signal to a process this test started (or its server did).
-    unsafe {
-        libc::kill(pid as libc::pid_t, signal);
-    }
-}
-
-fn process_is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X')
-    })
-}
-
 /// Live processes labelled with `HODEI_INSTANCE=<instance>` (the local provider's labels).
 fn processes_of_instance(instance: &str) -> Vec<u32> {
-    let wanted = format!("HODEI_INSTANCE={instance}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
-                environ
-                    .split(|&b| b == 0)
-                    .any(|var| var == wanted.as_bytes())
-            }) && process_is_running(*pid)
-        })
-        .collect()
+    processes_with_env("HODEI_INSTANCE", instance)
 }

@@ -2,7 +2,9 @@
 pub enum StoreError {
     #[error("invalid database URL: {detail}")]
     InvalidUrl { detail: String },
-    #[error("database error: {0}")]
+    /// sqlx's own message already says what failed ("error returned from database: …",
+    /// "error communicating with database: …"); callers add what they were doing.
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -6,7 +6,7 @@ use hodei_domain::{Job, JobAttempt, JobId, JobSpec, JobState, WorkerId};
 use uuid::Uuid;
 
 use crate::{
-    Store, StoreError,
+    Store, StoreError, Transitions,
     rows::{AttemptRow, JobRow, job_columns},
 };
 
@@ -75,26 +75,6 @@ pub enum RequeueOutcome {
 }
 
 impl Store {
-    /// Stores a new `Queued` job.
-    pub async fn insert_job(&self, spec: &JobSpec) -> Result<Job, StoreError> {
-        let id = JobId::new();
-        let row: JobRow = sqlx::query_as(concat!(
-            "INSERT INTO jobs (id, command, env, timeout_seconds, cpu_millis, memory_bytes, \
-             max_attempts, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued') RETURNING ",
-            job_columns!()
-        ))
-        .bind(id.as_uuid())
-        .bind(&spec.command)
-        .bind(sqlx::types::Json(&spec.env))
-        .bind(i64::try_from(spec.timeout.as_secs()).unwrap_or(i64::MAX))
-        .bind(i64::from(spec.resources.cpu_millis))
-        .bind(i64::try_from(spec.resources.memory_bytes).unwrap_or(i64::MAX))
-        .bind(i32::try_from(spec.max_attempts).unwrap_or(i32::MAX))
-        .fetch_one(&self.pool)
-        .await?;
-        row.try_into()
-    }
-
     pub async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
         let row: Option<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
@@ -171,6 +151,59 @@ impl Store {
             .fetch_one(&self.pool)
             .await?;
         Ok(count)
+    }
+
+    /// Jobs bound to workers of `instance` that are still alive in the database.
+    pub async fn jobs_held_by_instance(
+        &self,
+        instance: &str,
+    ) -> Result<Vec<(JobId, WorkerId)>, StoreError> {
+        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
+            "SELECT j.id, j.worker_id FROM jobs j JOIN workers w ON w.id = j.worker_id \
+             WHERE j.state IN ('assigned', 'running') AND w.instance = $1",
+        )
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(job, worker)| (JobId::from_uuid(job), WorkerId::from_uuid(worker)))
+            .collect())
+    }
+
+    /// The job `worker` currently holds, if any.
+    pub async fn job_held_by(&self, worker: WorkerId) -> Result<Option<Job>, StoreError> {
+        let row: Option<JobRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE worker_id = $1 AND state IN ('assigned', 'running')"
+        ))
+        .bind(worker.as_uuid())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Job::try_from).transpose()
+    }
+}
+
+impl Transitions {
+    /// Stores a new `Queued` job.
+    pub async fn insert_job(&self, spec: &JobSpec) -> Result<Job, StoreError> {
+        let id = JobId::new();
+        let row: JobRow = sqlx::query_as(concat!(
+            "INSERT INTO jobs (id, command, env, timeout_seconds, cpu_millis, memory_bytes, \
+             max_attempts, state) VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued') RETURNING ",
+            job_columns!()
+        ))
+        .bind(id.as_uuid())
+        .bind(&spec.command)
+        .bind(sqlx::types::Json(&spec.env))
+        .bind(i64::try_from(spec.timeout.as_secs()).unwrap_or(i64::MAX))
+        .bind(i64::from(spec.resources.cpu_millis))
+        .bind(i64::try_from(spec.resources.memory_bytes).unwrap_or(i64::MAX))
+        .bind(i32::try_from(spec.max_attempts).unwrap_or(i32::MAX))
+        .fetch_one(&self.pool)
+        .await?;
+        row.try_into()
     }
 
     /// Binds the oldest queued job to the connected `worker` (`Queued → Assigned`), starting a
@@ -369,37 +402,6 @@ impl Store {
         ))
         .bind(job.as_uuid())
         .bind(reason)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(Job::try_from).transpose()
-    }
-
-    /// Jobs bound to workers of `instance` that are still alive in the database.
-    pub async fn jobs_held_by_instance(
-        &self,
-        instance: &str,
-    ) -> Result<Vec<(JobId, WorkerId)>, StoreError> {
-        let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
-            "SELECT j.id, j.worker_id FROM jobs j JOIN workers w ON w.id = j.worker_id \
-             WHERE j.state IN ('assigned', 'running') AND w.instance = $1",
-        )
-        .bind(instance)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(job, worker)| (JobId::from_uuid(job), WorkerId::from_uuid(worker)))
-            .collect())
-    }
-
-    /// The job `worker` currently holds, if any.
-    pub async fn job_held_by(&self, worker: WorkerId) -> Result<Option<Job>, StoreError> {
-        let row: Option<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE worker_id = $1 AND state IN ('assigned', 'running')"
-        ))
-        .bind(worker.as_uuid())
         .fetch_optional(&self.pool)
         .await?;
         row.map(Job::try_from).transpose()

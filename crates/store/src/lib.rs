@@ -1,8 +1,9 @@
 //! PostgreSQL persistence for Hodei Jobs.
 //!
-//! One [`Store`] wraps one connection pool. Every state change is a single SQL statement (or a
-//! short transaction) guarded by the state it expects, so concurrent callers cannot move a job
-//! or a worker through an illegal transition: the loser of a race sees `None`/`false`.
+//! One [`Store`] wraps one connection pool: reads, output, heartbeats. Every state change goes
+//! through [`Transitions`] instead: a single SQL statement (or a short transaction) guarded by
+//! the state it expects, so concurrent callers cannot move a job or a worker through an illegal
+//! transition: the loser of a race sees `None`/`false`.
 //!
 //! Rows become domain types here and nowhere else.
 
@@ -11,6 +12,7 @@ mod jobs;
 mod logs;
 mod rows;
 mod tokens;
+mod transitions;
 mod workers;
 
 use std::time::Duration;
@@ -24,6 +26,7 @@ pub use error::StoreError;
 pub use jobs::{RequeueOutcome, RetryBackoff};
 pub use logs::NewLogLine;
 pub use tokens::TokenRejection;
+pub use transitions::Transitions;
 
 /// Migrations embedded at compile time from `crates/store/migrations`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -46,15 +49,28 @@ impl Store {
             detail: format!("{e}"),
         })?;
         let options = options.application_name("hodei-server");
-        let pool = PgPoolOptions::new()
+        let connected = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(connect_timeout)
             // No ping before every statement: it doubled the round trips of each one. A
             // connection that died meanwhile fails its statement with a connection error
             // instead, which the server waits out and retries (`Core::retry_db`).
             .test_before_acquire(false)
-            .connect_with(options)
-            .await?;
+            .connect_with(options.clone())
+            .await;
+        let pool = match connected {
+            Ok(pool) => pool,
+            // The pool only says it timed out; one more attempt says why (refused, unknown
+            // host, authentication failed).
+            Err(sqlx::Error::PoolTimedOut) => {
+                use sqlx::ConnectOptions as _;
+                return Err(match options.connect().await {
+                    Err(cause) => cause.into(),
+                    Ok(_) => sqlx::Error::PoolTimedOut.into(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
         let store = Self { pool };
         store.migrate().await?;
         Ok(store)

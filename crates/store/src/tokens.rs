@@ -3,7 +3,7 @@
 use hodei_domain::{SecretHash, WorkerId};
 use uuid::Uuid;
 
-use crate::{Store, StoreError};
+use crate::{Store, StoreError, Transitions};
 
 /// Why `Register` was refused. Each has its own message so an operator can tell a replay from
 /// a clock problem from a misrouted worker.
@@ -24,6 +24,22 @@ pub enum TokenRejection {
 }
 
 impl Store {
+    /// The worker a session credential belongs to, if that worker is still alive.
+    pub async fn worker_for_session(
+        &self,
+        session: SecretHash,
+    ) -> Result<Option<WorkerId>, StoreError> {
+        let row: Option<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM workers WHERE session_hash = $1 AND state IN ('idle', 'busy')",
+        )
+        .bind(session.as_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(id,)| WorkerId::from_uuid(id)))
+    }
+}
+
+impl Transitions {
     /// Consumes the token of `worker` and binds a session credential to the worker, atomically:
     /// either the token is consumed *and* the worker registered, or nothing changes.
     pub async fn register_worker(
@@ -43,7 +59,9 @@ impl Store {
         .await?;
         if consumed.rows_affected() == 0 {
             tx.rollback().await?;
-            return Ok(Err(self.classify_rejected_token(worker, token).await?));
+            return Ok(Err(
+                classify_rejected_token(&self.pool, worker, token).await?
+            ));
         }
         let registered = sqlx::query(
             "UPDATE workers SET state = 'idle', session_hash = $2, registered_at = now(), \
@@ -67,40 +85,27 @@ impl Store {
         tx.commit().await?;
         Ok(Ok(()))
     }
+}
 
-    async fn classify_rejected_token(
-        &self,
-        worker: WorkerId,
-        token: SecretHash,
-    ) -> Result<TokenRejection, StoreError> {
-        let row: Option<(Uuid, bool, bool)> = sqlx::query_as(
-            "SELECT worker_id, consumed_at IS NOT NULL, expires_at <= now() \
-             FROM worker_tokens WHERE token_hash = $1",
-        )
-        .bind(token.as_bytes().as_slice())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            None => TokenRejection::Unknown,
-            Some((owner, _, _)) if owner != *worker.as_uuid() => TokenRejection::WrongWorker,
-            Some((_, true, _)) => TokenRejection::AlreadyUsed,
-            Some((_, false, true)) => TokenRejection::Expired,
-            // Valid now: it was consumed or expired between the two statements.
-            Some(_) => TokenRejection::AlreadyUsed,
-        })
-    }
-
-    /// The worker a session credential belongs to, if that worker is still alive.
-    pub async fn worker_for_session(
-        &self,
-        session: SecretHash,
-    ) -> Result<Option<WorkerId>, StoreError> {
-        let row: Option<(Uuid,)> = sqlx::query_as(
-            "SELECT id FROM workers WHERE session_hash = $1 AND state IN ('idle', 'busy')",
-        )
-        .bind(session.as_bytes().as_slice())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|(id,)| WorkerId::from_uuid(id)))
-    }
+/// Why a token that consumed nothing was refused.
+async fn classify_rejected_token(
+    pool: &sqlx::PgPool,
+    worker: WorkerId,
+    token: SecretHash,
+) -> Result<TokenRejection, StoreError> {
+    let row: Option<(Uuid, bool, bool)> = sqlx::query_as(
+        "SELECT worker_id, consumed_at IS NOT NULL, expires_at <= now() \
+         FROM worker_tokens WHERE token_hash = $1",
+    )
+    .bind(token.as_bytes().as_slice())
+    .fetch_optional(pool)
+    .await?;
+    Ok(match row {
+        None => TokenRejection::Unknown,
+        Some((owner, _, _)) if owner != *worker.as_uuid() => TokenRejection::WrongWorker,
+        Some((_, true, _)) => TokenRejection::AlreadyUsed,
+        Some((_, false, true)) => TokenRejection::Expired,
+        // Valid now: it was consumed or expired between the two statements.
+        Some(_) => TokenRejection::AlreadyUsed,
+    })
 }

@@ -3,51 +3,17 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use hodei_domain::{JobId, SecretHash, Worker, WorkerId, WorkerState};
+use hodei_domain::{
+    JobId, SecretHash, WORKER_TRANSITIONS, Worker, WorkerId, WorkerState, WorkerStep,
+};
 use uuid::Uuid;
 
 use crate::{
-    Store, StoreError,
+    Store, StoreError, Transitions,
     rows::{WorkerRow, worker_columns},
 };
 
 impl Store {
-    /// Records a `Provisioning` worker and its one-time token (hash only) in one transaction.
-    pub async fn insert_worker(
-        &self,
-        id: WorkerId,
-        instance: &str,
-        provider: &str,
-        token: SecretHash,
-        token_expires_at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        insert_worker_in(&mut tx, id, instance, provider, token, token_expires_at).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Claims the oldest queued job for a worker that does not exist yet, and records that
-    /// worker (`Provisioning`) with its token, all in one transaction: either the job is bound
-    /// to a recorded worker, or nothing changed (`None`: the queue was empty).
-    pub async fn claim_job_for_new_worker(
-        &self,
-        id: WorkerId,
-        instance: &str,
-        provider: &str,
-        token: SecretHash,
-        token_expires_at: DateTime<Utc>,
-    ) -> Result<Option<hodei_domain::Job>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let Some(job) = crate::jobs::claim_next_job_in(&mut tx, id).await? else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        insert_worker_in(&mut tx, id, instance, provider, token, token_expires_at).await?;
-        tx.commit().await?;
-        Ok(Some(job))
-    }
-
     pub async fn set_worker_resource(
         &self,
         id: WorkerId,
@@ -61,62 +27,12 @@ impl Store {
         Ok(())
     }
 
-    /// `Idle → Busy` with `job`.
-    pub async fn mark_worker_busy(&self, id: WorkerId, job: JobId) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE workers SET state = 'busy', current_job_id = $2 \
-             WHERE id = $1 AND state IN ('idle', 'busy')",
-        )
-        .bind(id.as_uuid())
-        .bind(job.as_uuid())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// `Busy → Idle` after a job, counting it.
-    pub async fn mark_worker_idle(&self, id: WorkerId) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE workers SET state = 'idle', current_job_id = NULL, jobs_run = jobs_run + 1 \
-             WHERE id = $1 AND state = 'busy'",
-        )
-        .bind(id.as_uuid())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     pub async fn record_heartbeat(&self, id: WorkerId) -> Result<(), StoreError> {
         sqlx::query("UPDATE workers SET last_heartbeat_at = now() WHERE id = $1")
             .bind(id.as_uuid())
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// Moves a live worker to `state` (Terminating, or one of the final states), keeping the
-    /// first reason given. Final states are never left.
-    pub async fn set_worker_state(
-        &self,
-        id: WorkerId,
-        state: WorkerState,
-        reason: &str,
-    ) -> Result<bool, StoreError> {
-        let result = sqlx::query(
-            "UPDATE workers SET state = $2, \
-                 reason = CASE WHEN reason = '' THEN $3 ELSE reason END, \
-                 current_job_id = CASE WHEN $4 THEN NULL ELSE current_job_id END, \
-                 finished_at = CASE WHEN $4 THEN now() ELSE finished_at END, \
-                 session_hash = CASE WHEN $4 THEN NULL ELSE session_hash END \
-             WHERE id = $1 AND state IN ('provisioning', 'idle', 'busy', 'terminating')",
-        )
-        .bind(id.as_uuid())
-        .bind(state.as_str())
-        .bind(reason)
-        .bind(!state.is_alive())
-        .execute(&self.pool)
-        .await?;
-        Ok(result.rows_affected() == 1)
     }
 
     pub async fn get_worker(&self, id: WorkerId) -> Result<Option<Worker>, StoreError> {
@@ -230,4 +146,108 @@ async fn insert_worker_in(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+impl Transitions {
+    /// Records a `Provisioning` worker and its one-time token (hash only) in one transaction.
+    pub async fn insert_worker(
+        &self,
+        id: WorkerId,
+        instance: &str,
+        provider: &str,
+        token: SecretHash,
+        token_expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_worker_in(&mut tx, id, instance, provider, token, token_expires_at).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Claims the oldest queued job for a worker that does not exist yet, and records that
+    /// worker (`Provisioning`) with its token, all in one transaction: either the job is bound
+    /// to a recorded worker, or nothing changed (`None`: the queue was empty).
+    pub async fn claim_job_for_new_worker(
+        &self,
+        id: WorkerId,
+        instance: &str,
+        provider: &str,
+        token: SecretHash,
+        token_expires_at: DateTime<Utc>,
+    ) -> Result<Option<hodei_domain::Job>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(job) = crate::jobs::claim_next_job_in(&mut tx, id).await? else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        insert_worker_in(&mut tx, id, instance, provider, token, token_expires_at).await?;
+        tx.commit().await?;
+        Ok(Some(job))
+    }
+
+    /// `Idle → Busy` with `job`.
+    pub async fn mark_worker_busy(&self, id: WorkerId, job: JobId) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE workers SET state = 'busy', current_job_id = $2 \
+             WHERE id = $1 AND state IN ('idle', 'busy')",
+        )
+        .bind(id.as_uuid())
+        .bind(job.as_uuid())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// `Busy → Idle` after a job, counting it.
+    pub async fn mark_worker_idle(&self, id: WorkerId) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE workers SET state = 'idle', current_job_id = NULL, jobs_run = jobs_run + 1 \
+             WHERE id = $1 AND state = 'busy'",
+        )
+        .bind(id.as_uuid())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Moves a worker to `state` (`terminating`, or one of the final states) from the states
+    /// `hodei_domain::WORKER_TRANSITIONS` allow for it, keeping the first reason given. Final
+    /// states are never left. `false` when the worker was in no such state.
+    pub async fn set_worker_state(
+        &self,
+        id: WorkerId,
+        state: WorkerState,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let from: Vec<&str> = [
+            WorkerStep::Retire,
+            WorkerStep::End,
+            WorkerStep::Fail,
+            WorkerStep::Lose,
+        ]
+        .into_iter()
+        .flat_map(|step| {
+            WORKER_TRANSITIONS
+                .iter()
+                .filter(move |t| t.step == step && t.to == state)
+        })
+        .map(|t| t.from.as_str())
+        .collect();
+        let result = sqlx::query(
+            "UPDATE workers SET state = $2, \
+                 reason = CASE WHEN reason = '' THEN $3 ELSE reason END, \
+                 current_job_id = CASE WHEN $4 THEN NULL ELSE current_job_id END, \
+                 finished_at = CASE WHEN $4 THEN now() ELSE finished_at END, \
+                 session_hash = CASE WHEN $4 THEN NULL ELSE session_hash END \
+             WHERE id = $1 AND state = ANY($5)",
+        )
+        .bind(id.as_uuid())
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(!state.is_alive())
+        .bind(&from)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
 }

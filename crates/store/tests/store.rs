@@ -7,15 +7,17 @@ use chrono::Utc;
 use hodei_domain::{
     JobSpec, JobSpecLimits, JobState, LogStreamKind, OneTimeToken, Resources, WorkerId, WorkerState,
 };
-use hodei_store::{NewLogLine, RequeueOutcome, RetryBackoff, Store, TokenRejection};
+use hodei_store::{NewLogLine, RequeueOutcome, RetryBackoff, Store, TokenRejection, Transitions};
 use hodei_testkit::TestDatabase;
 
-async fn store() -> (TestDatabase, Store) {
+/// A database, its store (reads) and its transitions (state changes).
+async fn store() -> (TestDatabase, Store, Transitions) {
     let db = TestDatabase::create().await.expect("test database");
     let store = Store::connect(db.url(), 10, Duration::from_secs(10))
         .await
         .expect("connect and migrate");
-    (db, store)
+    let tx = Transitions::new(&store);
+    (db, store, tx)
 }
 
 fn spec(command: &str, max_attempts: u32) -> JobSpec {
@@ -33,26 +35,25 @@ fn spec(command: &str, max_attempts: u32) -> JobSpec {
     .unwrap()
 }
 
-async fn worker(store: &Store) -> (WorkerId, OneTimeToken) {
+async fn worker(tx: &Transitions) -> (WorkerId, OneTimeToken) {
     let id = WorkerId::new();
     let token = OneTimeToken::generate();
-    store
-        .insert_worker(
-            id,
-            "test",
-            "local",
-            token.hash(),
-            Utc::now() + chrono::Duration::seconds(60),
-        )
-        .await
-        .unwrap();
+    tx.insert_worker(
+        id,
+        "test",
+        "local",
+        token.hash(),
+        Utc::now() + chrono::Duration::seconds(60),
+    )
+    .await
+    .unwrap();
     (id, token)
 }
 
 #[tokio::test]
 async fn a_job_round_trips_with_its_spec() {
-    let (_db, store) = store().await;
-    let job = store.insert_job(&spec("echo hi", 3)).await.unwrap();
+    let (_db, store, tx) = store().await;
+    let job = tx.insert_job(&spec("echo hi", 3)).await.unwrap();
     assert_eq!(job.state, JobState::Queued);
     let loaded = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!(loaded, job);
@@ -62,20 +63,17 @@ async fn a_job_round_trips_with_its_spec() {
 
 #[tokio::test]
 async fn concurrent_claims_never_hand_out_the_same_job() {
-    let (_db, store) = store().await;
+    let (_db, _store, tx) = store().await;
     for i in 0..20 {
-        store
-            .insert_job(&spec(&format!("echo {i}"), 1))
-            .await
-            .unwrap();
+        tx.insert_job(&spec(&format!("echo {i}"), 1)).await.unwrap();
     }
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let store = store.clone();
+        let tx = tx.clone();
         tasks.push(tokio::spawn(async move {
-            let (worker, _) = worker(&store).await;
+            let (worker, _) = worker(&tx).await;
             let mut claimed = Vec::new();
-            while let Some(job) = store.claim_next_job(worker).await.unwrap() {
+            while let Some(job) = tx.claim_next_job(worker).await.unwrap() {
                 assert_eq!(job.state, JobState::Assigned);
                 assert_eq!(job.attempts, 1);
                 claimed.push(job.id);
@@ -94,23 +92,22 @@ async fn concurrent_claims_never_hand_out_the_same_job() {
 
 #[tokio::test]
 async fn jobs_are_claimed_oldest_first() {
-    let (_db, store) = store().await;
-    let first = store.insert_job(&spec("echo 1", 1)).await.unwrap();
-    let _second = store.insert_job(&spec("echo 2", 1)).await.unwrap();
-    let (w, _) = worker(&store).await;
-    assert_eq!(store.claim_next_job(w).await.unwrap().unwrap().id, first.id);
+    let (_db, _store, tx) = store().await;
+    let first = tx.insert_job(&spec("echo 1", 1)).await.unwrap();
+    let _second = tx.insert_job(&spec("echo 2", 1)).await.unwrap();
+    let (w, _) = worker(&tx).await;
+    assert_eq!(tx.claim_next_job(w).await.unwrap().unwrap().id, first.id);
 }
 
 #[tokio::test]
 async fn an_infrastructure_failure_requeues_until_attempts_run_out() {
-    let (_db, store) = store().await;
-    let job = store.insert_job(&spec("true", 2)).await.unwrap();
+    let (_db, store, tx) = store().await;
+    let job = tx.insert_job(&spec("true", 2)).await.unwrap();
 
-    let (w1, _) = worker(&store).await;
-    store.claim_next_job(w1).await.unwrap().unwrap();
+    let (w1, _) = worker(&tx).await;
+    tx.claim_next_job(w1).await.unwrap().unwrap();
     assert_eq!(
-        store
-            .requeue_or_fail(job.id, w1, "worker lost", RetryBackoff::NONE)
+        tx.requeue_or_fail(job.id, w1, "worker lost", RetryBackoff::NONE)
             .await
             .unwrap(),
         RequeueOutcome::Requeued {
@@ -126,19 +123,17 @@ async fn an_infrastructure_failure_requeues_until_attempts_run_out() {
     );
     // A stale worker cannot touch it any more.
     assert_eq!(
-        store
-            .requeue_or_fail(job.id, w1, "again", RetryBackoff::NONE)
+        tx.requeue_or_fail(job.id, w1, "again", RetryBackoff::NONE)
             .await
             .unwrap(),
         RequeueOutcome::NotHeld
     );
 
-    let (w2, _) = worker(&store).await;
-    let claimed = store.claim_next_job(w2).await.unwrap().unwrap();
+    let (w2, _) = worker(&tx).await;
+    let claimed = tx.claim_next_job(w2).await.unwrap().unwrap();
     assert_eq!(claimed.attempts, 2);
     assert_eq!(
-        store
-            .requeue_or_fail(job.id, w2, "worker lost", RetryBackoff::NONE)
+        tx.requeue_or_fail(job.id, w2, "worker lost", RetryBackoff::NONE)
             .await
             .unwrap(),
         RequeueOutcome::Failed
@@ -161,27 +156,27 @@ async fn an_infrastructure_failure_requeues_until_attempts_run_out() {
 
 #[tokio::test]
 async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it() {
-    let (_db, store) = store().await;
-    let job = store.insert_job(&spec("true", 3)).await.unwrap();
+    let (_db, store, tx) = store().await;
+    let job = tx.insert_job(&spec("true", 3)).await.unwrap();
     let backoff = RetryBackoff {
         first: Duration::from_millis(600),
         max: Duration::from_secs(60),
     };
 
-    let (w1, _) = worker(&store).await;
-    store.claim_next_job(w1).await.unwrap().unwrap();
+    let (w1, _) = worker(&tx).await;
+    tx.claim_next_job(w1).await.unwrap().unwrap();
+    let requeued_at = std::time::Instant::now();
     assert_eq!(
-        store
-            .requeue_or_fail(job.id, w1, "image not found", backoff)
+        tx.requeue_or_fail(job.id, w1, "image not found", backoff)
             .await
             .unwrap(),
         RequeueOutcome::Requeued {
             retry_in: Duration::from_millis(600)
         }
     );
-    let (w2, _) = worker(&store).await;
+    let (w2, _) = worker(&tx).await;
     assert!(
-        store.claim_next_job(w2).await.unwrap().is_none(),
+        tx.claim_next_job(w2).await.unwrap().is_none(),
         "claimed before its backoff ended"
     );
     assert_eq!(store.count_queued().await.unwrap(), 1, "it is still queued");
@@ -190,27 +185,39 @@ async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it
         "but not claimable yet"
     );
     // A job queued later is not held up by it.
-    let later = store.insert_job(&spec("echo later", 1)).await.unwrap();
-    assert_eq!(
-        store.claim_next_job(w2).await.unwrap().unwrap().id,
-        later.id
-    );
+    let later = tx.insert_job(&spec("echo later", 1)).await.unwrap();
+    assert_eq!(tx.claim_next_job(w2).await.unwrap().unwrap().id, later.id);
 
     assert_eq!(
-        store.release_due_retries().await.unwrap(),
+        tx.release_due_retries().await.unwrap(),
         0,
         "released before its wait ended"
     );
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(store.release_due_retries().await.unwrap(), 1);
+    let released = hodei_testkit::wait_for(
+        "the re-queued job's 600 ms wait to end",
+        Duration::from_secs(10),
+        || async {
+            Ok(hodei_testkit::probe_value(
+                tx.release_due_retries().await?,
+                |n| *n > 0,
+            ))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(released, 1);
+    assert!(
+        requeued_at.elapsed() >= Duration::from_millis(600),
+        "released after {:?}, before its wait ended",
+        requeued_at.elapsed()
+    );
     assert!(store.has_claimable_job().await.unwrap());
-    let (w3, _) = worker(&store).await;
-    let again = store.claim_next_job(w3).await.unwrap().unwrap();
+    let (w3, _) = worker(&tx).await;
+    let again = tx.claim_next_job(w3).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempts), (job.id, 2));
     // The wait doubles with each attempt.
     assert_eq!(
-        store
-            .requeue_or_fail(job.id, w3, "image not found", backoff)
+        tx.requeue_or_fail(job.id, w3, "image not found", backoff)
             .await
             .unwrap(),
         RequeueOutcome::Requeued {
@@ -221,13 +228,13 @@ async fn a_requeued_job_waits_out_its_backoff_before_another_worker_can_claim_it
 
 #[tokio::test]
 async fn a_claim_never_sent_to_its_worker_is_undone_without_spending_an_attempt() {
-    let (_db, store) = store().await;
-    let job = store.insert_job(&spec("true", 2)).await.unwrap();
+    let (_db, store, tx) = store().await;
+    let job = tx.insert_job(&spec("true", 2)).await.unwrap();
 
     // First claim, never sent: back to queued with no attempt and no worker.
-    let (w1, _) = worker(&store).await;
-    store.claim_next_job(w1).await.unwrap().unwrap();
-    assert!(store.release_unsent_job(job.id, w1).await.unwrap());
+    let (w1, _) = worker(&tx).await;
+    tx.claim_next_job(w1).await.unwrap().unwrap();
+    assert!(tx.release_unsent_job(job.id, w1).await.unwrap());
     let released = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!(
         (released.state, released.attempts, released.worker_id),
@@ -235,21 +242,20 @@ async fn a_claim_never_sent_to_its_worker_is_undone_without_spending_an_attempt(
     );
     assert!(store.job_attempts(job.id).await.unwrap().is_empty());
     assert!(
-        !store.release_unsent_job(job.id, w1).await.unwrap(),
+        !tx.release_unsent_job(job.id, w1).await.unwrap(),
         "only a job still assigned to that worker is released"
     );
 
     // A real first attempt, re-queued; the second claim is released: attempt 1 and its
     // worker are what remain.
-    let (w2, _) = worker(&store).await;
-    store.claim_next_job(w2).await.unwrap().unwrap();
-    store
-        .requeue_or_fail(job.id, w2, "worker lost", RetryBackoff::NONE)
+    let (w2, _) = worker(&tx).await;
+    tx.claim_next_job(w2).await.unwrap().unwrap();
+    tx.requeue_or_fail(job.id, w2, "worker lost", RetryBackoff::NONE)
         .await
         .unwrap();
-    let (w3, _) = worker(&store).await;
-    assert_eq!(store.claim_next_job(w3).await.unwrap().unwrap().attempts, 2);
-    assert!(store.release_unsent_job(job.id, w3).await.unwrap());
+    let (w3, _) = worker(&tx).await;
+    assert_eq!(tx.claim_next_job(w3).await.unwrap().unwrap().attempts, 2);
+    assert!(tx.release_unsent_job(job.id, w3).await.unwrap());
     let released = store.get_job(job.id).await.unwrap().unwrap();
     assert_eq!(
         (released.state, released.attempts, released.worker_id),
@@ -263,30 +269,24 @@ async fn a_claim_never_sent_to_its_worker_is_undone_without_spending_an_attempt(
     );
 
     // Both attempts are still there to be spent.
-    let (w4, _) = worker(&store).await;
-    assert_eq!(store.claim_next_job(w4).await.unwrap().unwrap().attempts, 2);
+    let (w4, _) = worker(&tx).await;
+    assert_eq!(tx.claim_next_job(w4).await.unwrap().unwrap().attempts, 2);
 }
 
 #[tokio::test]
 async fn a_job_whose_cancel_was_requested_ends_cancelled_instead_of_being_requeued() {
-    let (_db, store) = store().await;
-    let job = store.insert_job(&spec("sleep 60", 3)).await.unwrap();
+    let (_db, store, tx) = store().await;
+    let job = tx.insert_job(&spec("sleep 60", 3)).await.unwrap();
     assert!(
-        !store.request_cancel(job.id, "too late").await.unwrap(),
+        !tx.request_cancel(job.id, "too late").await.unwrap(),
         "a queued job is cancelled directly, not by request"
     );
-    let (w, _) = worker(&store).await;
-    store.claim_next_job(w).await.unwrap().unwrap();
-    assert!(
-        store
-            .request_cancel(job.id, "no longer needed")
-            .await
-            .unwrap()
-    );
+    let (w, _) = worker(&tx).await;
+    tx.claim_next_job(w).await.unwrap().unwrap();
+    assert!(tx.request_cancel(job.id, "no longer needed").await.unwrap());
 
     assert_eq!(
-        store
-            .requeue_or_fail(job.id, w, "worker lost", RetryBackoff::default())
+        tx.requeue_or_fail(job.id, w, "worker lost", RetryBackoff::default())
             .await
             .unwrap(),
         RequeueOutcome::Cancelled
@@ -307,12 +307,12 @@ async fn a_job_whose_cancel_was_requested_ends_cancelled_instead_of_being_requeu
 
 #[tokio::test]
 async fn a_finished_job_is_final_and_its_attempt_closed() {
-    let (_db, store) = store().await;
-    let job = store.insert_job(&spec("exit 3", 1)).await.unwrap();
-    let (w, _) = worker(&store).await;
-    store.claim_next_job(w).await.unwrap().unwrap();
-    assert!(store.mark_job_running(job.id, w).await.unwrap());
-    let done = store
+    let (_db, store, tx) = store().await;
+    let job = tx.insert_job(&spec("exit 3", 1)).await.unwrap();
+    let (w, _) = worker(&tx).await;
+    tx.claim_next_job(w).await.unwrap().unwrap();
+    assert!(tx.mark_job_running(job.id, w).await.unwrap());
+    let done = tx
         .finish_job(
             job.id,
             w,
@@ -327,22 +327,14 @@ async fn a_finished_job_is_final_and_its_attempt_closed() {
     assert!(done.started_at.is_some() && done.finished_at.is_some());
     // Second report, cancel and requeue all lose.
     assert!(
-        store
-            .finish_job(job.id, w, JobState::Succeeded, Some(0), "")
+        tx.finish_job(job.id, w, JobState::Succeeded, Some(0), "")
             .await
             .unwrap()
             .is_none()
     );
-    assert!(
-        store
-            .cancel_queued_job(job.id, "x")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(tx.cancel_queued_job(job.id, "x").await.unwrap().is_none());
     assert_eq!(
-        store
-            .requeue_or_fail(job.id, w, "x", RetryBackoff::NONE)
+        tx.requeue_or_fail(job.id, w, "x", RetryBackoff::NONE)
             .await
             .unwrap(),
         RequeueOutcome::NotHeld
@@ -353,29 +345,26 @@ async fn a_finished_job_is_final_and_its_attempt_closed() {
 
 #[tokio::test]
 async fn a_token_is_consumed_once_and_each_rejection_is_distinct() {
-    let (_db, store) = store().await;
-    let (w, token) = worker(&store).await;
-    let (other, _) = worker(&store).await;
+    let (_db, store, tx) = store().await;
+    let (w, token) = worker(&tx).await;
+    let (other, _) = worker(&tx).await;
     let session = OneTimeToken::generate();
 
     // Wrong worker, unknown token: refused, and the token is still usable afterwards.
     assert_eq!(
-        store
-            .register_worker(other, token.hash(), session.hash())
+        tx.register_worker(other, token.hash(), session.hash())
             .await
             .unwrap(),
         Err(TokenRejection::WrongWorker)
     );
     assert_eq!(
-        store
-            .register_worker(w, OneTimeToken::generate().hash(), session.hash())
+        tx.register_worker(w, OneTimeToken::generate().hash(), session.hash())
             .await
             .unwrap(),
         Err(TokenRejection::Unknown)
     );
     assert_eq!(
-        store
-            .register_worker(w, token.hash(), session.hash())
+        tx.register_worker(w, token.hash(), session.hash())
             .await
             .unwrap(),
         Ok(())
@@ -390,8 +379,7 @@ async fn a_token_is_consumed_once_and_each_rejection_is_distinct() {
     );
     // Replay.
     assert_eq!(
-        store
-            .register_worker(w, token.hash(), OneTimeToken::generate().hash())
+        tx.register_worker(w, token.hash(), OneTimeToken::generate().hash())
             .await
             .unwrap(),
         Err(TokenRejection::AlreadyUsed)
@@ -400,22 +388,20 @@ async fn a_token_is_consumed_once_and_each_rejection_is_distinct() {
 
 #[tokio::test]
 async fn an_expired_token_is_refused_as_expired() {
-    let (_db, store) = store().await;
+    let (_db, store, tx) = store().await;
     let id = WorkerId::new();
     let token = OneTimeToken::generate();
-    store
-        .insert_worker(
-            id,
-            "test",
-            "local",
-            token.hash(),
-            Utc::now() - chrono::Duration::seconds(1),
-        )
-        .await
-        .unwrap();
+    tx.insert_worker(
+        id,
+        "test",
+        "local",
+        token.hash(),
+        Utc::now() - chrono::Duration::seconds(1),
+    )
+    .await
+    .unwrap();
     assert_eq!(
-        store
-            .register_worker(id, token.hash(), OneTimeToken::generate().hash())
+        tx.register_worker(id, token.hash(), OneTimeToken::generate().hash())
             .await
             .unwrap(),
         Err(TokenRejection::Expired)
@@ -428,15 +414,13 @@ async fn an_expired_token_is_refused_as_expired() {
 
 #[tokio::test]
 async fn a_failed_worker_cannot_register_and_keeps_its_token() {
-    let (_db, store) = store().await;
-    let (w, token) = worker(&store).await;
-    store
-        .set_worker_state(w, WorkerState::Failed, "did not register within 60s")
+    let (_db, store, tx) = store().await;
+    let (w, token) = worker(&tx).await;
+    tx.set_worker_state(w, WorkerState::Failed, "did not register within 60s")
         .await
         .unwrap();
     assert!(matches!(
-        store
-            .register_worker(w, token.hash(), OneTimeToken::generate().hash())
+        tx.register_worker(w, token.hash(), OneTimeToken::generate().hash())
             .await
             .unwrap(),
         Err(TokenRejection::WorkerNotExpected { .. })
@@ -452,8 +436,8 @@ async fn a_failed_worker_cannot_register_and_keeps_its_token() {
 
 #[tokio::test]
 async fn logs_come_back_in_sequence_order_as_raw_bytes() {
-    let (_db, store) = store().await;
-    let job = store.insert_job(&spec("echo", 1)).await.unwrap();
+    let (_db, store, tx) = store().await;
+    let job = tx.insert_job(&spec("echo", 1)).await.unwrap();
     let line = |sequence: u64, stream, data: &'static [u8]| NewLogLine {
         sequence,
         stream,
@@ -498,8 +482,8 @@ async fn logs_come_back_in_sequence_order_as_raw_bytes() {
 
 #[tokio::test]
 async fn a_page_of_logs_stops_at_its_byte_budget_but_never_comes_back_empty() {
-    let (_db, store) = store().await;
-    let job = store.insert_job(&spec("echo", 1)).await.unwrap();
+    let (_db, store, tx) = store().await;
+    let job = tx.insert_job(&spec("echo", 1)).await.unwrap();
     let lines: Vec<NewLogLine> = (1..=5)
         .map(|sequence| NewLogLine {
             sequence,
@@ -531,22 +515,17 @@ async fn a_page_of_logs_stops_at_its_byte_budget_but_never_comes_back_empty() {
 
 #[tokio::test]
 async fn listing_pages_newest_first_and_filters_by_state() {
-    let (_db, store) = store().await;
+    let (_db, store, tx) = store().await;
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(
-            store
-                .insert_job(&spec(&format!("echo {i}"), 1))
+            tx.insert_job(&spec(&format!("echo {i}"), 1))
                 .await
                 .unwrap()
                 .id,
         );
     }
-    store
-        .cancel_queued_job(ids[0], "no")
-        .await
-        .unwrap()
-        .unwrap();
+    tx.cancel_queued_job(ids[0], "no").await.unwrap().unwrap();
     let page1 = store.list_jobs(&[], 2, None).await.unwrap();
     assert_eq!(
         page1.iter().map(|j| j.id).collect::<Vec<_>>(),
@@ -567,9 +546,9 @@ async fn listing_pages_newest_first_and_filters_by_state() {
 
 #[tokio::test]
 async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
-    let (_db, store) = store().await;
+    let (_db, store, tx) = store().await;
     let soon = Utc::now() + chrono::Duration::seconds(60);
-    let empty = store
+    let empty = tx
         .claim_job_for_new_worker(
             WorkerId::new(),
             "test",
@@ -585,9 +564,9 @@ async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
         "no job, no worker row"
     );
 
-    let job = store.insert_job(&spec("true", 1)).await.unwrap();
+    let job = tx.insert_job(&spec("true", 1)).await.unwrap();
     let worker = WorkerId::new();
-    let claimed = store
+    let claimed = tx
         .claim_job_for_new_worker(
             worker,
             "test",
@@ -610,11 +589,10 @@ async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
 
 #[tokio::test]
 async fn a_connected_worker_is_recorded_busy_with_the_job_it_claims_and_idle_once_it_ends() {
-    let (_db, store) = store().await;
-    let job = store.insert_job(&spec("true", 1)).await.unwrap();
-    let (w, token) = worker(&store).await;
-    store
-        .register_worker(w, token.hash(), OneTimeToken::generate().hash())
+    let (_db, store, tx) = store().await;
+    let job = tx.insert_job(&spec("true", 1)).await.unwrap();
+    let (w, token) = worker(&tx).await;
+    tx.register_worker(w, token.hash(), OneTimeToken::generate().hash())
         .await
         .unwrap()
         .unwrap();
@@ -623,29 +601,28 @@ async fn a_connected_worker_is_recorded_busy_with_the_job_it_claims_and_idle_onc
         WorkerState::Idle
     );
 
-    let claimed = store.claim_next_job(w).await.unwrap().unwrap();
+    let claimed = tx.claim_next_job(w).await.unwrap().unwrap();
     assert_eq!(claimed.id, job.id);
     let busy = store.get_worker(w).await.unwrap().unwrap();
     assert_eq!(busy.state, WorkerState::Busy);
     assert_eq!(busy.current_job_id, Some(job.id));
     // Nothing left to claim: the worker stays busy with the job it has.
-    assert!(store.claim_next_job(w).await.unwrap().is_none());
+    assert!(tx.claim_next_job(w).await.unwrap().is_none());
     assert_eq!(
         store.get_worker(w).await.unwrap().unwrap().current_job_id,
         Some(job.id)
     );
 
-    store
-        .finish_job(
-            job.id,
-            w,
-            JobState::Succeeded,
-            Some(0),
-            "exited with code 0",
-        )
-        .await
-        .unwrap()
-        .unwrap();
+    tx.finish_job(
+        job.id,
+        w,
+        JobState::Succeeded,
+        Some(0),
+        "exited with code 0",
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let idle = store.get_worker(w).await.unwrap().unwrap();
     assert_eq!(idle.state, WorkerState::Idle);
     assert_eq!(idle.current_job_id, None);

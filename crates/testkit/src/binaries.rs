@@ -9,17 +9,25 @@ use std::{
 
 use anyhow::{Context, bail};
 
+/// The crates the worker is built from: a change in any of them makes a built worker stale.
+const WORKER_SOURCES: [&str; 4] = [
+    "crates/worker",
+    "crates/contract",
+    "crates/domain",
+    "crates/proto",
+];
+
 /// The `hodei-worker` executable: `HODEI_WORKER_BINARY` if set, else the one in this test's
 /// target directory, built with cargo first if it is missing or older than its sources.
 pub fn worker_binary() -> anyhow::Result<PathBuf> {
     static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     FOUND
-        .get_or_init(|| locate("hodei-worker", "crates/worker").map_err(|e| format!("{e:#}")))
+        .get_or_init(|| locate("hodei-worker", &WORKER_SOURCES).map_err(|e| format!("{e:#}")))
         .clone()
         .map_err(anyhow::Error::msg)
 }
 
-fn locate(binary: &str, crate_dir: &str) -> anyhow::Result<PathBuf> {
+fn locate(binary: &str, crate_dirs: &[&str]) -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("HODEI_WORKER_BINARY").map(PathBuf::from) {
         if !path.is_file() {
             bail!("HODEI_WORKER_BINARY={} does not exist", path.display());
@@ -34,7 +42,10 @@ fn locate(binary: &str, crate_dir: &str) -> anyhow::Result<PathBuf> {
         .context("cannot find the target directory from the test executable")?;
     let candidate = profile_dir.join(binary);
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    if candidate.is_file() && !is_older_than_sources(&candidate, &workspace.join(crate_dir)) {
+    let stale = crate_dirs
+        .iter()
+        .any(|dir| is_older_than_sources(&candidate, &workspace.join(dir)));
+    if candidate.is_file() && !stale {
         return Ok(candidate);
     }
 

@@ -6,9 +6,16 @@
 //! - [`wait_for`]: polling with a deadline that, on timeout, says what it waited for and what it
 //!   saw last.
 //! - [`worker_binary`]: the `hodei-worker` executable the local provider starts.
+//! - [`server_process`]: a real `hodei-server` process, its port, its log, stopping and killing it.
+//! - [`process`]: children that die with the test, signals, who is alive according to `/proc`.
+//! - [`jobs`] and [`log_lines`]: what the end-to-end suites assert about jobs and their output.
 
 mod binaries;
+pub mod jobs;
+pub mod log_lines;
 mod postgres;
+pub mod process;
+pub mod server_process;
 mod wait;
 
 pub use binaries::worker_binary;

@@ -14,7 +14,6 @@
 //! `nobody`).
 
 use std::{
-    ffi::CString,
     fs,
     os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
@@ -23,9 +22,16 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use nix::unistd::{User, geteuid};
 use sqlx::{Connection, PgConnection};
 
-use crate::wait::{Probe, wait_for};
+use crate::{
+    process::{Signal, die_with_parent, send_signal},
+    wait::{Probe, wait_for},
+};
+
+/// The user and group a private server runs as, when the tests run as root.
+type RunAs = Option<(u32, u32)>;
 
 const DATABASE: &str = "hodei_test";
 
@@ -154,7 +160,7 @@ impl Drop for TestDatabase {
 /// A PostgreSQL server owned by one test.
 struct PrivatePostgres {
     bindir: PathBuf,
-    run_as: Option<(libc::uid_t, libc::gid_t)>,
+    run_as: RunAs,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -227,15 +233,12 @@ impl PrivatePostgres {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec here.
-        unsafe {
-            command.pre_exec(|| {
-                // Die with the thread that started us, even if the test is killed.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        self.child = Some(command.spawn().context("starting postgres")?);
+        // Die with the thread that started us, even if the test is killed.
+        self.child = Some(
+            die_with_parent(&mut command)
+                .spawn()
+                .context("starting postgres")?,
+        );
         Ok(())
     }
 
@@ -244,20 +247,15 @@ impl PrivatePostgres {
         wait_until_accepting(&self.url_for("postgres"), move || log_tail(&log)).await
     }
 
-    fn stop(&mut self, signal: libc::c_int) {
+    fn stop(&mut self, signal: Signal) {
         if let Some(mut child) = self.child.take() {
-            if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-                // SAFETY: signalling our own child process.
-                unsafe {
-                    libc::kill(pid, signal);
-                }
-            }
+            let _ = send_signal(child.id(), signal);
             let _ = child.wait();
         }
     }
 
     async fn restart(&mut self, down_for: Duration) -> anyhow::Result<()> {
-        self.stop(libc::SIGINT); // fast shutdown: disconnects clients
+        self.stop(Signal::SIGINT); // fast shutdown: disconnects clients
         tokio::time::sleep(down_for).await;
         self.spawn()?;
         self.wait_ready().await
@@ -266,7 +264,7 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        self.stop(libc::SIGQUIT); // immediate shutdown: the data is thrown away
+        self.stop(Signal::SIGQUIT); // immediate shutdown: the data is thrown away
     }
 }
 
@@ -295,10 +293,7 @@ fn log_tail(path: &Path) -> String {
 }
 
 /// The cached `initdb` output for these binaries, created once under a file lock.
-async fn ensure_template(
-    bindir: &Path,
-    run_as: Option<(libc::uid_t, libc::gid_t)>,
-) -> anyhow::Result<PathBuf> {
+async fn ensure_template(bindir: &Path, run_as: RunAs) -> anyhow::Result<PathBuf> {
     let bindir = bindir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let key = format!(
@@ -309,14 +304,14 @@ async fn ensure_template(
                 .fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b))
                     .wrapping_mul(0x100000001b3))
         );
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
+        let euid = geteuid();
         let base = std::env::temp_dir().join(format!("hodei-pg-template-{euid}-{key}"));
         let template = base.join("data");
         let done = base.join("complete");
         fs::create_dir_all(&base)?;
+        // Held until the template is complete; released when the file is closed.
         let lock = fs::File::create(base.join("lock"))?;
-        let _guard = FileLock::exclusive(&lock)?;
+        lock.lock()?;
         if done.exists() {
             return Ok(template);
         }
@@ -341,29 +336,6 @@ async fn ensure_template(
         Ok(template)
     })
     .await?
-}
-
-struct FileLock<'a>(&'a fs::File);
-
-impl<'a> FileLock<'a> {
-    fn exclusive(file: &'a fs::File) -> std::io::Result<Self> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self(file))
-    }
-}
-
-impl Drop for FileLock<'_> {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as above.
-        unsafe {
-            libc::flock(self.0.as_raw_fd(), libc::LOCK_UN);
-        }
-    }
 }
 
 fn find_postgres_bindir() -> Option<PathBuf> {
@@ -400,26 +372,24 @@ fn find_postgres_bindir() -> Option<PathBuf> {
         .find(|dir| has_binaries(dir))
 }
 
-/// As root, the user PostgreSQL will run as.
-fn unprivileged_user() -> anyhow::Result<Option<(libc::uid_t, libc::gid_t)>> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+/// As root, the user PostgreSQL will run as. `User::from_name` reads the user database with
+/// the re-entrant `getpwnam_r`: tests run in parallel threads, and `getpwnam`'s static buffer
+/// would be shared between them.
+fn unprivileged_user() -> anyhow::Result<RunAs> {
+    if !geteuid().is_root() {
         return Ok(None);
     }
     for name in ["postgres", "nobody"] {
-        let cname = CString::new(name)?;
-        // SAFETY: getpwnam returns a pointer to static storage or null; we copy out at once.
-        let entry = unsafe { libc::getpwnam(cname.as_ptr()) };
-        if !entry.is_null() {
-            // SAFETY: non-null entry from getpwnam.
-            let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
-            return Ok(Some((uid, gid)));
+        if let Some(user) =
+            User::from_name(name).with_context(|| format!("looking up the user {name}"))?
+        {
+            return Ok(Some((user.uid.as_raw(), user.gid.as_raw())));
         }
     }
     bail!("running as root, and neither a `postgres` nor a `nobody` user exists to run PostgreSQL")
 }
 
-fn as_user(mut command: Command, run_as: Option<(libc::uid_t, libc::gid_t)>) -> Command {
+fn as_user(mut command: Command, run_as: RunAs) -> Command {
     if let Some((uid, gid)) = run_as {
         // std also drops root's supplementary groups when it switches the uid.
         command.uid(uid).gid(gid);
@@ -427,7 +397,7 @@ fn as_user(mut command: Command, run_as: Option<(libc::uid_t, libc::gid_t)>) -> 
     command
 }
 
-fn chown(path: &Path, run_as: Option<(libc::uid_t, libc::gid_t)>) -> anyhow::Result<()> {
+fn chown(path: &Path, run_as: RunAs) -> anyhow::Result<()> {
     if let Some((uid, gid)) = run_as {
         std::os::unix::fs::chown(path, Some(uid), Some(gid))
             .with_context(|| format!("chown {}", path.display()))?;

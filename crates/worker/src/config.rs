@@ -1,27 +1,19 @@
 //! The worker's configuration: `HODEI_*` environment variables (or the equivalent flags),
 //! checked once at start-up so that a mistake is one sentence naming the variable, and exit 2.
+//! The variables a provider sets are the contract's ([`hodei_contract::env`]); the others are the
+//! worker's own.
 
 use std::{ffi::OsString, fmt, path::PathBuf, time::Duration};
 
 use clap::Parser;
+use hodei_contract::env;
 use tonic::codegen::http::Uri;
 
-/// The one-time registration token the provider hands to the worker. A secret.
-pub const ENV_TOKEN: &str = "HODEI_TOKEN";
-/// The server's gRPC address, `http://host:port` or `https://host:port`.
-pub const ENV_SERVER: &str = "HODEI_SERVER";
-/// The id the provider gave this worker; the token is bound to it.
-pub const ENV_WORKER_ID: &str = "HODEI_WORKER_ID";
-/// PEM text of a CA to trust for `https://` (how the container providers pass it). A secret in
-/// the sense that jobs do not inherit it: they have no business with the worker's trust store.
-pub const ENV_TLS_CA_PEM: &str = "HODEI_TLS_CA_PEM";
-/// Path of a PEM file with a CA to trust for `https://`.
+/// Path of a PEM file with a CA to trust for `https://` (the providers pass the CA itself, as
+/// [`env::TLS_CA_PEM`]; this one is for a worker someone starts by hand).
 pub const ENV_TLS_CA: &str = "HODEI_TLS_CA";
 /// How long to keep trying to reach the server and register.
 pub const ENV_REGISTER_TIMEOUT_SECS: &str = "HODEI_REGISTER_TIMEOUT_SECS";
-
-/// Variables of the worker's environment that jobs must not see.
-pub const SECRET_ENV: [&str; 2] = [ENV_TOKEN, ENV_TLS_CA_PEM];
 
 const DEFAULT_REGISTER_TIMEOUT_SECS: u64 = 60;
 
@@ -36,16 +28,16 @@ const DEFAULT_REGISTER_TIMEOUT_SECS: u64 = 60;
 )]
 pub struct Args {
     /// One-time registration token (prefer the variable: flags are visible in `ps`).
-    #[arg(long, env = ENV_TOKEN, value_name = ENV_TOKEN, hide_env_values = true)]
+    #[arg(long, env = env::TOKEN, value_name = env::TOKEN, hide_env_values = true)]
     token: Option<OsString>,
     /// Server address, e.g. http://10.0.0.1:50051 or https://hodei.example:50051.
-    #[arg(long, env = ENV_SERVER, value_name = ENV_SERVER)]
+    #[arg(long, env = env::SERVER, value_name = env::SERVER)]
     server: Option<OsString>,
     /// This worker's id, as issued by the provider.
-    #[arg(long, env = ENV_WORKER_ID, value_name = ENV_WORKER_ID)]
+    #[arg(long, env = env::WORKER_ID, value_name = env::WORKER_ID)]
     worker_id: Option<OsString>,
     /// PEM text of a CA certificate to trust for https://.
-    #[arg(long, env = ENV_TLS_CA_PEM, value_name = ENV_TLS_CA_PEM, hide_env_values = true)]
+    #[arg(long, env = env::TLS_CA_PEM, value_name = env::TLS_CA_PEM, hide_env_values = true)]
     tls_ca_pem: Option<OsString>,
     /// Path of a PEM file with a CA certificate to trust for https://.
     #[arg(long, env = ENV_TLS_CA, value_name = ENV_TLS_CA)]
@@ -109,13 +101,14 @@ pub enum ConfigError {
         hint: &'static str,
     },
     #[error(
-        "{ENV_SERVER}={value:?} is not a server address: {reason}; \
-         write it like http://10.0.0.1:50051 or https://hodei.example:50051"
+        "{server}={value:?} is not a server address: {reason}; \
+         write it like http://10.0.0.1:50051 or https://hodei.example:50051",
+        server = env::SERVER
     )]
     InvalidServer { value: String, reason: String },
     #[error("{ENV_REGISTER_TIMEOUT_SECS}={value:?} is not a whole number of seconds")]
     InvalidRegisterTimeout { value: String },
-    #[error("{ENV_TLS_CA_PEM} and {ENV_TLS_CA} are both set; set only one of them")]
+    #[error("{pem} and {ENV_TLS_CA} are both set; set only one of them", pem = env::TLS_CA_PEM)]
     TwoCas,
     #[error("{ENV_TLS_CA}={path}: cannot read the CA file: {source}")]
     ReadCa {
@@ -136,19 +129,19 @@ impl Config {
 
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
         let token = required(
-            text(args.token, ENV_TOKEN)?,
-            ENV_TOKEN,
+            text(args.token, env::TOKEN)?,
+            env::TOKEN,
             "it must hold the one-time registration token issued for this worker by its provider",
         )?;
         let server = required(
-            text(args.server, ENV_SERVER)?,
-            ENV_SERVER,
+            text(args.server, env::SERVER)?,
+            env::SERVER,
             "it must hold the server's address, e.g. http://10.0.0.1:50051",
         )?;
         check_server(&server)?;
         let worker_id = required(
-            text(args.worker_id, ENV_WORKER_ID)?,
-            ENV_WORKER_ID,
+            text(args.worker_id, env::WORKER_ID)?,
+            env::WORKER_ID,
             "it must hold the worker id issued by the provider together with the token",
         )?;
         let register_timeout = text(args.register_timeout_secs, ENV_REGISTER_TIMEOUT_SECS)?;
@@ -161,13 +154,13 @@ impl Config {
             })?,
         };
         let tls_ca_pem =
-            text(args.tls_ca_pem, ENV_TLS_CA_PEM)?.filter(|pem| !pem.trim().is_empty());
+            text(args.tls_ca_pem, env::TLS_CA_PEM)?.filter(|pem| !pem.trim().is_empty());
         let tls_ca_path = args.tls_ca.filter(|path| !path.as_os_str().is_empty());
         let tls_ca = match (tls_ca_pem, tls_ca_path) {
             (Some(_), Some(_)) => return Err(ConfigError::TwoCas),
             (Some(pem), None) => Some(TlsCa {
-                pem: checked_pem(pem.into_bytes(), ENV_TLS_CA_PEM)?,
-                source: ENV_TLS_CA_PEM.to_string(),
+                pem: checked_pem(pem.into_bytes(), env::TLS_CA_PEM)?,
+                source: env::TLS_CA_PEM.to_string(),
             }),
             (None, Some(path)) => {
                 let pem = std::fs::read(&path).map_err(|source| ConfigError::ReadCa {
@@ -322,9 +315,9 @@ mod tests {
     #[test]
     fn each_missing_required_variable_is_named() {
         for (flag, var) in [
-            ("token", ENV_TOKEN),
-            ("server", ENV_SERVER),
-            ("worker-id", ENV_WORKER_ID),
+            ("token", env::TOKEN),
+            ("server", env::SERVER),
+            ("worker-id", env::WORKER_ID),
         ] {
             let err = Config::from_args(without(flag)).unwrap_err();
             assert!(
@@ -350,7 +343,13 @@ mod tests {
     #[test]
     fn a_blank_token_counts_as_missing() {
         let err = Config::from_args(with(&[("token", "  ")])).unwrap_err();
-        assert!(matches!(err, ConfigError::Missing { var: ENV_TOKEN, .. }));
+        assert!(matches!(
+            err,
+            ConfigError::Missing {
+                var: env::TOKEN,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use hodei_domain::SessionCredential;
 use hodei_proto::v1::{
     RegisterRequest, ServerMessage, WorkerMessage,
     worker_agent_service_client::WorkerAgentServiceClient,
@@ -23,7 +24,7 @@ use tonic::{
 };
 
 use crate::{
-    config::{Config, Token},
+    config::Config,
     error::{WorkerError, root_cause},
     heartbeat,
 };
@@ -47,7 +48,7 @@ pub type AgentClient = WorkerAgentServiceClient<Channel>;
 /// What `Register` gave this worker.
 #[derive(Debug, Clone)]
 pub struct Registration {
-    pub session_token: Token,
+    pub session_credential: SessionCredential,
     pub heartbeat_interval: Duration,
 }
 
@@ -118,10 +119,12 @@ pub async fn register(
             let mut client = WorkerAgentServiceClient::new(channel);
             let response = client.register(request).await.map_err(Failure::from)?;
             let response = response.into_inner();
+            let session_credential = SessionCredential::parse(&response.session_token)
+                .map_err(|err| Failure::Malformed(format!("its session credential: {err}")))?;
             Ok((
                 client,
                 Registration {
-                    session_token: Token::new(response.session_token),
+                    session_credential,
                     heartbeat_interval: heartbeat::interval_from_ms(response.heartbeat_interval_ms),
                 },
             ))
@@ -135,10 +138,10 @@ pub async fn register(
 pub async fn open_session(
     client: &AgentClient,
     server: &str,
-    session_token: &Token,
+    credential: &SessionCredential,
     deadline: Instant,
 ) -> Result<SessionStreams, WorkerError> {
-    let authorization = MetadataValue::try_from(format!("Bearer {}", session_token.expose()))
+    let authorization = MetadataValue::try_from(format!("Bearer {}", credential.expose()))
         .map_err(|_| WorkerError::Refused {
             step: "session",
             code: tonic::Code::InvalidArgument,
@@ -172,6 +175,8 @@ enum Failure {
     Retry(String),
     /// The server answered no.
     Fatal(Status),
+    /// The server answered yes with something this worker cannot use.
+    Malformed(String),
 }
 
 impl From<Status> for Failure {
@@ -217,6 +222,9 @@ where
                     message: status.message().to_string(),
                 });
             }
+            Ok(Err(Failure::Malformed(detail))) => {
+                return Err(WorkerError::Malformed { step, detail });
+            }
             Ok(Err(Failure::Retry(cause))) => cause,
             Err(_) => format!("no answer within {}s", budget.as_secs()),
         };
@@ -244,14 +252,9 @@ where
 
 /// This machine's (or Pod's) host name, for the server's log; empty if unknown.
 fn hostname() -> String {
-    let mut buffer = [0u8; 256];
-    // SAFETY: the pointer and length describe `buffer`, which outlives the call.
-    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
-    if result != 0 {
-        return String::new();
-    }
-    let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-    String::from_utf8_lossy(&buffer[..end]).into_owned()
+    nix::unistd::gethostname()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

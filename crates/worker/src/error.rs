@@ -24,6 +24,8 @@ pub enum WorkerError {
         code: tonic::Code,
         message: String,
     },
+    #[error("the server's answer to the {step} is unusable: {detail}")]
+    Malformed { step: &'static str, detail: String },
     #[error("lost connection to the server: {0}")]
     LostConnection(String),
     #[error("cannot install the signal handlers: {0}")]

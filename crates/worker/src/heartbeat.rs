@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use hodei_domain::JobId;
 use hodei_proto::v1::{Heartbeat, Ready, WorkerMessage, worker_message::Msg};
 use tokio::time::{Interval, MissedTickBehavior};
 
@@ -33,10 +34,10 @@ pub fn ready() -> WorkerMessage {
     }
 }
 
-pub fn beat(running_job_id: Option<&str>) -> WorkerMessage {
+pub fn beat(running_job_id: Option<JobId>) -> WorkerMessage {
     WorkerMessage {
         msg: Some(Msg::Heartbeat(Heartbeat {
-            running_job_id: running_job_id.unwrap_or_default().to_string(),
+            running_job_id: running_job_id.map(|id| id.to_string()).unwrap_or_default(),
         })),
     }
 }

@@ -5,10 +5,12 @@
 //! returns the `JobFinished`, which the session sends: by then every batch has been queued, so
 //! the server always sees the output of a job before its end.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
+use hodei_contract::Assignment;
+use hodei_domain::JobId;
 use hodei_proto::v1::{
-    AssignJob, JobFinished, JobOutcome, JobStarted, LogStream, WorkerMessage, worker_message::Msg,
+    JobFinished, JobOutcome, JobStarted, LogStream, WorkerMessage, worker_message::Msg,
 };
 use tokio::{
     process::Child,
@@ -29,33 +31,6 @@ pub const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// How long to wait for the pipes to close once the group has been killed.
 const DRAIN_AFTER_KILL: Duration = Duration::from_millis(500);
 
-/// What to run, from `AssignJob`.
-#[derive(Debug, Clone)]
-pub struct JobSpec {
-    pub job_id: String,
-    pub attempt: u32,
-    pub command: String,
-    pub env: HashMap<String, String>,
-    /// `None`: no limit.
-    pub timeout: Option<Duration>,
-    /// Between SIGTERM and SIGKILL when the job is stopped.
-    pub kill_grace: Duration,
-}
-
-impl From<AssignJob> for JobSpec {
-    fn from(assign: AssignJob) -> Self {
-        Self {
-            job_id: assign.job_id,
-            attempt: assign.attempt,
-            command: assign.command,
-            env: assign.env,
-            timeout: (assign.timeout_seconds > 0)
-                .then(|| Duration::from_secs(assign.timeout_seconds)),
-            kill_grace: Duration::from_millis(u64::from(assign.kill_grace_ms)),
-        }
-    }
-}
-
 /// A request to end the job early.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
@@ -68,22 +43,22 @@ pub enum Stop {
 /// A job being run by its task.
 #[derive(Debug)]
 pub struct RunningJob {
-    job_id: String,
+    job_id: JobId,
     stop: mpsc::UnboundedSender<Stop>,
     task: JoinHandle<JobFinished>,
 }
 
 impl RunningJob {
-    /// Starts running `spec`; `out` is the session's queue of messages to the server.
-    pub fn start(spec: JobSpec, out: mpsc::Sender<WorkerMessage>) -> Self {
+    /// Starts running `assignment`; `out` is the session's queue of messages to the server.
+    pub fn start(assignment: Assignment, out: mpsc::Sender<WorkerMessage>) -> Self {
         let (stop, stops) = mpsc::unbounded_channel();
-        let job_id = spec.job_id.clone();
-        let task = tokio::spawn(run(spec, stops, out));
+        let job_id = assignment.job_id;
+        let task = tokio::spawn(run(assignment, stops, out));
         Self { job_id, stop, task }
     }
 
-    pub fn job_id(&self) -> &str {
-        &self.job_id
+    pub fn job_id(&self) -> JobId {
+        self.job_id
     }
 
     pub fn stop(&self, request: Stop) {
@@ -96,7 +71,7 @@ impl RunningJob {
         match (&mut self.task).await {
             Ok(finished) => finished,
             Err(err) => finished(
-                &self.job_id,
+                &self.job_id.to_string(),
                 JobOutcome::SpawnFailed,
                 (None, None),
                 format!("the worker's job runner failed: {err}"),
@@ -123,17 +98,22 @@ enum Ending {
 
 /// Runs the job to its end and returns its report. Sends `JobStarted` and the output itself.
 pub async fn run(
-    spec: JobSpec,
+    assignment: Assignment,
     mut stops: mpsc::UnboundedReceiver<Stop>,
     out: mpsc::Sender<WorkerMessage>,
 ) -> JobFinished {
-    let mut child = match process::spawn_shell(&spec.command, &spec.env, &spec.job_id, spec.attempt)
-    {
+    let job_id = assignment.job_id.to_string();
+    let mut child = match process::spawn_shell(
+        &assignment.command,
+        &assignment.env,
+        &job_id,
+        assignment.attempt,
+    ) {
         Ok(child) => child,
         Err(err) => {
-            tracing::warn!(job = spec.job_id, error = %err, "cannot start the job");
+            tracing::warn!(job = job_id, error = %err, "cannot start the job");
             return finished(
-                &spec.job_id,
+                &job_id,
                 JobOutcome::SpawnFailed,
                 (None, None),
                 format!("cannot start {}: {err}", process::SHELL),
@@ -142,7 +122,7 @@ pub async fn run(
     };
     let Some(pid) = child.id() else {
         return finished(
-            &spec.job_id,
+            &job_id,
             JobOutcome::SpawnFailed,
             (None, None),
             "the job's shell vanished as it started".into(),
@@ -150,15 +130,15 @@ pub async fn run(
     };
     let group = ProcessGroup::led_by(pid);
     tracing::info!(
-        job = spec.job_id,
-        attempt = spec.attempt,
+        job = job_id,
+        attempt = assignment.attempt,
         pid,
         "job started"
     );
     let started = WorkerMessage {
         msg: Some(Msg::JobStarted(JobStarted {
-            job_id: spec.job_id.clone(),
-            attempt: spec.attempt,
+            job_id: job_id.clone(),
+            attempt: assignment.attempt,
             pid,
         })),
     };
@@ -182,9 +162,9 @@ pub async fn run(
         )));
     }
     drop(lines);
-    let sender = tokio::spawn(batch::send_batches(spec.job_id.clone(), queued, out));
+    let sender = tokio::spawn(batch::send_batches(job_id.clone(), queued, out));
 
-    let supervised = supervise(&mut child, &group, &spec, &mut stops).await;
+    let supervised = supervise(&mut child, &group, &assignment, &mut stops).await;
 
     // The shell is gone; its background processes may still hold the pipes. Read on for a
     // while (never past the kill deadline of a stop in progress), then kill what is left.
@@ -198,7 +178,7 @@ pub async fn run(
         .is_err()
     {
         tracing::info!(
-            job = spec.job_id,
+            job = job_id,
             "output still open after the shell exited; killing the job's processes"
         );
     }
@@ -209,7 +189,7 @@ pub async fn run(
     {
         // A process that left the group (setsid) holds the pipes: stop reading them.
         tracing::warn!(
-            job = spec.job_id,
+            job = job_id,
             "output still open after killing the job's process group; closing it"
         );
         readers.iter().for_each(JoinHandle::abort);
@@ -231,8 +211,8 @@ pub async fn run(
             format!("cannot learn how the job's shell ended: {err}"),
         ),
     };
-    tracing::info!(job = spec.job_id, ?outcome, exit_code = ?status.0, signal = ?status.1, lines_sent, "job finished");
-    finished(&spec.job_id, outcome, status, message)
+    tracing::info!(job = job_id, ?outcome, exit_code = ?status.0, signal = ?status.1, lines_sent, "job finished");
+    finished(&job_id, outcome, status, message)
 }
 
 struct Supervised {
@@ -246,10 +226,11 @@ struct Supervised {
 async fn supervise(
     child: &mut Child,
     group: &ProcessGroup,
-    spec: &JobSpec,
+    assignment: &Assignment,
     stops: &mut mpsc::UnboundedReceiver<Stop>,
 ) -> Supervised {
-    let deadline = spec.timeout.map(|limit| Instant::now() + limit);
+    let job = assignment.job_id;
+    let deadline = Instant::now() + assignment.timeout;
     let mut ending = Ending::Exited;
     let mut kill_at: Option<Instant> = None;
     let mut stops_open = true;
@@ -257,25 +238,25 @@ async fn supervise(
         let stopping = ending != Ending::Exited;
         tokio::select! {
             status = child.wait() => return Supervised { status, ending, kill_at },
-            () = sleep_until_some(deadline), if !stopping => {
-                let limit = spec.timeout.unwrap_or_default();
-                tracing::info!(job = spec.job_id, limit_secs = limit.as_secs(), "job timed out; stopping it");
+            () = sleep_until(deadline), if !stopping => {
+                let limit = assignment.timeout;
+                tracing::info!(%job, limit_secs = limit.as_secs(), "job timed out; stopping it");
                 ending = Ending::TimedOut(limit);
                 group.terminate();
-                kill_at = Some(Instant::now() + spec.kill_grace);
+                kill_at = Some(Instant::now() + assignment.kill_grace);
             }
             stop = stops.recv(), if stops_open => match stop {
                 None => stops_open = false,
                 Some(Stop::Cancel(reason)) => {
                     if !stopping {
-                        tracing::info!(job = spec.job_id, reason, "cancelling the job");
+                        tracing::info!(%job, reason, "cancelling the job");
                         ending = Ending::Cancelled(reason);
                         group.terminate();
-                        kill_at = Some(Instant::now() + spec.kill_grace);
+                        kill_at = Some(Instant::now() + assignment.kill_grace);
                     }
                 }
                 Some(Stop::Kill) => {
-                    tracing::info!(job = spec.job_id, "killing the job");
+                    tracing::info!(%job, "killing the job");
                     if !stopping {
                         ending = Ending::Cancelled("the worker lost its connection".into());
                     }
@@ -284,7 +265,7 @@ async fn supervise(
                 }
             },
             () = sleep_until_some(kill_at) => {
-                tracing::info!(job = spec.job_id, "the job outlived its grace period; killing it");
+                tracing::info!(%job, "the job outlived its grace period; killing it");
                 group.kill();
                 kill_at = None;
             }
@@ -324,27 +305,34 @@ fn finished(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::{collections::BTreeMap, time::Duration};
 
     use hodei_proto::v1::LogChunk;
+    use hodei_testkit::process::live_processes_in_group;
 
     use super::*;
 
-    fn spec(command: &str) -> JobSpec {
-        JobSpec {
-            job_id: "job-1".into(),
+    const JOB_ID: &str = "0192f0c4-8a51-7c3e-9f6e-2d8b1c7a5e40";
+
+    /// `command` as the first attempt of job [`JOB_ID`], with a timeout no test reaches.
+    fn assignment(command: &str) -> Assignment {
+        Assignment {
+            job_id: JOB_ID.parse().expect("a job id"),
             attempt: 1,
             command: command.into(),
-            env: HashMap::new(),
-            timeout: None,
+            env: BTreeMap::new(),
+            timeout: Duration::from_secs(3600),
             kill_grace: Duration::from_secs(5),
         }
     }
 
     /// Runs a job to its end, returning what it sent (in order) and its report.
-    async fn run_to_end(spec: JobSpec, stop: Option<(Duration, Stop)>) -> (Vec<Msg>, JobFinished) {
+    async fn run_to_end(
+        assignment: Assignment,
+        stop: Option<(Duration, Stop)>,
+    ) -> (Vec<Msg>, JobFinished) {
         let (out, mut sent) = mpsc::channel(4);
-        let mut job = RunningJob::start(spec, out);
+        let mut job = RunningJob::start(assignment, out);
         let collector = tokio::spawn(async move {
             let mut messages = Vec::new();
             while let Some(message) = sent.recv().await {
@@ -386,7 +374,7 @@ mod tests {
     async fn survivors_of_group(pgid: u32) -> Vec<u32> {
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
-            let alive = crate::test_support::live_processes_in_group(pgid);
+            let alive = live_processes_in_group(pgid);
             if alive.is_empty() || Instant::now() >= deadline {
                 return alive;
             }
@@ -400,20 +388,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_reports_its_start_its_output_per_stream_and_its_exit_code() {
-        let (messages, report) =
-            run_to_end(spec("echo out1; echo err1 >&2; echo out2; exit 3"), None).await;
+        let (messages, report) = run_to_end(
+            assignment("echo out1; echo err1 >&2; echo out2; exit 3"),
+            None,
+        )
+        .await;
 
         assert!(started_pid(&messages) > 0);
         assert_eq!(lines(&messages, LogStream::Stdout), vec!["out1", "out2"]);
         assert_eq!(lines(&messages, LogStream::Stderr), vec!["err1"]);
         assert_eq!(outcome(&report), JobOutcome::Exited);
         assert_eq!((report.exit_code, report.signal), (Some(3), None));
-        assert_eq!(report.job_id, "job-1");
+        assert_eq!(report.job_id, JOB_ID);
     }
 
     #[tokio::test]
     async fn a_shell_killed_by_a_signal_reports_128_plus_the_signal() {
-        let (_, report) = run_to_end(spec("kill -KILL $$"), None).await;
+        let (_, report) = run_to_end(assignment("kill -KILL $$"), None).await;
 
         assert_eq!(outcome(&report), JobOutcome::Exited);
         assert_eq!((report.exit_code, report.signal), (Some(137), Some(9)));
@@ -421,11 +412,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_that_cannot_be_started_is_reported_as_spawn_failed() {
-        let mut spec = spec("true");
+        let mut assignment = assignment("true");
         // A NUL byte cannot be passed to exec, so the spawn itself fails.
-        spec.env.insert("BROKEN".into(), "a\0b".into());
+        assignment.env.insert("BROKEN".into(), "a\0b".into());
 
-        let (messages, report) = run_to_end(spec, None).await;
+        let (messages, report) = run_to_end(assignment, None).await;
 
         assert!(messages.is_empty(), "{messages:?}");
         assert_eq!(outcome(&report), JobOutcome::SpawnFailed);
@@ -439,7 +430,7 @@ mod tests {
     #[tokio::test]
     async fn output_reaches_the_session_while_the_job_is_still_running() {
         let (out, mut sent) = mpsc::channel(4);
-        let mut job = RunningJob::start(spec("echo first; sleep 30; echo never"), out);
+        let mut job = RunningJob::start(assignment("echo first; sleep 30; echo never"), out);
 
         let first_lines = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
@@ -462,7 +453,7 @@ mod tests {
     #[tokio::test]
     async fn many_lines_arrive_complete_and_in_order_before_the_report() {
         let (messages, report) = run_to_end(
-            spec("i=0; while [ $i -lt 5000 ]; do echo line$i; i=$((i+1)); done"),
+            assignment("i=0; while [ $i -lt 5000 ]; do echo line$i; i=$((i+1)); done"),
             None,
         )
         .await;
@@ -475,7 +466,7 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_job_and_its_background_children_all_die() {
         let (messages, report) = run_to_end(
-            spec("sleep 300 & sleep 300"),
+            assignment("sleep 300 & sleep 300"),
             Some((
                 Duration::from_millis(300),
                 Stop::Cancel("user asked".into()),
@@ -494,11 +485,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_over_its_timeout_is_stopped_with_its_children_and_reported_timed_out() {
-        let mut spec = spec("sleep 300 & sleep 300");
-        spec.timeout = Some(Duration::from_secs(1));
+        let mut assignment = assignment("sleep 300 & sleep 300");
+        assignment.timeout = Duration::from_secs(1);
         let started = Instant::now();
 
-        let (messages, report) = run_to_end(spec, None).await;
+        let (messages, report) = run_to_end(assignment, None).await;
 
         assert_eq!(outcome(&report), JobOutcome::TimedOut);
         assert_eq!(report.message, "timed out after 1s");
@@ -516,13 +507,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_ignoring_sigterm_is_killed_when_the_grace_runs_out() {
-        let mut spec = spec("trap '' TERM; sleep 300 & sleep 300");
-        spec.kill_grace = Duration::from_millis(700);
+        let mut assignment = assignment("trap '' TERM; sleep 300 & sleep 300");
+        assignment.kill_grace = Duration::from_millis(700);
         let cancelled_at = Duration::from_millis(300);
         let started = Instant::now();
 
-        let (messages, report) =
-            run_to_end(spec, Some((cancelled_at, Stop::Cancel("stop".into())))).await;
+        let (messages, report) = run_to_end(
+            assignment,
+            Some((cancelled_at, Stop::Cancel("stop".into()))),
+        )
+        .await;
 
         let took = started.elapsed();
         assert_eq!(outcome(&report), JobOutcome::Cancelled);
@@ -542,7 +536,7 @@ mod tests {
     async fn a_background_process_holding_the_pipes_is_killed_shortly_after_the_shell_exits() {
         let started = Instant::now();
 
-        let (messages, report) = run_to_end(spec("echo bye; sleep 300 &"), None).await;
+        let (messages, report) = run_to_end(assignment("echo bye; sleep 300 &"), None).await;
 
         let took = started.elapsed();
         assert_eq!(outcome(&report), JobOutcome::Exited);
@@ -564,7 +558,7 @@ mod tests {
         let started = Instant::now();
 
         let (messages, report) = run_to_end(
-            spec("trap '' TERM; sleep 300"),
+            assignment("trap '' TERM; sleep 300"),
             Some((Duration::from_millis(200), Stop::Kill)),
         )
         .await;
@@ -584,29 +578,14 @@ mod tests {
     #[tokio::test]
     async fn dropping_a_running_job_kills_its_whole_process_group() {
         let (out, mut sent) = mpsc::channel(4);
-        let job = RunningJob::start(spec("sleep 300 & sleep 300"), out);
+        let job = RunningJob::start(assignment("sleep 300 & sleep 300"), out);
         let Some(Msg::JobStarted(started)) = sent.recv().await.and_then(|m| m.msg) else {
             panic!("expected JobStarted");
         };
-        assert!(!crate::test_support::live_processes_in_group(started.pid).is_empty());
+        assert!(!live_processes_in_group(started.pid).is_empty());
 
         drop(job);
 
         assert_eq!(survivors_of_group(started.pid).await, Vec::<u32>::new());
-    }
-
-    #[test]
-    fn an_assignment_without_timeout_has_no_limit() {
-        let spec = JobSpec::from(AssignJob {
-            job_id: "j".into(),
-            attempt: 2,
-            command: "true".into(),
-            env: HashMap::new(),
-            timeout_seconds: 0,
-            kill_grace_ms: 1500,
-        });
-        assert_eq!(spec.timeout, None);
-        assert_eq!(spec.kill_grace, Duration::from_millis(1500));
-        assert_eq!(spec.attempt, 2);
     }
 }

@@ -54,7 +54,7 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
     // The registration is spent; the session gets at least one full attempt of its own.
     let deadline = deadline.max(Instant::now() + ATTEMPT_TIMEOUT);
     let streams = tokio::select! {
-        opened = connection::open_session(&client, &config.server, &registration.session_token, deadline) => opened?,
+        opened = connection::open_session(&client, &config.server, &registration.session_credential, deadline) => opened?,
         () = &mut terminate => {
             tracing::info!("termination signal received before the session opened; exiting");
             return Ok(());
@@ -64,28 +64,4 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
     Session::new(streams, registration.heartbeat_interval)
         .run(terminate)
         .await
-}
-
-#[cfg(test)]
-mod test_support {
-    /// Processes of group `pgid` that are still alive (zombies are dead, just not yet reaped).
-    pub fn live_processes_in_group(pgid: u32) -> Vec<u32> {
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                    return false;
-                };
-                // "pid (comm) state ppid pgrp ...": comm may contain anything, so split after it.
-                let Some((_, rest)) = stat.rsplit_once(')') else {
-                    return false;
-                };
-                let fields: Vec<&str> = rest.split_whitespace().collect();
-                fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str())
-            })
-            .collect()
-    }
 }

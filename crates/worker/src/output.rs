@@ -124,7 +124,7 @@ mod tests {
 
     #[test]
     fn empty_lines_are_lines_but_an_empty_stream_has_none() {
-        assert_eq!(split(&[b"\n\n"]), vec![Vec::new(), Vec::new()]);
+        assert_eq!(split(&[b"\n\n"]), vec![Vec::<u8>::new(), Vec::new()]);
         assert!(split(&[]).is_empty());
         assert!(split(&[b""]).is_empty());
     }

@@ -2,14 +2,21 @@
 //! signal reaches the shell and everything it started, and nothing outlives the job.
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     io,
     process::{ExitStatus, Stdio},
 };
 
+use hodei_contract::env::NOT_FOR_JOBS;
+use nix::{
+    errno::Errno,
+    sys::{
+        signal::{Signal, kill, killpg},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
+    unistd::{Pid, getpid, getppid},
+};
 use tokio::process::{Child, Command};
-
-use crate::config::SECRET_ENV;
 
 pub const SHELL: &str = "/bin/sh";
 /// Set for every job: which job and which attempt of it is running.
@@ -20,7 +27,7 @@ pub const ENV_JOB_ATTEMPT: &str = "HODEI_JOB_ATTEMPT";
 /// environment minus its secrets, plus the job's variables and `HODEI_JOB_ID`/`_ATTEMPT`.
 pub fn spawn_shell(
     command: &str,
-    env: &HashMap<String, String>,
+    env: &BTreeMap<String, String>,
     job_id: &str,
     attempt: u32,
 ) -> io::Result<Child> {
@@ -29,13 +36,13 @@ pub fn spawn_shell(
 
 fn shell_command(
     command: &str,
-    env: &HashMap<String, String>,
+    env: &BTreeMap<String, String>,
     job_id: &str,
     attempt: u32,
 ) -> Command {
     let mut shell = Command::new(SHELL);
     shell.arg("-c").arg(command);
-    for secret in SECRET_ENV {
+    for secret in NOT_FOR_JOBS {
         shell.env_remove(secret);
     }
     shell
@@ -58,17 +65,15 @@ fn shell_command(
 /// running unsupervised (its own children are reached through the process group instead).
 #[cfg(target_os = "linux")]
 fn die_with_worker(shell: &mut Command) {
-    let worker = std::process::id() as libc::pid_t;
-    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, kill, getpid) without allocating.
+    let worker = getpid();
+    // SAFETY: the closure runs between fork and exec, where only async-signal-safe calls are
+    // allowed: it makes three system calls (prctl, getppid, kill) and does not allocate.
     unsafe {
         shell.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) == -1 {
-                return Err(io::Error::last_os_error());
-            }
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             // The worker may have died between fork and prctl; then nobody would send the signal.
-            if libc::getppid() != worker {
-                libc::kill(libc::getpid(), libc::SIGKILL);
+            if getppid() != worker {
+                let _ = kill(getpid(), Signal::SIGKILL);
             }
             Ok(())
         });
@@ -82,7 +87,7 @@ fn die_with_worker(_shell: &mut Command) {}
 /// (the worker exiting, a panic) does not leave the job's processes behind.
 #[derive(Debug)]
 pub struct ProcessGroup {
-    pgid: libc::pid_t,
+    pgid: Pid,
     armed: bool,
 }
 
@@ -90,23 +95,23 @@ impl ProcessGroup {
     /// The group led by `leader`, spawned by [`spawn_shell`].
     pub fn led_by(leader: u32) -> Self {
         Self {
-            pgid: leader as libc::pid_t,
+            pgid: Pid::from_raw(leader as i32),
             armed: true,
         }
     }
 
     pub fn id(&self) -> u32 {
-        self.pgid as u32
+        self.pgid.as_raw() as u32
     }
 
     /// SIGTERM to every process of the group: the polite request to stop.
     pub fn terminate(&self) {
-        self.signal(libc::SIGTERM);
+        self.signal(Signal::SIGTERM);
     }
 
     /// SIGKILL to every process of the group.
     pub fn kill(&self) {
-        self.signal(libc::SIGKILL);
+        self.signal(Signal::SIGKILL);
     }
 
     /// Kills what is left of the group and forgets it: once the group is empty its id may be
@@ -116,14 +121,12 @@ impl ProcessGroup {
         self.armed = false;
     }
 
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: killpg has no memory-safety preconditions.
-        let result = unsafe { libc::killpg(self.pgid, signal) };
-        if result == -1 {
-            let err = io::Error::last_os_error();
+    fn signal(&self, signal: Signal) {
+        match killpg(self.pgid, signal) {
             // ESRCH: the group is already empty, which is what we wanted.
-            if err.raw_os_error() != Some(libc::ESRCH) {
-                tracing::warn!(pgid = self.pgid, signal, error = %err, "cannot signal the job's process group");
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(err) => {
+                tracing::warn!(pgid = %self.pgid, %signal, error = %err, "cannot signal the job's process group");
             }
         }
     }
@@ -157,13 +160,12 @@ pub fn reap_orphans() {
         return;
     }
     loop {
-        let mut status = 0;
-        // SAFETY: `status` is a valid out-pointer for the duration of the call.
-        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-        if pid <= 0 {
-            return;
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(status) => {
+                tracing::debug!(pid = ?status.pid(), "reaped an orphaned process of a finished job");
+            }
         }
-        tracing::debug!(pid, "reaped an orphaned process of a finished job");
     }
 }
 
@@ -188,18 +190,18 @@ mod tests {
     #[test]
     fn a_death_by_signal_reports_128_plus_the_signal() {
         assert_eq!(
-            exit_code_and_signal(ExitStatus::from_raw(libc::SIGKILL)),
+            exit_code_and_signal(ExitStatus::from_raw(Signal::SIGKILL as i32)),
             (Some(137), Some(9))
         );
         assert_eq!(
-            exit_code_and_signal(ExitStatus::from_raw(libc::SIGTERM)),
+            exit_code_and_signal(ExitStatus::from_raw(Signal::SIGTERM as i32)),
             (Some(143), Some(15))
         );
     }
 
     #[test]
     fn the_workers_secrets_are_removed_from_the_jobs_environment() {
-        let shell = shell_command("true", &HashMap::new(), "j", 1);
+        let shell = shell_command("true", &BTreeMap::new(), "j", 1);
         let removed: Vec<_> = shell
             .as_std()
             .get_envs()
@@ -215,7 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_shell_sees_the_inherited_environment_its_job_variables_and_the_job_id() {
-        let env = HashMap::from([("GREETING".to_string(), "hello world".to_string())]);
+        let env = BTreeMap::from([("GREETING".to_string(), "hello world".to_string())]);
         let child = spawn_shell(
             r#"echo "greeting=$GREETING job=$HODEI_JOB_ID attempt=$HODEI_JOB_ATTEMPT path=${PATH:+set}""#,
             &env,
@@ -232,7 +234,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_variable_cannot_override_the_job_id() {
-        let env = HashMap::from([("HODEI_JOB_ID".to_string(), "forged".to_string())]);
+        let env = BTreeMap::from([("HODEI_JOB_ID".to_string(), "forged".to_string())]);
         let child = spawn_shell("echo $HODEI_JOB_ID", &env, "job-7", 1).unwrap();
         let output = child.wait_with_output().await.unwrap();
         assert_eq!(String::from_utf8_lossy(&output.stdout), "job-7\n");
@@ -240,7 +242,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_shell_leads_its_own_process_group_with_stdin_empty() {
-        let child = spawn_shell("ps -o pgid= -p $$; cat", &HashMap::new(), "j", 1).unwrap();
+        let child = spawn_shell("ps -o pgid= -p $$; cat", &BTreeMap::new(), "j", 1).unwrap();
         let pid = child.id().unwrap();
         let output = child.wait_with_output().await.unwrap();
         let pgid: u32 = String::from_utf8_lossy(&output.stdout)

@@ -9,8 +9,10 @@
 
 use std::{future::Future, pin::Pin, time::Duration};
 
+use hodei_contract::Assignment;
 use hodei_proto::v1::{
-    JobFinished, JobOutcome, ServerMessage, WorkerMessage, server_message, worker_message::Msg,
+    AssignJob, JobFinished, JobOutcome, ServerMessage, WorkerMessage, server_message,
+    worker_message::Msg,
 };
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tonic::{Status, Streaming};
@@ -19,7 +21,7 @@ use crate::{
     connection::SessionStreams,
     error::WorkerError,
     heartbeat,
-    job::{JobSpec, RunningJob, Stop},
+    job::{RunningJob, Stop},
     process,
 };
 
@@ -138,36 +140,9 @@ impl Session {
             return Flow::Continue;
         };
         match message {
-            server_message::Msg::Assign(assign) => {
-                let refusal = match (&self.job, &self.leaving) {
-                    (Some(running), _) => Some(format!(
-                        "worker is already running job {}",
-                        running.job_id()
-                    )),
-                    (None, Some(_)) => Some("worker is shutting down".to_string()),
-                    (None, None) => None,
-                };
-                if let Some(message) = refusal {
-                    tracing::warn!(job = assign.job_id, message, "assignment refused");
-                    return self
-                        .send(Msg::JobFinished(JobFinished {
-                            job_id: assign.job_id,
-                            outcome: JobOutcome::SpawnFailed as i32,
-                            exit_code: None,
-                            signal: None,
-                            message,
-                        }))
-                        .await;
-                }
-                tracing::info!(
-                    job = assign.job_id,
-                    attempt = assign.attempt,
-                    "job assigned"
-                );
-                self.job = Some(RunningJob::start(JobSpec::from(assign), self.out.clone()));
-            }
+            server_message::Msg::Assign(assign) => return self.on_assign(assign).await,
             server_message::Msg::Cancel(cancel) => match &self.job {
-                Some(job) if job.job_id() == cancel.job_id => {
+                Some(job) if job.job_id().to_string() == cancel.job_id => {
                     job.stop(Stop::Cancel(cancel.reason));
                 }
                 _ => tracing::warn!(
@@ -187,13 +162,49 @@ impl Session {
                     None => return Flow::Close,
                     Some(job) if shutdown.now => job.stop(Stop::Cancel(shutdown.reason)),
                     Some(job) => tracing::info!(
-                        job = job.job_id(),
+                        job = %job.job_id(),
                         "finishing the running job before exiting"
                     ),
                 }
             }
         }
         Flow::Continue
+    }
+
+    /// Starts the assigned job, or answers `SPAWN_FAILED` saying why not: the worker is busy or
+    /// leaving, or the assignment breaks the contract (no valid job id, no timeout).
+    async fn on_assign(&mut self, assign: AssignJob) -> Flow {
+        let job_id = assign.job_id.clone();
+        let refusal = match (&self.job, &self.leaving) {
+            (Some(running), _) => Err(format!(
+                "worker is already running job {}",
+                running.job_id()
+            )),
+            (None, Some(_)) => Err("worker is shutting down".to_string()),
+            (None, None) => Assignment::from_wire(assign).map_err(|err| err.to_string()),
+        };
+        match refusal {
+            Ok(assignment) => {
+                tracing::info!(
+                    job = %assignment.job_id,
+                    attempt = assignment.attempt,
+                    "job assigned"
+                );
+                self.job = Some(RunningJob::start(assignment, self.out.clone()));
+                Flow::Continue
+            }
+            Err(message) => {
+                tracing::warn!(job = job_id, message, "assignment refused");
+                self.send(Msg::JobFinished(JobFinished {
+                    job_id,
+                    outcome: JobOutcome::SpawnFailed as i32,
+                    exit_code: None,
+                    signal: None,
+                    message,
+                }))
+                .await
+            }
+        }
     }
 
     /// Queues a message for the server; failing means the stream is gone.
@@ -242,7 +253,7 @@ impl Session {
     async fn lost(mut self, cause: String) -> Result<(), WorkerError> {
         if let Some(mut job) = self.job.take() {
             tracing::warn!(
-                job = job.job_id(),
+                job = %job.job_id(),
                 "connection lost; killing the running job"
             );
             job.stop(Stop::Kill);
@@ -250,7 +261,7 @@ impl Session {
                 .await
                 .is_err()
             {
-                tracing::error!(job = job.job_id(), "the killed job did not end in time");
+                tracing::error!(job = %job.job_id(), "the killed job did not end in time");
             }
         }
         if self.leaving == Some(Leaving::Terminated) {

@@ -6,7 +6,10 @@ mod support;
 use std::{process::Stdio, time::Duration};
 
 use hodei_proto::v1::{JobOutcome, worker_message::Msg};
-use support::{DEADLINE, FakeServer, TOKEN, WORKER_ID, is_alive, survivors_of_group};
+use hodei_testkit::process::{
+    Signal, die_with_parent, is_running, send_signal, send_signal_to_group,
+};
+use support::{DEADLINE, FakeServer, JOB_1, TOKEN, WORKER_ID, survivors_of_group};
 use tokio::{
     io::AsyncReadExt,
     process::{Child, Command},
@@ -27,6 +30,8 @@ fn worker(vars: &[(&str, &str)]) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    // A test run killed outright leaves no worker behind either.
+    die_with_parent(command.as_std_mut());
     command
 }
 
@@ -115,7 +120,7 @@ async fn given_a_fake_server_when_the_binary_runs_a_job_then_it_reports_it_hides
 
     session
         .assign(
-            "job-1",
+            JOB_1,
             r#"echo "token=${HODEI_TOKEN-unset} ca=${HODEI_TLS_CA_PEM-unset} worker=$HODEI_WORKER_ID job=$HODEI_JOB_ID attempt=$HODEI_JOB_ATTEMPT var=$JOB_VAR"; printf '\377\376raw'"#,
         )
         .await;
@@ -126,7 +131,7 @@ async fn given_a_fake_server_when_the_binary_runs_a_job_then_it_reports_it_hides
 
     assert_eq!(
         job.stdout()[0],
-        format!("token=unset ca=unset worker={WORKER_ID} job=job-1 attempt=1 var=from-the-job")
+        format!("token=unset ca=unset worker={WORKER_ID} job={JOB_1} attempt=1 var=from-the-job")
     );
     assert_eq!(
         job.lines[1].1, b"\xff\xferaw",
@@ -159,7 +164,7 @@ async fn given_a_running_job_when_the_server_drops_the_stream_then_the_binary_ki
     let child = worker_for(&fake).spawn().expect("spawn");
     let mut session = fake.session().await;
 
-    session.assign("job-1", "sleep 300 & sleep 300").await;
+    session.assign(JOB_1, "sleep 300 & sleep 300").await;
     let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
         panic!("expected JobStarted");
     };
@@ -183,11 +188,11 @@ async fn given_a_running_job_when_the_binary_gets_sigterm_then_it_reports_the_jo
     let child = worker_for(&fake).spawn().expect("spawn");
     let mut session = fake.session().await;
 
-    session.assign("job-1", "sleep 300 & sleep 300").await;
+    session.assign(JOB_1, "sleep 300 & sleep 300").await;
     let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
         panic!("expected JobStarted");
     };
-    signal(&child, libc::SIGTERM);
+    signal(&child, Signal::SIGTERM);
     let job = session.job_until_finished().await;
     session.expect_close().await;
     let exit = wait(child).await;
@@ -204,23 +209,23 @@ async fn given_a_running_job_when_the_worker_is_killed_outright_then_the_jobs_sh
     let child = worker_for(&fake).spawn().expect("spawn");
     let mut session = fake.session().await;
 
-    session.assign("job-1", "sleep 300; echo never").await;
+    session.assign(JOB_1, "sleep 300; echo never").await;
     let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
         panic!("expected JobStarted");
     };
     // Its `sleep` is not covered by the parent-death signal: kill the group whatever happens.
     let _group = KillGroupOnDrop(started.pid);
-    assert!(is_alive(started.pid));
-    signal(&child, libc::SIGKILL);
+    assert!(is_running(started.pid));
+    signal(&child, Signal::SIGKILL);
     let exit = wait(child).await;
 
     assert_eq!(exit.code, None, "killed by a signal");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while is_alive(started.pid) && tokio::time::Instant::now() < deadline {
+    while is_running(started.pid) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        !is_alive(started.pid),
+        !is_running(started.pid),
         "the job's shell {} outlived the worker",
         started.pid
     );
@@ -260,7 +265,7 @@ async fn given_the_worker_is_pid_1_when_a_jobs_orphans_die_then_they_are_reaped(
 
     // The background `sleep` is orphaned when the shell exits, so it becomes the worker's
     // child; the runner then kills it and the worker must collect it.
-    session.assign("job-1", "sleep 300 & echo started").await;
+    session.assign(JOB_1, "sleep 300 & echo started").await;
     let job = session.job_until_finished().await;
     assert_eq!(job.stdout(), vec!["started"]);
     for _ in 0..2 {
@@ -269,7 +274,7 @@ async fn given_the_worker_is_pid_1_when_a_jobs_orphans_die_then_they_are_reaped(
 
     let zombies: Vec<u32> = children_of(worker)
         .into_iter()
-        .filter(|pid| !is_alive(*pid))
+        .filter(|pid| !is_running(*pid))
         .collect();
     assert_eq!(
         zombies,
@@ -301,8 +306,7 @@ struct KillGroupOnDrop(u32);
 
 impl Drop for KillGroupOnDrop {
     fn drop(&mut self) {
-        // SAFETY: killpg has no memory-safety preconditions.
-        unsafe { libc::killpg(self.0 as libc::pid_t, libc::SIGKILL) };
+        let _ = send_signal_to_group(self.0, Signal::SIGKILL);
     }
 }
 
@@ -331,8 +335,6 @@ async fn given_a_token_the_server_rejects_when_the_binary_starts_then_it_exits_1
     assert!(!exit.stderr.contains("replayed-token"), "{}", exit.stderr);
 }
 
-fn signal(child: &Child, signal: libc::c_int) {
-    let pid = child.id().expect("running") as libc::pid_t;
-    // SAFETY: kill has no memory-safety preconditions.
-    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+fn signal(child: &Child, signal: Signal) {
+    send_signal(child.id().expect("running"), signal).expect("signal the worker");
 }

@@ -5,7 +5,8 @@ mod support;
 use std::{process::Stdio, time::Duration};
 
 use hodei_proto::v1::worker_message::Msg;
-use support::{FakeServer, FakeSession, TOKEN, WORKER_ID};
+use hodei_testkit::process::die_with_parent;
+use support::{FakeServer, FakeSession, JOB_1, TOKEN, WORKER_ID};
 use tokio::process::{Child, Command};
 
 /// The target for a release build. A debug build (the default binary of `cargo test`) carries
@@ -43,7 +44,10 @@ fn memory_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn spawn_worker(binary: &str, fake: &FakeServer) -> Child {
-    Command::new(binary)
+    let mut command = Command::new(binary);
+    // A test run killed outright leaves no worker behind either.
+    die_with_parent(command.as_std_mut());
+    command
         .env_clear()
         .env("HODEI_TOKEN", TOKEN)
         .env("HODEI_SERVER", &fake.url)
@@ -94,7 +98,7 @@ async fn a_flood_of_output_the_server_reads_slowly_does_not_grow_the_workers_mem
     // ~80 MiB of output, plus lines far beyond the maximum length, while the server stalls.
     session
         .assign(
-            "flood",
+            JOB_1,
             "yes 0123456789012345678901234567890123456789 | head -n 2000000; \
              head -c 4000000 /dev/zero | tr '\\0' x",
         )

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use hodei_proto::v1::{JobOutcome, LogStream, worker_message::Msg};
 use hodei_worker::{Config, WorkerError, config::Token};
-use support::{DEADLINE, FakeServer, TOKEN, WORKER_ID, survivors_of_group};
+use support::{DEADLINE, FIRST, FakeServer, JOB_1, SECOND, TOKEN, WORKER_ID, survivors_of_group};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 fn config(url: &str, token: &str) -> Config {
@@ -83,20 +83,20 @@ async fn given_an_assigned_job_when_it_runs_then_its_start_output_and_exit_are_r
 
     session
         .assign(
-            "job-1",
+            JOB_1,
             "echo hello; echo $JOB_VAR $HODEI_JOB_ID >&2; sleep 0.5; exit 7",
         )
         .await;
     let job = session.job_until_finished().await;
 
-    assert_eq!(job.started.as_ref().expect("started").job_id, "job-1");
+    assert_eq!(job.started.as_ref().expect("started").job_id, JOB_1);
     assert_eq!(job.stdout(), vec!["hello"]);
-    assert_eq!(job.stderr(), vec!["from-the-job job-1"]);
+    assert_eq!(job.stderr(), vec![format!("from-the-job {JOB_1}")]);
     assert_eq!(job.outcome(), JobOutcome::Exited);
     assert_eq!(job.finished().exit_code, Some(7));
-    assert_eq!(job.finished().job_id, "job-1");
+    assert_eq!(job.finished().job_id, JOB_1);
     assert!(
-        job.heartbeats.iter().any(|running| running == "job-1"),
+        job.heartbeats.iter().any(|running| running == JOB_1),
         "heartbeats while running: {:?}",
         job.heartbeats
     );
@@ -111,7 +111,7 @@ async fn given_one_job_done_when_another_is_assigned_then_the_worker_runs_it_too
     let worker = Worker::start(config(&fake.url, TOKEN));
     let mut session = fake.session().await;
 
-    for job_id in ["first", "second"] {
+    for job_id in [FIRST, SECOND] {
         session.assign(job_id, "echo $HODEI_JOB_ID").await;
         let job = session.job_until_finished().await;
         assert_eq!(job.stdout(), vec![job_id]);
@@ -130,7 +130,7 @@ async fn given_a_running_job_when_the_server_cancels_it_then_it_dies_with_its_ch
     let mut session = fake.session().await;
 
     session
-        .assign("job-1", "echo started; sleep 300 & sleep 300")
+        .assign(JOB_1, "echo started; sleep 300 & sleep 300")
         .await;
     let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
         panic!("expected JobStarted");
@@ -138,7 +138,7 @@ async fn given_a_running_job_when_the_server_cancels_it_then_it_dies_with_its_ch
     let Some(Msg::Logs(_)) = session.recv_skipping_heartbeats().await else {
         panic!("expected the first line");
     };
-    session.cancel("job-1", "user asked").await;
+    session.cancel(JOB_1, "user asked").await;
     let job = session.job_until_finished().await;
 
     assert_eq!(job.outcome(), JobOutcome::Cancelled);
@@ -156,22 +156,64 @@ async fn given_a_running_job_when_a_second_is_assigned_then_it_is_refused_and_th
     let worker = Worker::start(config(&fake.url, TOKEN));
     let mut session = fake.session().await;
 
-    session.assign("first", "sleep 1; echo first done").await;
+    session.assign(FIRST, "sleep 1; echo first done").await;
     let Some(Msg::JobStarted(_)) = session.recv_skipping_heartbeats().await else {
         panic!("expected JobStarted");
     };
-    session.assign("second", "echo never").await;
+    session.assign(SECOND, "echo never").await;
     let Some(Msg::JobFinished(refused)) = session.recv_skipping_heartbeats().await else {
         panic!("expected the refusal");
     };
     let first = session.job_until_finished().await;
 
-    assert_eq!(refused.job_id, "second");
+    assert_eq!(refused.job_id, SECOND);
     assert_eq!(refused.outcome, JobOutcome::SpawnFailed as i32);
-    assert_eq!(refused.message, "worker is already running job first");
+    assert_eq!(
+        refused.message,
+        format!("worker is already running job {FIRST}")
+    );
     assert_eq!(first.stdout(), vec!["first done"]);
-    assert_eq!(first.finished().job_id, "first");
+    assert_eq!(first.finished().job_id, FIRST);
     assert_eq!(first.outcome(), JobOutcome::Exited);
+    session.shutdown("done", false).await;
+    session.expect_close().await;
+    worker.result().await.expect("clean exit");
+}
+
+#[tokio::test]
+async fn given_an_assignment_without_a_timeout_or_a_valid_job_id_then_it_is_refused_with_the_contracts_reason_and_nothing_runs()
+ {
+    let mut fake = FakeServer::start().await;
+    let worker = Worker::start(config(&fake.url, TOKEN));
+    let mut session = fake.session().await;
+
+    // Zero is not "no limit": every job has a timeout.
+    session.assign_with(FIRST, "echo never", 0, 1000).await;
+    let Some(Msg::JobFinished(no_timeout)) = session.recv_skipping_heartbeats().await else {
+        panic!("expected the refusal of the assignment without a timeout");
+    };
+    session.assign("job-1", "echo never").await;
+    let Some(Msg::JobFinished(bad_id)) = session.recv_skipping_heartbeats().await else {
+        panic!("expected the refusal of the assignment with a bad job id");
+    };
+
+    assert_eq!(no_timeout.job_id, FIRST);
+    assert_eq!(no_timeout.outcome, JobOutcome::SpawnFailed as i32);
+    assert_eq!(
+        no_timeout.message,
+        "invalid assignment: timeout_seconds must be positive"
+    );
+    assert_eq!(bad_id.job_id, "job-1");
+    assert_eq!(bad_id.outcome, JobOutcome::SpawnFailed as i32);
+    assert!(
+        bad_id.message.starts_with("invalid job id \"job-1\""),
+        "{}",
+        bad_id.message
+    );
+    // Neither started anything: the next valid assignment runs as usual.
+    session.assign(SECOND, "echo $HODEI_JOB_ID").await;
+    let job = session.job_until_finished().await;
+    assert_eq!(job.stdout(), vec![SECOND]);
     session.shutdown("done", false).await;
     session.expect_close().await;
     worker.result().await.expect("clean exit");
@@ -184,7 +226,7 @@ async fn given_a_running_job_when_the_server_says_shutdown_then_the_job_finishes
     let worker = Worker::start(config(&fake.url, TOKEN));
     let mut session = fake.session().await;
 
-    session.assign("job-1", "sleep 0.5; echo finished").await;
+    session.assign(JOB_1, "sleep 0.5; echo finished").await;
     session.shutdown("server draining", false).await;
     let job = session.job_until_finished().await;
 
@@ -201,7 +243,7 @@ async fn given_a_running_job_when_the_server_says_shutdown_now_then_the_job_is_c
     let worker = Worker::start(config(&fake.url, TOKEN));
     let mut session = fake.session().await;
 
-    session.assign("job-1", "sleep 300").await;
+    session.assign(JOB_1, "sleep 300").await;
     let Some(Msg::JobStarted(_)) = session.recv_skipping_heartbeats().await else {
         panic!("expected JobStarted");
     };
@@ -239,7 +281,7 @@ async fn given_a_running_job_when_the_server_drops_the_stream_then_the_job_is_ki
     let worker = Worker::start(config(&fake.url, TOKEN));
     let mut session = fake.session().await;
 
-    session.assign("job-1", "sleep 300 & sleep 300").await;
+    session.assign(JOB_1, "sleep 300 & sleep 300").await;
     let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
         panic!("expected JobStarted");
     };
@@ -280,7 +322,7 @@ async fn given_a_running_job_when_the_worker_is_terminated_then_the_job_is_cance
     let mut worker = Worker::start(config(&fake.url, TOKEN));
     let mut session = fake.session().await;
 
-    session.assign("job-1", "sleep 300 & sleep 300").await;
+    session.assign(JOB_1, "sleep 300 & sleep 300").await;
     let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
         panic!("expected JobStarted");
     };
@@ -300,7 +342,7 @@ async fn given_a_job_over_its_timeout_then_it_is_reported_timed_out() {
     let worker = Worker::start(config(&fake.url, TOKEN));
     let mut session = fake.session().await;
 
-    session.assign_with("job-1", "sleep 300", 1, 500).await;
+    session.assign_with(JOB_1, "sleep 300", 1, 500).await;
     let job = session.job_until_finished().await;
 
     assert_eq!(job.outcome(), JobOutcome::TimedOut);
@@ -317,7 +359,7 @@ async fn given_a_flood_of_output_then_every_line_arrives_in_order_in_few_batches
     let mut session = fake.session().await;
 
     session
-        .assign("job-1", "seq 1 50000; printf 'no newline'")
+        .assign(JOB_1, "seq 1 50000; printf 'no newline'")
         .await;
     let job = session.job_until_finished().await;
 
@@ -432,7 +474,7 @@ async fn given_a_tls_server_and_its_ca_when_the_worker_starts_then_it_registers_
     let worker = Worker::start(config);
 
     let mut session = fake.session().await;
-    session.assign("job-1", "echo over tls").await;
+    session.assign(JOB_1, "echo over tls").await;
     let job = session.job_until_finished().await;
 
     assert_eq!(job.stdout(), vec!["over tls"]);

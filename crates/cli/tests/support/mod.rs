@@ -215,6 +215,32 @@ impl FakeServer {
             .map(|e| e.job.clone())
     }
 
+    /// Waits (up to [`DEADLINE`]) until job `id` and its output satisfy `done`; `what` names the
+    /// condition for the failure message.
+    pub async fn wait_until_job(
+        &self,
+        id: &str,
+        what: &str,
+        done: impl Fn(&pb::Job, &[pb::LogLine]) -> bool,
+    ) {
+        let done = &done;
+        hodei_testkit::wait_for(&format!("job {id} {what}"), DEADLINE, || async move {
+            let inner = self.shared.inner.lock().unwrap();
+            let entry = inner.jobs.iter().find(|e| e.job.id == id);
+            Ok(match entry {
+                Some(entry) if done(&entry.job, &entry.lines) => hodei_testkit::Probe::Ready(()),
+                Some(entry) => hodei_testkit::Probe::Pending(format!(
+                    "state {}, {} lines",
+                    entry.job.state,
+                    entry.lines.len()
+                )),
+                None => hodei_testkit::Probe::Pending("no such job".into()),
+            })
+        })
+        .await
+        .expect("the fake's job reaches the awaited point");
+    }
+
     /// `hodei --server <fake> ARGS...` with piped stdout and stderr.
     pub fn hodei(&self, args: &[&str]) -> Command {
         hodei(&self.url, args)

@@ -3,10 +3,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use hodei_contract::env;
 use hodei_domain::{Resources, WorkerId};
 
 use super::DockerProviderConfig;
-use crate::{WorkerSpec, env, labels};
+use crate::{WorkerSpec, labels};
 
 /// `hodei-worker-<worker id>`: one container per worker, found again by name alone.
 pub fn container_name(worker_id: &WorkerId) -> String {

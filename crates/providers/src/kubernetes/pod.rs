@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use hodei_contract::env;
 use hodei_domain::WorkerId;
 use k8s_openapi::{
     ByteString,
@@ -18,7 +19,7 @@ use k8s_openapi::{
 };
 
 use super::config::KubernetesProviderConfig;
-use crate::{WorkerSpec, env, labels};
+use crate::{WorkerSpec, labels};
 
 /// Name of the worker's only container.
 pub const CONTAINER_NAME: &str = "worker";

@@ -1,27 +1,25 @@
 //! `WorkerAgentService`: registration with the one-time token, then the worker's session.
 
-use std::{pin::Pin, sync::Arc};
+use std::pin::Pin;
 
 use futures::Stream;
-use hodei_domain::{OneTimeToken, WorkerId};
+use hodei_domain::{OneTimeToken, SessionCredential, WorkerId};
 use hodei_proto::v1::{self as pb, worker_agent_service_server::WorkerAgentService};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    core::Core,
-    registry::AttachError,
-    session::{Session, SessionCommand},
+    commands::SessionCommand, lifecycle::Lifecycle, registry::AttachError, session::Session,
 };
 
 pub struct AgentService {
-    core: Arc<Core>,
+    lifecycle: Lifecycle,
 }
 
 impl AgentService {
-    pub fn new(core: Arc<Core>) -> Self {
-        Self { core }
+    pub fn new(lifecycle: Lifecycle) -> Self {
+        Self { lifecycle }
     }
 }
 
@@ -47,28 +45,27 @@ impl WorkerAgentService for AgentService {
             .parse()
             .map_err(|e: hodei_domain::IdParseError| Status::unauthenticated(e.to_string()))?;
 
-        let session = OneTimeToken::generate();
+        let session = SessionCredential::generate();
         let outcome = self
-            .core
-            .store
-            .register_worker(worker, token.hash(), session.hash())
+            .lifecycle
+            .register(worker, &token, &session)
             .await
             .map_err(|e| Status::unavailable(format!("cannot register now: {e}")))?;
         if let Err(rejection) = outcome {
             tracing::warn!(%worker, %rejection, "registration refused");
             return Err(Status::unauthenticated(rejection.to_string()));
         }
-        if let Some(took) = self.core.registry.mark_registered(worker) {
-            self.core
-                .metrics
-                .provisioning_seconds
-                .observe(took.as_secs_f64());
-        }
         tracing::info!(%worker, agent_version = request.agent_version, hostname = request.hostname, "worker registered");
         Ok(Response::new(pb::RegisterResponse {
             session_token: session.expose().to_string(),
-            heartbeat_interval_ms: u32::try_from(self.core.settings.heartbeat_interval.as_millis())
-                .unwrap_or(u32::MAX),
+            heartbeat_interval_ms: u32::try_from(
+                self.lifecycle
+                    .core()
+                    .settings
+                    .heartbeat_interval
+                    .as_millis(),
+            )
+            .unwrap_or(u32::MAX),
         }))
     }
 
@@ -80,7 +77,8 @@ impl WorkerAgentService for AgentService {
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let session = bearer_token(&request)?;
         let worker = self
-            .core
+            .lifecycle
+            .core()
             .store
             .worker_for_session(session.hash())
             .await
@@ -88,8 +86,7 @@ impl WorkerAgentService for AgentService {
             .ok_or_else(|| Status::unauthenticated("unknown or expired session"))?;
         let (commands_tx, commands_rx) = mpsc::unbounded_channel::<SessionCommand>();
         let bound_job = self
-            .core
-            .registry
+            .lifecycle
             .attach(worker, commands_tx)
             .map_err(|e| match e {
                 AttachError::Unknown => {
@@ -101,14 +98,17 @@ impl WorkerAgentService for AgentService {
                 AttachError::Retiring => Status::failed_precondition("worker is being retired"),
             })?;
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
-        let session = Session::new(self.core.clone(), worker, out_tx);
-        tokio::spawn(session.run(request.into_inner(), commands_rx, bound_job));
+        let session = Session::new(self.lifecycle.clone(), worker, out_tx);
+        self.lifecycle.spawn_session(
+            worker,
+            session.run(request.into_inner(), commands_rx, bound_job),
+        );
         tracing::info!(%worker, "worker session opened");
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
 }
 
-fn bearer_token<T>(request: &Request<T>) -> Result<OneTimeToken, Status> {
+fn bearer_token<T>(request: &Request<T>) -> Result<SessionCredential, Status> {
     let value = request.metadata().get("authorization").ok_or_else(|| {
         Status::unauthenticated("missing `authorization: Bearer <session token>`")
     })?;
@@ -118,5 +118,5 @@ fn bearer_token<T>(request: &Request<T>) -> Result<OneTimeToken, Status> {
     let token = value
         .strip_prefix("Bearer ")
         .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer <session token>`"))?;
-    OneTimeToken::parse(token).map_err(|e| Status::unauthenticated(format!("session {e}")))
+    SessionCredential::parse(token).map_err(|e| Status::unauthenticated(format!("session {e}")))
 }

@@ -9,12 +9,9 @@ use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::{
-    convert::{log_line_to_proto, parse_job_id},
-    core::Core,
-    log_hub::HubEvent,
-    store_status,
-};
+use hodei_contract::convert::{log_line_to_proto, parse_job_id};
+
+use crate::{contract_status, core::Core, log_hub::HubEvent, store_status};
 
 pub struct LogsService {
     core: Arc<Core>,
@@ -48,7 +45,7 @@ impl LogStreamService for LogsService {
         request: Request<pb::SubscribeLogsRequest>,
     ) -> Result<Response<Self::SubscribeLogsStream>, Status> {
         let request = request.into_inner();
-        let job = parse_job_id(&request.job_id)?;
+        let job = parse_job_id(&request.job_id).map_err(contract_status)?;
         // Register for live lines *before* looking at the job, so nothing falls in between.
         let subscription = request.follow.then(|| self.core.hub.subscribe(job));
         let found = self.core.store.get_job(job).await.map_err(store_status)?;
@@ -64,7 +61,7 @@ impl LogStreamService for LogsService {
             tx,
         };
         let subscription = subscription.filter(|_| !found.state.is_terminal());
-        tokio::spawn(follower.run(subscription));
+        self.core.spawn("log follower", follower.run(subscription));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -73,7 +70,7 @@ impl LogStreamService for LogsService {
         request: Request<pb::GetLogsRequest>,
     ) -> Result<Response<pb::GetLogsResponse>, Status> {
         let request = request.into_inner();
-        let job = parse_job_id(&request.job_id)?;
+        let job = parse_job_id(&request.job_id).map_err(contract_status)?;
         let store = &self.core.store;
         if store.get_job(job).await.map_err(store_status)?.is_none() {
             return Err(Status::not_found(format!("no job {job}")));
@@ -133,7 +130,7 @@ impl Follower {
             let event = tokio::select! {
                 event = subscription.receiver.recv() => event,
                 _ = self.tx.closed() => return Err(Gone),
-                _ = self.core.kill.cancelled() => return Ok(()),
+                _ = self.core.stop.cancelled() => return Ok(()),
                 // The hub is told when a job ends, but a job can also end where it cannot tell
                 // (a reply lost to a database restart, another server instance): after a quiet
                 // spell, the database says whether there is anything left to follow.

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use hodei_proto::v1::{self as pb, worker_query_service_server::WorkerQueryService};
 use tonic::{Request, Response, Status};
 
-use crate::{convert::worker_to_proto, core::Core, store_status};
+use hodei_contract::convert::worker_to_proto;
+
+use crate::{core::Core, store_status};
 
 pub struct WorkersService {
     core: Arc<Core>,

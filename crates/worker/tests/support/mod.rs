@@ -18,7 +18,14 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 pub const TOKEN: &str = "one-time-token-for-tests";
-pub const SESSION_TOKEN: &str = "session-token-for-tests";
+/// What `Register` answers: a session credential is 64 hex digits.
+pub const SESSION_TOKEN: &str = "5e5510c0ffee5e5510c0ffee5e5510c0ffee5e5510c0ffee5e5510c0ffee5e55";
+/// Job ids the tests assign; the contract wants UUIDs.
+pub const JOB_1: &str = "0192f0c4-8a51-7c3e-9f6e-000000000001";
+pub const FIRST: &str = "0192f0c4-8a51-7c3e-9f6e-00000000000a";
+pub const SECOND: &str = "0192f0c4-8a51-7c3e-9f6e-00000000000b";
+/// The timeout of an assignment when the test does not care: longer than any test.
+pub const NO_TEST_REACHES: u64 = 3600;
 pub const WORKER_ID: &str = "worker-under-test";
 pub const HEARTBEAT_MS: u32 = 200;
 /// How long any single wait in a test may take before the test fails.
@@ -195,7 +202,8 @@ impl FakeSession {
     }
 
     pub async fn assign(&self, job_id: &str, command: &str) {
-        self.assign_with(job_id, command, 0, 1000).await;
+        self.assign_with(job_id, command, NO_TEST_REACHES, 1000)
+            .await;
     }
 
     pub async fn assign_with(
@@ -325,38 +333,10 @@ impl JobRecord {
 pub async fn survivors_of_group(pgid: u32) -> Vec<u32> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
     loop {
-        let alive = live_processes_in_group(pgid);
+        let alive = hodei_testkit::process::live_processes_in_group(pgid);
         if alive.is_empty() || tokio::time::Instant::now() >= deadline {
             return alive;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn live_processes_in_group(pgid: u32) -> Vec<u32> {
-    let entries = std::fs::read_dir("/proc").expect("/proc");
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.first() != Some(&"Z") && fields.get(2) == Some(&pgid.to_string().as_str())
-        })
-        .collect()
-}
-
-/// Whether process `pid` is alive (not a zombie).
-pub fn is_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z"),
-        Err(_) => false,
     }
 }

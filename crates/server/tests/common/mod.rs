@@ -1,4 +1,5 @@
-//! The harness shared by the E2E suites (local processes, Docker, Kubernetes).
+//! The harness shared by the E2E suites (local processes, Docker, Kubernetes): an in-process
+//! server. What the suites assert about jobs and output is in `hodei_testkit::{jobs, log_lines}`.
 //!
 //! Each test gets its own PostgreSQL database ([`TestDatabase`]), an in-process `hodei-server`
 //! on a random port with the provider under test, and gRPC clients. Every wait has a deadline
@@ -8,7 +9,6 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use hodei_server::{RunningServer, Settings};
 use hodei_proto::v1::{
     self as pb, job_service_client::JobServiceClient,
     log_stream_service_client::LogStreamServiceClient,
@@ -19,11 +19,14 @@ use hodei_providers::{
     WorkerProvider,
     local::{LocalProvider, LocalProviderConfig},
 };
+use hodei_server::{RunningServer, Settings};
 use hodei_store::Store;
-use hodei_testkit::{Probe, TestDatabase, wait_for};
+use hodei_testkit::{
+    Probe, TestDatabase,
+    jobs::{describe, is_final, spec, state_of},
+    wait_for,
+};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
-
-pub use hodei_testkit::init_tracing;
 
 /// A server under test with its database and provider.
 pub struct TestServer {
@@ -75,7 +78,7 @@ impl TestServer {
         settings: Settings,
         provider: Arc<dyn WorkerProvider>,
     ) -> anyhow::Result<Self> {
-        init_tracing();
+        hodei_testkit::init_tracing();
         let db = TestDatabase::create().await?;
         let store = Store::connect(db.url(), 10, Duration::from_secs(30)).await?;
         let mut this = Self {
@@ -102,7 +105,8 @@ impl TestServer {
 
     async fn boot(&mut self) -> anyhow::Result<()> {
         let store = Store::connect(self.db.url(), 20, Duration::from_secs(30)).await?;
-        let server = hodei_server::start(self.settings.clone(), store, self.provider.clone()).await?;
+        let server =
+            hodei_server::start(self.settings.clone(), store, self.provider.clone()).await?;
         let scheme = if self.settings.tls.is_some() {
             "https"
         } else {
@@ -239,16 +243,7 @@ impl TestServer {
         id: &str,
         timeout: Duration,
     ) -> anyhow::Result<Vec<pb::LogLine>> {
-        let mut stream = self
-            .logs()
-            .await?
-            .subscribe_logs(pb::SubscribeLogsRequest {
-                job_id: id.into(),
-                from_sequence: 1,
-                follow: true,
-            })
-            .await?
-            .into_inner();
+        let mut stream = self.subscribe(id, 1).await?;
         let mut lines = Vec::new();
         let collect = async {
             while let Some(line) = stream.message().await? {
@@ -328,54 +323,6 @@ impl TestServer {
         );
         Ok(response)
     }
-}
-
-/// A spec with a 60 s timeout.
-pub fn spec(command: &str) -> pb::JobSpec {
-    pb::JobSpec {
-        command: command.into(),
-        timeout_seconds: Some(60),
-        ..Default::default()
-    }
-}
-
-pub fn is_final(state: i32) -> bool {
-    matches!(
-        pb::JobState::try_from(state),
-        Ok(pb::JobState::Succeeded
-            | pb::JobState::Failed
-            | pb::JobState::Cancelled
-            | pb::JobState::TimedOut)
-    )
-}
-
-pub fn state_of(job: &pb::Job) -> pb::JobState {
-    pb::JobState::try_from(job.state).unwrap_or(pb::JobState::Unspecified)
-}
-
-pub fn describe(job: &pb::Job) -> String {
-    format!(
-        "{:?} (exit {:?}, attempts {}, reason {:?})",
-        state_of(job),
-        job.exit_code,
-        job.attempts,
-        job.reason
-    )
-}
-
-/// The text of each line, lossily decoded.
-pub fn texts(lines: &[pb::LogLine]) -> Vec<String> {
-    lines
-        .iter()
-        .map(|l| String::from_utf8_lossy(&l.data).into_owned())
-        .collect()
-}
-
-/// Sequence numbers must be 1, 2, 3, ... without gap or duplicate.
-pub fn assert_contiguous(lines: &[pb::LogLine]) {
-    let sequences: Vec<u64> = lines.iter().map(|l| l.sequence).collect();
-    let expected: Vec<u64> = (1..=lines.len() as u64).collect();
-    assert_eq!(sequences, expected, "sequences have a gap or a duplicate");
 }
 
 /// Where workers outside this process reach the server (HU-10.2).

@@ -1,0 +1,15 @@
+//! The environment every worker agent is started with. Providers set these; the worker reads
+//! them (`hodei-worker --help` documents the rest of its settings).
+
+/// The one-time registration token.
+pub const TOKEN: &str = "HODEI_TOKEN";
+/// The gRPC address of the server, e.g. `http://10.0.0.1:50051`.
+pub const SERVER: &str = "HODEI_SERVER";
+/// The id the token is bound to.
+pub const WORKER_ID: &str = "HODEI_WORKER_ID";
+/// PEM of the CA that signed the server's certificate (TLS only).
+pub const TLS_CA_PEM: &str = "HODEI_TLS_CA_PEM";
+
+/// The variables a job must not inherit from its worker: the token is a secret, and the CA is
+/// the worker's trust store, none of the job's business.
+pub const NOT_FOR_JOBS: [&str; 2] = [TOKEN, TLS_CA_PEM];

@@ -1,0 +1,86 @@
+//! The graceful shutdown of the lifecycle: running jobs finish or go back to the queue, every
+//! worker is told to go and destroyed, and the server's tasks end.
+
+use std::time::Duration;
+
+use hodei_domain::{JobId, WorkerId, WorkerState};
+
+use super::Lifecycle;
+use crate::{commands::SessionCommand, registry::Phase};
+
+/// At shutdown, how long giving running jobs back to the queue may take in all.
+const SHUTDOWN_GIVE_BACK: Duration = Duration::from_secs(15);
+/// Beyond the kill grace, how long workers told to exit may take to be destroyed.
+const DESTROY_SLACK: Duration = Duration::from_secs(15);
+/// How long the server's remaining tasks may take to end once every worker is gone.
+const TASKS_GRACE: Duration = Duration::from_secs(10);
+
+impl Lifecycle {
+    /// Stop taking work → let running jobs finish for `shutdown_grace` → give back what still
+    /// runs → tell every worker to exit → wait until every worker is destroyed → wait for the
+    /// server's tasks. What is left after the bounds is the next start's recovery.
+    pub async fn shutdown(&self) {
+        let core = &self.core;
+        core.start_draining();
+        tracing::info!("shutting down: waiting for running jobs");
+        let grace = tokio::time::Instant::now() + core.settings.shutdown_grace;
+        core.registry
+            .wait_until(grace, |r| r.busy_count() == 0)
+            .await;
+
+        // Giving jobs back waits out a database outage (retry_db), but not for longer than this
+        // in all: what is left is re-queued by the next start's recovery instead.
+        let give_back_by = tokio::time::Instant::now() + SHUTDOWN_GIVE_BACK;
+        let give_back = |job: JobId, worker: WorkerId, reason: &'static str| async move {
+            let requeued = tokio::time::timeout_at(give_back_by, self.requeue(job, worker, reason));
+            if requeued.await.is_err() {
+                tracing::warn!(%job, %worker, "database unreachable at shutdown; the next start re-queues the job");
+            }
+        };
+        for (worker, phase) in core.registry.snapshot() {
+            match phase {
+                Phase::Busy { job } => {
+                    give_back(job, worker, "server shut down while the job was running").await;
+                    self.tell_to_exit(worker, true);
+                }
+                Phase::Idle | Phase::Reserved => self.tell_to_exit(worker, false),
+                Phase::Provisioning { .. } | Phase::Registered { .. } => {
+                    if core.registry.retire_if_unconnected(worker) {
+                        if let Some(job) = phase.job() {
+                            give_back(job, worker, "server shut down before the worker registered")
+                                .await;
+                        }
+                        self.retire(worker, WorkerState::Terminated, "server shut down".into());
+                    }
+                }
+                Phase::Retiring => {}
+            }
+        }
+
+        let destroyed_by = tokio::time::Instant::now() + core.settings.kill_grace + DESTROY_SLACK;
+        core.registry
+            .wait_until(destroyed_by, |r| r.alive_count() == 0)
+            .await;
+        core.tasks.close();
+        // Tasks that only wait (retry timers, log followers) end now.
+        core.stop.cancel();
+        let _ = tokio::time::timeout(TASKS_GRACE, core.tasks.wait()).await;
+        let leftover = core.registry.alive_count();
+        if leftover > 0 {
+            tracing::warn!(
+                leftover,
+                "workers still alive at shutdown; the next start will reap them"
+            );
+        }
+    }
+
+    /// Asks a connected worker's session to make its worker exit (`now`: killing its job).
+    fn tell_to_exit(&self, worker: WorkerId, now: bool) {
+        if let Some(commands) = self.core.registry.commands(worker) {
+            let _ = commands.send(SessionCommand::Retire {
+                reason: "server shutting down".into(),
+                now,
+            });
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! A worker's transitions: claims, registration, its session attaching and ending, the hand-over
+//! of jobs, retirement and loss.
+
+use std::{future::Future, panic::AssertUnwindSafe};
+
+use chrono::Utc;
+use futures::FutureExt;
+use hodei_domain::{Job, JobId, OneTimeToken, SessionCredential, WorkerId, WorkerState};
+use hodei_store::{StoreError, TokenRejection};
+
+use super::Lifecycle;
+use crate::{
+    commands::{Commands, SessionCommand},
+    core::panic_message,
+    registry::{AttachError, Phase},
+};
+
+/// A worker recorded (`provisioning`) together with the job it claimed, to be created now.
+pub struct NewWorker {
+    pub id: WorkerId,
+    pub job: Job,
+    /// Its one-time registration token (only the hash is stored).
+    pub token: OneTimeToken,
+}
+
+/// What becomes of a worker whose job just ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AfterJob {
+    /// It waits for the next job.
+    Idle,
+    /// It is told to exit, for this reason.
+    Retire(&'static str),
+}
+
+impl Lifecycle {
+    /// Idle workers take queued jobs: each worker is reserved, the oldest queued job is claimed
+    /// for it (`Queued → Assigned`, the worker recorded busy), and the job goes to its session;
+    /// a job whose session went away meanwhile is given back.
+    pub async fn assign_idle_workers(&self) -> Result<(), StoreError> {
+        let registry = &self.core.registry;
+        let mut idle = registry.reserve_idle().into_iter();
+        while let Some(worker) = idle.next() {
+            let job = match self.db.claim_next_job(worker).await {
+                Ok(Some(job)) => job,
+                Ok(None) => {
+                    registry.unreserve(worker);
+                    break;
+                }
+                Err(e) => {
+                    registry.unreserve(worker);
+                    idle.for_each(|rest| registry.unreserve(rest));
+                    return Err(e);
+                }
+            };
+            let id = job.id;
+            match registry.assign(worker, id) {
+                Some(commands) if commands.send(SessionCommand::Assign(Box::new(job))).is_ok() => {}
+                _ => {
+                    self.give_back(id, worker, "worker went away before the job was sent")
+                        .await
+                }
+            }
+        }
+        idle.for_each(|rest| registry.unreserve(rest));
+        Ok(())
+    }
+
+    /// Claims the oldest queued job for a worker that does not exist yet, recorded
+    /// (`provisioning`) with its token in the same transaction, and counts it against the
+    /// maximum from now on. `None` when nothing was claimable.
+    pub async fn claim_for_new_worker(&self) -> Result<Option<NewWorker>, StoreError> {
+        let core = &self.core;
+        let id = WorkerId::new();
+        let token = OneTimeToken::generate();
+        let expires = Utc::now()
+            + chrono::Duration::from_std(core.settings.provisioning_timeout)
+                .unwrap_or(chrono::Duration::minutes(5));
+        let claimed = self
+            .db
+            .claim_job_for_new_worker(
+                id,
+                &core.settings.instance,
+                core.provider.name(),
+                token.hash(),
+                expires,
+            )
+            .await?;
+        let Some(job) = claimed else {
+            return Ok(None);
+        };
+        core.registry.insert_provisioning(id, job.id);
+        tracing::info!(worker = %id, job = %job.id, attempt = job.attempts, "provisioning a worker");
+        Ok(Some(NewWorker { id, job, token }))
+    }
+
+    /// A worker failed to come up (classified by its provider, or out of time): recorded
+    /// `failed`, its job re-queued, its resource destroyed; only then is its slot free, since a
+    /// Pod being deleted still holds its node's resources. Nothing happens if it registered
+    /// meanwhile: its session owns it then.
+    pub async fn provisioning_failed(&self, worker: WorkerId, job: JobId, reason: String) {
+        let core = &self.core;
+        if !core.registry.retire_if_provisioning(worker) {
+            return;
+        }
+        tracing::warn!(%worker, %job, reason, "provisioning failed");
+        let _ = core
+            .retry_db("recording a failed worker", || {
+                self.db
+                    .set_worker_state(worker, WorkerState::Failed, &reason)
+            })
+            .await;
+        self.requeue(job, worker, &reason).await;
+        if let Err(e) = core.provider.destroy_worker(&worker).await {
+            tracing::warn!(%worker, error = %e, "cleaning up a failed worker failed; the orphan sweep will retry");
+        }
+        core.registry.remove(worker);
+        core.wake_dispatcher();
+    }
+
+    /// `Provisioning → Idle`: the worker's one-time token is consumed and its session
+    /// credential recorded, atomically; every refusal has its own reason and changes nothing.
+    pub async fn register(
+        &self,
+        worker: WorkerId,
+        token: &OneTimeToken,
+        session: &SessionCredential,
+    ) -> Result<Result<(), TokenRejection>, StoreError> {
+        let registered = self
+            .db
+            .register_worker(worker, token.hash(), session.hash())
+            .await?;
+        if registered.is_ok()
+            && let Some(took) = self.core.registry.mark_registered(worker)
+        {
+            self.core
+                .metrics
+                .provisioning_seconds
+                .observe(took.as_secs_f64());
+        }
+        Ok(registered)
+    }
+
+    /// The worker's session opened: it becomes `Busy` with the job it was provisioned for, or
+    /// `Idle`. Returns that job.
+    pub fn attach(
+        &self,
+        worker: WorkerId,
+        commands: Commands,
+    ) -> Result<Option<JobId>, AttachError> {
+        self.core.registry.attach(worker, commands)
+    }
+
+    /// The job `worker` was provisioned for, recorded as the job it is busy with — unless it
+    /// was cancelled (or otherwise taken) while the worker was starting, in which case the
+    /// worker becomes idle.
+    pub async fn take_bound_job(&self, worker: WorkerId, job: JobId) -> Option<Job> {
+        let core = &self.core;
+        let found = core
+            .retry_db("reading an assigned job", || core.store.get_job(job))
+            .await;
+        match found {
+            Ok(Some(found))
+                if found.state == hodei_domain::JobState::Assigned
+                    && found.worker_id == Some(worker) =>
+            {
+                let busy = core
+                    .retry_db("recording a worker as busy", || {
+                        self.db.mark_worker_busy(worker, job)
+                    })
+                    .await;
+                if let Err(e) = busy {
+                    tracing::warn!(%worker, error = %e, "cannot record worker as busy");
+                }
+                Some(found)
+            }
+            Ok(_) => {
+                self.worker_free(worker);
+                None
+            }
+            Err(e) => {
+                self.abandon(job, worker, &format!("cannot read the job: {e}"))
+                    .await;
+                None
+            }
+        }
+    }
+
+    /// The session could not hand `job` over (its output position could not be read): the
+    /// attempt is re-queued and the worker waits for another job.
+    pub async fn abandon(&self, job: JobId, worker: WorkerId, reason: &str) {
+        self.requeue(job, worker, reason).await;
+        self.worker_free(worker);
+    }
+
+    /// The job `worker` was running ended (`recorded_idle`: its end recorded the worker idle
+    /// too). It has now run `jobs_run` jobs: it waits for another, or is retired.
+    pub async fn after_job(
+        &self,
+        worker: WorkerId,
+        jobs_run: u32,
+        recorded_idle: bool,
+    ) -> AfterJob {
+        let core = &self.core;
+        if !recorded_idle {
+            let idle = core
+                .retry_db("recording a worker as idle", || {
+                    self.db.mark_worker_idle(worker)
+                })
+                .await;
+            if let Err(e) = idle {
+                tracing::warn!(%worker, error = %e, "cannot record worker as idle");
+            }
+        }
+        if jobs_run >= core.settings.max_jobs_per_worker {
+            return AfterJob::Retire("ran its maximum number of jobs");
+        }
+        if core.is_draining() {
+            return AfterJob::Retire("server shutting down");
+        }
+        self.worker_free(worker);
+        AfterJob::Idle
+    }
+
+    /// `Busy → Idle` in the registry, and the dispatcher looks for work for it.
+    fn worker_free(&self, worker: WorkerId) {
+        self.core.registry.mark_idle(worker);
+        self.core.wake_dispatcher();
+    }
+
+    /// The worker's session tells it to exit: no job is handed to it any more.
+    pub fn retiring(&self, worker: WorkerId) {
+        self.core.registry.mark_retiring(worker);
+    }
+
+    /// A worker's session ended: `held` (the job it was running, or was provisioned for) is
+    /// re-queued — or ends `cancelled` if the user had cancelled it —, jobs handed to the
+    /// session that it never sent go back to the queue without spending an attempt, and the
+    /// worker is retired as `state` (`terminated` when it was told to go, `lost` otherwise).
+    pub async fn session_ended(
+        &self,
+        worker: WorkerId,
+        state: WorkerState,
+        reason: String,
+        held: Option<JobId>,
+        unsent: Vec<JobId>,
+    ) {
+        if state == WorkerState::Lost {
+            tracing::warn!(%worker, reason, "worker lost");
+        } else {
+            tracing::info!(%worker, reason, "worker retired");
+        }
+        if let Some(job) = held {
+            self.requeue(job, worker, &reason).await;
+        }
+        for job in unsent {
+            self.give_back(job, worker, "worker went away before the job was sent")
+                .await;
+        }
+        self.retire(worker, state, reason);
+    }
+
+    /// A worker nothing of this server can finish any more (its session panicked): the job it
+    /// held — in the registry's view and in the database's — is re-queued, and it is retired
+    /// as `lost`.
+    pub async fn lose(&self, worker: WorkerId, reason: String) {
+        let core = &self.core;
+        let reason = format!("worker lost: {reason}");
+        tracing::warn!(%worker, reason, "worker lost");
+        let mut held: Vec<JobId> = core
+            .registry
+            .phase(worker)
+            .and_then(Phase::job)
+            .into_iter()
+            .collect();
+        match core
+            .retry_db("reading a lost worker's job", || {
+                core.store.job_held_by(worker)
+            })
+            .await
+        {
+            Ok(Some(job)) if !held.contains(&job.id) => held.push(job.id),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%worker, error = %e, "cannot read the job of a lost worker"),
+        }
+        for job in held {
+            self.requeue(job, worker, &reason).await;
+        }
+        self.retire(worker, WorkerState::Lost, reason);
+    }
+
+    /// Removes the worker's resources in the background, then records its end. The worker
+    /// keeps counting against `max_workers` until its resource is really gone.
+    pub fn retire(&self, worker: WorkerId, state: WorkerState, reason: String) {
+        debug_assert!(!state.is_alive());
+        self.core.registry.mark_retiring(worker);
+        let this = self.clone();
+        self.core.spawn("retiring a worker", async move {
+            let core = &this.core;
+            let _ = core
+                .retry_db("recording a worker as terminating", || {
+                    this.db
+                        .set_worker_state(worker, WorkerState::Terminating, &reason)
+                })
+                .await;
+            if let Err(e) = core.provider.destroy_worker(&worker).await {
+                tracing::warn!(%worker, error = %e, "destroying worker failed; the orphan sweep will retry");
+            }
+            let recorded = core
+                .retry_db("recording a worker's end", || {
+                    this.db.set_worker_state(worker, state, &reason)
+                })
+                .await;
+            if let Err(e) = recorded {
+                tracing::error!(%worker, error = %e, "cannot record worker state");
+            }
+            core.registry.remove(worker);
+            core.wake_dispatcher();
+        });
+    }
+
+    /// Runs a worker's session on the server's tracker. If it panics, its `finish` never ran:
+    /// the worker is lost instead, so its job is re-queued and its slot freed, rather than
+    /// staying `Busy` until a restart.
+    pub fn spawn_session(
+        &self,
+        worker: WorkerId,
+        session: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let this = self.clone();
+        self.core.tasks.spawn(async move {
+            if let Err(panic) = AssertUnwindSafe(session).catch_unwind().await {
+                let message = panic_message(&*panic).to_owned();
+                tracing::error!(%worker, panic = message, "worker session panicked");
+                this.lose(worker, format!("its session panicked: {message}"))
+                    .await;
+            }
+        });
+    }
+
+    /// Runs the provisioning of `worker` (for `job`) on the server's tracker. If it panics, the
+    /// worker is failed and its job re-queued, rather than holding its slot forever.
+    pub fn spawn_provisioning(
+        &self,
+        worker: WorkerId,
+        job: JobId,
+        provisioning: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let this = self.clone();
+        self.core.tasks.spawn(async move {
+            if let Err(panic) = AssertUnwindSafe(provisioning).catch_unwind().await {
+                let message = panic_message(&*panic).to_owned();
+                tracing::error!(%worker, panic = message, "provisioning panicked");
+                this.provisioning_failed(worker, job, format!("provisioning panicked: {message}"))
+                    .await;
+            }
+        });
+    }
+}
