@@ -2,6 +2,7 @@
 # end-to-end suites. Read docs/nix.md first. Table of contents:
 #
 #   nix/constants.nix     shared values: worker image name/tag, Kind cluster, node images
+#   nix/kubectl.nix       kubectl within one minor of the node's Kubernetes
 #   nix/toolchain.nix     Rust from rust-toolchain.toml (rust-overlay)
 #   nix/packages.nix      hodei-server, hodei-worker, hodei (crane, dependencies cached apart)
 #   nix/worker-image.nix  packages.worker-image (Linux): the worker image, no Docker needed
@@ -21,6 +22,9 @@
     };
     # crane's flake has no inputs (it takes nixpkgs through mkLib), so nothing to follow.
     crane.url = "github:ipetkov/crane/v0.23.4";
+    # Only for kubectl, when nixpkgs' own is more than one minor away from the node's Kubernetes
+    # 1.34 (nix/kubectl.nix): 25.11 ships Kubernetes 1.34.
+    nixpkgs-kubectl.url = "github:NixOS/nixpkgs/nixos-25.11";
   };
 
   outputs =
@@ -29,6 +33,7 @@
       nixpkgs,
       rust-overlay,
       crane,
+      nixpkgs-kubectl,
     }:
     let
       inherit (nixpkgs) lib;
@@ -60,6 +65,14 @@
               kindNodeImages in nix/constants.nix.
             '');
 
+          kubectl = import ./nix/kubectl.nix {
+            inherit lib constants;
+            candidates = [
+              pkgs.kubectl
+              nixpkgs-kubectl.legacyPackages.${system}.kubectl
+            ];
+          };
+
           workerImage =
             if isLinux then
               import ./nix/worker-image.nix {
@@ -77,6 +90,7 @@
               toolchain
               constants
               kindNodeImage
+              kubectl
               workerImage
               ;
           };
@@ -94,6 +108,7 @@
               toolchain
               constants
               kindNodeImage
+              kubectl
               ;
           };
 

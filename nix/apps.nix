@@ -8,12 +8,18 @@
 # as shell.
 #
 # Apps that use the worker image exist on Linux only, like the image.
+#
+# Each app gets only the settings it reads (runtimeEnv), so an app that needs neither the worker
+# image nor the node image neither builds nor evaluates them: `nix run .#kind-down`, CI's
+# always-run cleanup, builds nothing of the workspace, and an evaluation error in the image
+# cannot break it.
 {
   pkgs,
   self,
   toolchain,
   constants,
   kindNodeImage,
+  kubectl,
   workerImage ? null,
 }:
 let
@@ -52,21 +58,16 @@ let
     pkgs.postgresql
   ];
 
+  # kubectl within one minor of the node's Kubernetes (nix/kubectl.nix chooses it).
   clusterInputs = [
     pkgs.kind
-    pkgs.kubectl
+    kubectl
     pkgs.docker-client
   ];
 
-  sharedEnv = {
+  # What every app reads: the flake's source (for runs outside a checkout).
+  commonEnv = {
     HODEI_NIX_FLAKE_SOURCE = "${self}";
-    HODEI_NIX_PG_BIN = "${lib.getBin pkgs.postgresql}/bin";
-    HODEI_NIX_KIND_CLUSTER_NAME = constants.kindClusterName;
-    HODEI_NIX_KIND_NODE_IMAGE = kindNodeImage;
-    HODEI_NIX_WORKER_IMAGE = "${constants.workerImage.name}:${constants.workerImage.tag}";
-  }
-  // lib.optionalAttrs (workerImage != null) {
-    HODEI_NIX_WORKER_IMAGE_STREAM = "${workerImage}";
   }
   # Rust's std links libiconv on macOS; outside a Nix build no setup hook passes its -L flag, and
   # clang reads LIBRARY_PATH.
@@ -74,15 +75,31 @@ let
     LIBRARY_PATH = "${lib.getLib pkgs.libiconv}/lib";
   };
 
+  # The settings, grouped by what needs them.
+  postgresEnv = {
+    HODEI_NIX_PG_BIN = "${lib.getBin pkgs.postgresql}/bin";
+  };
+  clusterEnv = {
+    HODEI_NIX_KIND_CLUSTER_NAME = constants.kindClusterName;
+  };
+  nodeImageEnv = {
+    HODEI_NIX_KIND_NODE_IMAGE = kindNodeImage;
+  };
+  workerImageEnv = {
+    HODEI_NIX_WORKER_IMAGE = "${constants.workerImage.name}:${constants.workerImage.tag}";
+    HODEI_NIX_WORKER_IMAGE_STREAM = "${workerImage}";
+  };
+
   mkApp =
     {
       name,
       description,
       runtimeInputs,
+      env ? { },
     }:
     pkgs.writeShellApplication {
       inherit name runtimeInputs;
-      runtimeEnv = sharedEnv;
+      runtimeEnv = commonEnv // env;
       text = builtins.readFile ./apps/common.sh + "\n" + builtins.readFile (./apps + "/${name}.sh");
       meta = {
         inherit description;
@@ -95,28 +112,33 @@ let
       name = "kind-down";
       description = "Delete the E2E Kind cluster (scripts/e2e/cleanup-kind.sh)";
       runtimeInputs = baseInputs ++ clusterInputs;
+      env = clusterEnv;
     };
     demo = mkApp {
       name = "demo";
       description = "Start a private PostgreSQL and the server, run one job, tear down (scripts/demo.sh)";
       runtimeInputs = baseInputs ++ rustInputs;
+      env = postgresEnv;
     };
   }
-  // lib.optionalAttrs (isLinux && workerImage != null) {
+  // lib.optionalAttrs isLinux {
     e2e-k8s = mkApp {
       name = "e2e-k8s";
       description = "Run the Kubernetes E2E suite on a pinned Kind cluster with the Nix-built worker image";
       runtimeInputs = baseInputs ++ rustInputs ++ clusterInputs;
+      env = postgresEnv // clusterEnv // nodeImageEnv // workerImageEnv;
     };
     e2e-docker = mkApp {
       name = "e2e-docker";
       description = "Run the Docker provider's E2E suite with the Nix-built worker image";
       runtimeInputs = baseInputs ++ rustInputs ++ [ pkgs.docker-client ];
+      env = postgresEnv // workerImageEnv;
     };
     kind-up = mkApp {
       name = "kind-up";
       description = "Create the E2E Kind cluster from the pinned node image and load the worker image";
       runtimeInputs = baseInputs ++ clusterInputs;
+      env = clusterEnv // nodeImageEnv // workerImageEnv;
     };
   };
 in

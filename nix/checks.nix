@@ -15,7 +15,8 @@ in
 {
   fmt = craneLib.cargoFmt commonArgs;
 
-  # Every shell script of the repository, as .ci/run lints them; -x follows `source`d files.
+  # Every shell script of the repository, as .ci/run lints them: *.sh (sourced libraries
+  # included) and every file with a sh or bash shebang; -x follows `source`d files.
   shellcheck =
     pkgs.runCommand "hodei-shellcheck"
       {
@@ -23,14 +24,20 @@ in
         src = lib.fileset.toSource {
           root = ../.;
           fileset = lib.fileset.unions [
-            (lib.fileset.fileFilter (file: file.hasExt "sh") ../scripts)
+            ../scripts
+            ../deploy/kind-node
+            ../nix/apps
             (lib.fileset.maybeMissing ../.ci/run)
           ];
         };
       }
       ''
         cd "$src"
-        mapfile -t scripts < <(find . -type f \( -name '*.sh' -o -path ./.ci/run \) | sort)
+        mapfile -t scripts < <(
+          find . -type f -name '*.sh'
+          find . -type f ! -name '*.sh' -exec awk 'FNR == 1 && /^#!(\/usr)?\/bin\/(env +)?(ba)?sh( |$)/ { print FILENAME } { nextfile }' {} +
+        )
+        mapfile -t scripts < <(printf '%s\n' "''${scripts[@]}" | sort -u)
         echo "shellcheck: ''${scripts[*]}"
         shellcheck --external-sources --source-path=SCRIPTDIR "''${scripts[@]}"
         touch "$out"

@@ -5,6 +5,7 @@
   toolchain,
   constants,
   kindNodeImage,
+  kubectl,
 }:
 let
   inherit (pkgs) lib;
@@ -15,7 +16,8 @@ pkgs.mkShell {
     pkgs.cargo-nextest
     pkgs.postgresql
     pkgs.kind
-    pkgs.kubectl
+    # Within one minor of the node's Kubernetes (nix/kubectl.nix).
+    kubectl
     pkgs.docker-client
     pkgs.shellcheck
     pkgs.git
@@ -30,7 +32,9 @@ pkgs.mkShell {
   # pinned server binaries so the host's PostgreSQL, if any, is not used.
   HODEI_PG_BIN = "${lib.getBin pkgs.postgresql}/bin";
 
-  # The same node image the apps use, for scripts run by hand from this shell.
-  KIND_NODE_IMAGE = kindNodeImage;
+  # The same registry node image the apps use, for scripts run by hand from this shell. Not
+  # KIND_NODE_IMAGE, which would bypass HODEI_KIND_NODE_SOURCE: without access to Docker Hub the
+  # scripts then build the node image locally (scripts/e2e/build-kind-node-image.sh).
+  HODEI_KIND_REGISTRY_NODE_IMAGE = kindNodeImage;
   HODEI_WORKER_IMAGE = "${constants.workerImage.name}:${constants.workerImage.tag}";
 }

@@ -10,6 +10,9 @@
 # When the flake starts using another function or argument, teach the stand-in here.
 {
   kindVersion ? "0.31.0",
+  # nixpkgs' kubectl; the nixpkgs-kubectl input's is 1.34.x. The default makes nix/kubectl.nix
+  # fall back to the second; "1.35.1" exercises the first.
+  kubectlVersion ? "1.36.2",
   repo ? ../.,
 }:
 let
@@ -50,10 +53,29 @@ let
 
   # What may be interpolated into a string or put on PATH.
   stringy = value: isString value || isPath value || (isAttrs value && value ? outPath);
-  fileset = value: isAttrs value && value ? _fileset;
+  # A file set, or a path, which nixpkgs' lib.fileset coerces to one (lib/fileset/default.nix).
+  isFileset = value: isPath value || (isAttrs value && value ? _fileset);
 
   lib = rec {
     genAttrs = names: f: listToAttrs (map (name: { inherit name; value = f name; }) names);
+    # nixpkgs lib/strings.nix, lib/lists.nix (the flake uses them on version strings only).
+    splitVersion = builtins.splitVersion;
+    toInt =
+      string:
+      let
+        parsed = builtins.fromJSON string;
+      in
+      if builtins.match "[0-9]+" string != null && builtins.isInt parsed then
+        parsed
+      else
+        throw "toInt: ${string} is not an integer";
+    findFirst =
+      pred: default: list:
+      let
+        found = filter pred list;
+      in
+      if found == [ ] then default else builtins.head found;
+    concatMapStringsSep = separator: f: list: builtins.concatStringsSep separator (map f list);
     inherit (builtins) mapAttrs attrValues;
     optionalAttrs = cond: attrs: if cond then attrs else { };
     optionals = cond: list: if cond then list else [ ];
@@ -71,8 +93,8 @@ let
     fileset = {
       toSource =
         { root, fileset }:
-        if isPath root && (fileset ? _fileset) then mkDrv "source" { } else throw "toSource";
-      unions = list: if all fileset list then { _fileset = true; } else throw "unions: not filesets";
+        if isPath root && (isPath fileset || fileset ? _fileset) then mkDrv "source" { } else throw "toSource";
+      unions = list: if all isFileset list then { _fileset = true; } else throw "unions: not filesets";
       fileFilter =
         predicate: path:
         let
@@ -109,7 +131,6 @@ let
       "gzip"
       "iproute2"
       "jq"
-      "kubectl"
       "libiconv"
       "postgresql"
       "procps"
@@ -125,6 +146,9 @@ let
       stdenv.cc = plain "cc";
       kind = plain "kind" // {
         version = kindVersion;
+      };
+      kubectl = plain "kubectl" // {
+        version = kubectlVersion;
       };
       dockerTools = {
         fakeNss = plain "fake-nss" // {
@@ -198,7 +222,9 @@ let
         );
       runCommand =
         name: env: script:
-        seq (toJSON (removeAttrs env [ "src" "nativeBuildInputs" ])) (seq (isString script) (plain name));
+        seq (env.src or null) (
+          seq (toJSON (removeAttrs env [ "src" "nativeBuildInputs" ])) (seq (isString script) (plain name))
+        );
       linkFarmFromDrvs =
         name: drvs:
         if all (drv: drv.type or null == "derivation") drvs then plain name else throw "linkFarmFromDrvs";
@@ -261,6 +287,14 @@ let
         "aarch64-darwin"
       ] pkgsFor;
     };
+    nixpkgs-kubectl.legacyPackages = lib.genAttrs [
+      "x86_64-linux"
+      "aarch64-linux"
+      "x86_64-darwin"
+      "aarch64-darwin"
+    ] (_system: {
+      kubectl = mkDrv "kubectl-1.34.3" { version = "1.34.3"; };
+    });
     rust-overlay.lib.mkRustBin = _options: _pkgs: {
       fromRustupToolchainFile =
         path:

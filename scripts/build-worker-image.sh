@@ -103,7 +103,7 @@ check_prerequisites() {
     command -v "${cmd}" >/dev/null 2>&1 || die "${cmd} is not installed"
   done
   docker info >/dev/null 2>&1 ||
-    die "the Docker engine does not answer (DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}); is dockerd running?"
+    die "the Docker engine does not answer (DOCKER_HOST=${DOCKER_HOST:-unix:///var/run/docker.sock}); is dockerd running? (as root: scripts/e2e/start-dockerd.sh)"
   [[ -x "${BUSYBOX}" ]] || die "${BUSYBOX} not found: install Debian's busybox-static (apt-get install busybox-static)"
   # ldd fails on a static executable ("not a dynamic executable"); a dynamic busybox would need
   # its libraries too and is not what the image promises.

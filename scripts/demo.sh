@@ -48,7 +48,7 @@ fi
 work=$(mktemp -d /tmp/hodei-demo.XXXXXX)
 server_pid=""
 pg_pid=""
-# shellcheck disable=SC2317  # invoked by the trap below
+# shellcheck disable=SC2317,SC2329  # invoked by the trap below (0.11 reports it as SC2329)
 cleanup() {
   local status=$?
   if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then

@@ -66,16 +66,27 @@ check_docker() {
   info "Docker engine $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})' 2>/dev/null || echo '(version unknown)')"
 }
 
-# Exports the pinned settings the scripts read. A node image given by the caller wins, with a
-# warning, so a newer Kubernetes can be tried without editing the flake.
+# The scripts choose kind and kubectl by version (scripts/e2e/lib/kind.sh); the apps hand them
+# the flake's, so a kind built by scripts/e2e/build-kind-node-image.sh does not replace the pin.
+use_pinned_tools() {
+  HODEI_KIND_BIN="${HODEI_KIND_BIN:-$(command -v kind)}"
+  HODEI_KUBECTL_BIN="${HODEI_KUBECTL_BIN:-$(command -v kubectl)}"
+  export HODEI_KIND_BIN HODEI_KUBECTL_BIN
+}
+
+# Exports the pinned settings the scripts read. The node image pinned for nixpkgs' kind is the
+# scripts' registry image: with HODEI_KIND_NODE_SOURCE=auto (their default) it is used when
+# Docker Hub answers, and otherwise the scripts build a node image locally
+# (scripts/e2e/build-kind-node-image.sh, with the host's root, Go, debootstrap and containerd).
+# A KIND_NODE_IMAGE given by the caller wins, with a warning.
 export_pins() {
+  use_pinned_tools
   export KIND_CLUSTER_NAME="${KIND_CLUSTER_NAME:-${HODEI_NIX_KIND_CLUSTER_NAME}}"
+  export HODEI_KIND_REGISTRY_NODE_IMAGE="${HODEI_NIX_KIND_NODE_IMAGE}"
   if [[ -n "${KIND_NODE_IMAGE:-}" && "${KIND_NODE_IMAGE}" != "${HODEI_NIX_KIND_NODE_IMAGE}" ]]; then
     warn "KIND_NODE_IMAGE=${KIND_NODE_IMAGE} overrides the pinned ${HODEI_NIX_KIND_NODE_IMAGE}"
   fi
-  export KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-${HODEI_NIX_KIND_NODE_IMAGE}}"
-  export HODEI_PG_BIN="${HODEI_PG_BIN:-${HODEI_NIX_PG_BIN}}"
-  info "kind $(kind version 2>/dev/null | cut -d' ' -f2 || echo '?'), node image ${KIND_NODE_IMAGE}"
+  info "kind $(kind version 2>/dev/null | cut -d' ' -f2 || echo '?'), kubectl $(kubectl version --client 2>/dev/null | sed -n 's/^Client Version: //p'), registry node image ${HODEI_NIX_KIND_NODE_IMAGE} (HODEI_KIND_NODE_SOURCE=${HODEI_KIND_NODE_SOURCE:-auto})"
 }
 
 # The image the apps load is the one Nix built, so its name is not negotiable.

@@ -10,17 +10,22 @@ Usage: nix run .#e2e-k8s [-- ARGS...]
 Runs the Kubernetes E2E suite against a Kind cluster:
   1. checks that the host's Docker daemon answers (the flake pins only the docker client);
   2. writes the Nix-built worker image ${HODEI_NIX_WORKER_IMAGE} to a temporary archive;
-  3. runs scripts/e2e/run-kubernetes-e2e.sh with HODEI_E2E_CLUSTER=kind: it creates or reuses
-     the cluster from the pinned node image, applies deploy/kubernetes/*-test.yaml, loads the
-     archive (kind load image-archive), runs the suite with cargo nextest, and cleans up on
-     every exit path, deleting the cluster unless HODEI_KEEP_CLUSTER=1.
+  3. runs scripts/e2e/run-kubernetes-e2e.sh: it creates or reuses the cluster from the pinned
+     node image (or, without access to Docker Hub, from one it builds locally), applies
+     deploy/kubernetes/*-test.yaml, loads the archive (kind load image-archive), runs the suite
+     with cargo nextest, and cleans up on every exit path, deleting the cluster unless
+     HODEI_KEEP_CLUSTER=1.
 ARGS go to run-kubernetes-e2e.sh.
 
 Environment (defaults in brackets):
-  HODEI_KEEP_CLUSTER  1: keep the cluster afterwards; 'nix run .#kind-down' deletes it [0]
-  KIND_CLUSTER_NAME   cluster name [${HODEI_NIX_KIND_CLUSTER_NAME}]
-  KIND_NODE_IMAGE     node image [${HODEI_NIX_KIND_NODE_IMAGE}]
-  HODEI_REPO          checkout to run in [the git work tree around the current directory]
+  HODEI_KEEP_CLUSTER      1: keep the cluster afterwards; 'nix run .#kind-down' deletes it [0]
+  KIND_CLUSTER_NAME       cluster name [${HODEI_NIX_KIND_CLUSTER_NAME}]
+  HODEI_KIND_NODE_SOURCE  registry: ${HODEI_NIX_KIND_NODE_IMAGE};
+                          local: built by scripts/e2e/build-kind-node-image.sh (root, Go,
+                          debootstrap, containerd from the host); auto: registry if Docker Hub
+                          answers, else local [auto]
+  KIND_NODE_IMAGE         any other node image, used as it is
+  HODEI_REPO              checkout to run in [the git work tree around the current directory]
 EOF
 }
 
@@ -43,13 +48,13 @@ enter_checkout
 require_script scripts/e2e/run-kubernetes-e2e.sh
 require_script scripts/e2e/cleanup-kind.sh
 export_pins
+export HODEI_PG_BIN="${HODEI_PG_BIN:-${HODEI_NIX_PG_BIN}}"
 use_nix_worker_image
 
 ARCHIVE_DIR="$(mktemp -d -t hodei-worker-image.XXXXXX)"
 export HODEI_WORKER_IMAGE_ARCHIVE="${ARCHIVE_DIR}/worker-image.tar"
 write_worker_image "${HODEI_WORKER_IMAGE_ARCHIVE}"
 
-export HODEI_E2E_CLUSTER=kind
 step "Running scripts/e2e/run-kubernetes-e2e.sh on the Kind cluster ${KIND_CLUSTER_NAME}"
 status=0
 bash scripts/e2e/run-kubernetes-e2e.sh "$@" || status=$?

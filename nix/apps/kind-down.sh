@@ -24,6 +24,7 @@ trap remove_source_copy EXIT
 
 enter_checkout
 require_script scripts/e2e/cleanup-kind.sh
+use_pinned_tools
 export KIND_CLUSTER_NAME="${KIND_CLUSTER_NAME:-${HODEI_NIX_KIND_CLUSTER_NAME}}"
 
 step "Running scripts/e2e/cleanup-kind.sh for the cluster ${KIND_CLUSTER_NAME}"

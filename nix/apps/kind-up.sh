@@ -7,15 +7,16 @@ usage() {
   cat <<EOF
 Usage: nix run .#kind-up [-- ARGS...]
 
-Creates (or reuses) the Kind cluster ${HODEI_NIX_KIND_CLUSTER_NAME} from the pinned node image,
-applies the test namespace and RBAC, and loads the Nix-built worker image, by running
-scripts/e2e/setup-kind-cluster.sh. ARGS go to that script (e.g. --skip-image).
-Delete the cluster with: nix run .#kind-down
+Creates (or reuses) the Kind cluster ${HODEI_NIX_KIND_CLUSTER_NAME} from the pinned node image
+(or, without access to Docker Hub, from one built locally), applies the test namespace and
+RBAC, and loads the Nix-built worker image, by running scripts/e2e/setup-kind-cluster.sh.
+ARGS go to that script (e.g. --skip-image). Delete the cluster with: nix run .#kind-down
 
 Environment (defaults in brackets):
-  KIND_CLUSTER_NAME  cluster name [${HODEI_NIX_KIND_CLUSTER_NAME}]
-  KIND_NODE_IMAGE    node image [${HODEI_NIX_KIND_NODE_IMAGE}]
-  HODEI_REPO         checkout to run in [the git work tree around the current directory]
+  KIND_CLUSTER_NAME       cluster name [${HODEI_NIX_KIND_CLUSTER_NAME}]
+  HODEI_KIND_NODE_SOURCE  registry (${HODEI_NIX_KIND_NODE_IMAGE}), local or auto [auto]
+  KIND_NODE_IMAGE         any other node image, used as it is
+  HODEI_REPO              checkout to run in [the git work tree around the current directory]
 EOF
 }
 

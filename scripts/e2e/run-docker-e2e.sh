@@ -119,7 +119,7 @@ check_engine() {
     die "the docker CLI is not installed (Debian: apt-get install docker.io)"
   if ! docker info >/dev/null 2>&1; then
     die "no Docker engine answers at ${DOCKER_HOST:-unix:///var/run/docker.sock}: start it \
-(systemctl start docker, or dockerd >/tmp/dockerd.log 2>&1 &) or set DOCKER_HOST"
+(systemctl start docker, or as root scripts/e2e/start-dockerd.sh) or set DOCKER_HOST"
   fi
   info "engine $(docker version --format '{{.Server.Version}} (API {{.Server.APIVersion}})')"
   local leftovers

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Runs the Kubernetes E2E suite (crates/server/tests/e2e_kubernetes_provider.rs) against a real
-# cluster: Kind (default) or the air-gapped local cluster. Brings the cluster up, builds the
-# worker image if missing, runs the suite with cargo nextest, and cleans up on every exit path.
+# Kind cluster: brings the cluster up (from the pinned kindest/node, or from a node image built
+# here without any registry), builds the worker image if missing, runs the suite with cargo
+# nextest, and cleans up on every exit path.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
+# shellcheck source=scripts/e2e/lib/common.sh
+source "${SCRIPT_DIR}/lib/common.sh"
+# shellcheck source=scripts/e2e/lib/kind.sh
+source "${SCRIPT_DIR}/lib/kind.sh"
 
-CLUSTER_KIND="${HODEI_E2E_CLUSTER:-kind}"
 WORKER_IMAGE="${HODEI_WORKER_IMAGE:-hodei-worker:e2e-test}"
 IMAGE_ARCHIVE="${HODEI_WORKER_IMAGE_ARCHIVE:-}"
 NAMESPACE="${HODEI_K8S_TEST_NAMESPACE:-hodei-e2e}"
@@ -15,7 +18,6 @@ KEEP_CLUSTER="${HODEI_KEEP_CLUSTER:-0}"
 PROFILE="${NEXTEST_PROFILE:-default}"
 # Where the Kind setup writes its kubeconfig and env file (as setup-kind-cluster.sh).
 KIND_KUBECONFIG="${HODEI_E2E_KUBECONFIG:-${REPO_ROOT}/target/e2e/kubeconfig}"
-LOCAL_RUN_DIR="${HODEI_CLUSTER_RUN_DIR:-/tmp/hodei-local-cluster}"
 # Snapshots of `kubectl get pods -A` taken while a worker Pod runs: proof the suite used Pods.
 SNAPSHOT_FILE="${HODEI_E2E_POD_SNAPSHOTS:-${REPO_ROOT}/target/e2e/pods-during-suite.txt}"
 # Exactly what the provider labels (crates/providers/src/labels.rs).
@@ -23,33 +25,36 @@ SELECTOR="app.kubernetes.io/managed-by=hodei"
 
 REBUILD_IMAGE=0
 NEXTEST_ARGS=()
-CURRENT_STEP="start"
 CLUSTER_TOUCHED=0
 WATCH_PID=""
-KUBECTL=(kubectl)
-STARTED=${SECONDS}
 
 usage() {
   cat <<USAGE
 Usage: $(basename "$0") [--keep-cluster] [--rebuild-image] [--help] [-- NEXTEST_ARGS...]
 
-Runs the Kubernetes E2E suite against a real cluster:
+Runs the Kubernetes E2E suite against a real single-node Kind cluster:
   1. checks the tools it needs (and says how to install a missing one);
   2. builds the worker image ${WORKER_IMAGE} with scripts/build-worker-image.sh if the Docker
      engine does not have it (skipped when HODEI_WORKER_IMAGE_ARCHIVE is set);
   3. builds the suite (cargo test --workspace --test e2e_kubernetes_provider --no-run)
      before any cluster exists;
-  4. brings the cluster up: Kind (scripts/e2e/setup-kind-cluster.sh) or the air-gapped local
-     cluster (scripts/e2e/setup-local-cluster.sh); both apply deploy/kubernetes/*-test.yaml and
-     load the worker image;
+  4. brings the cluster up with scripts/e2e/setup-kind-cluster.sh: node image (below), kind
+     create cluster, node and CoreDNS Ready, deploy/kubernetes/*-test.yaml applied, the worker
+     image loaded with kind load image-archive;
   5. runs: cargo nextest run --workspace --test e2e_kubernetes_provider
            --profile \$NEXTEST_PROFILE --run-ignored only
            -E 'binary(e2e_kubernetes_provider)' [NEXTEST_ARGS...]
      with KUBECONFIG, HODEI_E2E_K8S=1, HODEI_K8S_TEST_NAMESPACE and HODEI_WORKER_IMAGE exported,
      saving 'kubectl get pods -A' while worker Pods run to ${SNAPSHOT_FILE#"${REPO_ROOT}/"};
   6. on every exit path (success, failure, Ctrl-C): deletes the Pods and Secrets labelled
-     ${SELECTOR}, then the cluster (scripts/e2e/cleanup-kind.sh or
-     cleanup-local-cluster.sh, which verifies that nothing is left) unless HODEI_KEEP_CLUSTER=1.
+     ${SELECTOR}, then the cluster with scripts/e2e/cleanup-kind.sh, which verifies
+     that no node container, volume, 'kind' network or kubeconfig is left, unless
+     HODEI_KEEP_CLUSTER=1.
+
+The node image, unless KIND_NODE_IMAGE names one, follows HODEI_KIND_NODE_SOURCE: registry
+(the pinned kindest/node from Docker Hub), local (built here without any registry by
+scripts/e2e/build-kind-node-image.sh; root, ~15 min the first time) or auto (registry if
+Docker Hub answers, else local; the default).
 
   --keep-cluster    keep the cluster afterwards (same as HODEI_KEEP_CLUSTER=1)
   --rebuild-image   rebuild the worker image even if it exists (after changing the worker)
@@ -57,30 +62,20 @@ Runs the Kubernetes E2E suite against a real cluster:
   -- ARGS           passed to cargo nextest, e.g. -- --no-capture test_k8s_pod_cleanup
 
 Environment (defaults in brackets):
-  HODEI_E2E_CLUSTER           kind or local [kind]
+  HODEI_KIND_NODE_SOURCE      auto, registry or local [auto]
+  KIND_NODE_IMAGE             node image to use as it is [chosen by HODEI_KIND_NODE_SOURCE]
   HODEI_KEEP_CLUSTER          1: keep the cluster for the next run [0]
   NEXTEST_PROFILE             nextest profile (.config/nextest.toml) [default]
   HODEI_WORKER_IMAGE          worker image, never :latest [hodei-worker:e2e-test]
   HODEI_WORKER_IMAGE_ARCHIVE  load this image tarball instead of the Docker engine's image
                               (what 'nix run .#e2e-k8s' passes) [none]
   HODEI_K8S_TEST_NAMESPACE    test namespace [hodei-e2e]
-  HODEI_E2E_SERVER_HOST       host address Pods use to reach the tests' server [detected]
-  Kind only:   KIND_CLUSTER_NAME [hodei-e2e], KIND_NODE_IMAGE [Kind's default],
-               HODEI_E2E_KUBECONFIG [<repo>/target/e2e/kubeconfig]
-  local only:  HODEI_CLUSTER_RUN_DIR [/tmp/hodei-local-cluster], HODEI_CLUSTER_CACHE
-               [~/.cache/hodei-local-cluster]; needs root (docs/air-gapped-cluster.md)
+  HODEI_E2E_SERVER_HOST       host address Pods use to reach the tests' server
+                              [gateway of the 'kind' Docker network]
+  KIND_CLUSTER_NAME           [hodei-e2e]
+  HODEI_E2E_KUBECONFIG        [<repo>/target/e2e/kubeconfig]
+  HODEI_KIND_CACHE            build cache of the local node image [~/.cache/hodei-kind-node]
 USAGE
-}
-
-step() {
-  CURRENT_STEP="$*"
-  printf '\n==> [%4ss] %s\n' "$((SECONDS - STARTED))" "$*"
-}
-info() { printf '    %s\n' "$*"; }
-warn() { printf 'WARNING: %s\n' "$*" >&2; }
-die() {
-  printf 'ERROR: %s\n' "$*" >&2
-  exit 1
 }
 
 kctl() { "${KUBECTL[@]}" "$@"; }
@@ -120,13 +115,6 @@ delete_managed_objects() {
   info "no worker Pod or Secret left in ${NAMESPACE}"
 }
 
-remove_cluster() {
-  case "${CLUSTER_KIND}" in
-    kind) bash "${SCRIPT_DIR}/cleanup-kind.sh" ;;
-    local) bash "${SCRIPT_DIR}/cleanup-local-cluster.sh" ;;
-  esac
-}
-
 on_exit() {
   local status=$? cleanup_failed=0
   trap - EXIT INT TERM
@@ -138,19 +126,19 @@ on_exit() {
     step "Cleanup: worker Pods and Secrets (${SELECTOR}) in ${NAMESPACE}"
     delete_managed_objects || cleanup_failed=1
     if [[ "${KEEP_CLUSTER}" == "1" ]]; then
-      step "Cleanup: keeping the ${CLUSTER_KIND} cluster (HODEI_KEEP_CLUSTER=1)"
+      step "Cleanup: keeping the Kind cluster (HODEI_KEEP_CLUSTER=1)"
       info "KUBECONFIG=${KUBECONFIG:-?}"
     else
-      step "Cleanup: removing the ${CLUSTER_KIND} cluster"
-      remove_cluster || cleanup_failed=1
+      step "Cleanup: removing the Kind cluster (scripts/e2e/cleanup-kind.sh)"
+      bash "${SCRIPT_DIR}/cleanup-kind.sh" 2>&1 | indent || cleanup_failed=1
     fi
   fi
   if ((cleanup_failed)); then
-    warn "cleanup incomplete (see above); run the cleanup script of the ${CLUSTER_KIND} cluster again"
+    warn "cleanup incomplete (see above); run scripts/e2e/cleanup-kind.sh again"
     ((status != 0)) || status=1
   fi
   printf '\n%s after %ss (exit %s)\n' "$( ((status == 0)) && echo 'Done' || echo 'Failed')" \
-    "$((SECONDS - STARTED))" "${status}"
+    "$((SECONDS - SCRIPT_STARTED))" "${status}"
   exit "${status}"
 }
 trap on_exit EXIT
@@ -169,27 +157,13 @@ require_tools() {
     warn "cargo-nextest is missing: 'cargo install cargo-nextest --locked', or 'nix develop'"
     missing=1
   fi
-  # Kind's nodes are containers; the local cluster imports the worker image from the engine.
   if ! command -v docker >/dev/null 2>&1; then
     warn "docker is missing: install Docker Engine (https://docs.docker.com/engine/install/) or Docker Desktop"
     missing=1
   fi
-  if [[ "${CLUSTER_KIND}" == kind ]]; then
-    if ! command -v kind >/dev/null 2>&1; then
-      warn "kind is missing: 'go install sigs.k8s.io/kind@latest', a release binary (https://kind.sigs.k8s.io/docs/user/quick-start/#installation), or 'nix develop'"
-      missing=1
-    fi
-    if ! command -v kubectl >/dev/null 2>&1; then
-      warn "kubectl is missing: https://kubernetes.io/docs/tasks/tools/ or 'nix develop'"
-      missing=1
-    fi
-  elif ((EUID != 0)); then
-    warn "the local cluster manages mounts, cgroups and network devices: run this script as root (or use HODEI_E2E_CLUSTER=kind)"
-    missing=1
-  fi
   ((missing == 0)) || die "install what is missing above and run this script again"
   if ! docker info >/dev/null 2>&1; then
-    die "the Docker daemon does not answer ('docker info' failed): start it (e.g. 'sudo systemctl start docker')"
+    die "the Docker daemon does not answer ('docker info' failed): start it (e.g. 'sudo systemctl start docker', or scripts/e2e/start-dockerd.sh as root)"
   fi
 }
 
@@ -205,13 +179,7 @@ check_image_name() {
 prepare_image() {
   if [[ -n "${IMAGE_ARCHIVE}" ]]; then
     [[ -f "${IMAGE_ARCHIVE}" ]] || die "HODEI_WORKER_IMAGE_ARCHIVE=${IMAGE_ARCHIVE} does not exist"
-    if [[ "${CLUSTER_KIND}" == kind ]]; then
-      info "the Kind setup loads the archive ${IMAGE_ARCHIVE}"
-    else
-      # The local cluster imports from the Docker engine.
-      info "loading ${IMAGE_ARCHIVE} into the Docker engine"
-      docker load --input "${IMAGE_ARCHIVE}" | sed 's/^/    /'
-    fi
+    info "the Kind setup loads the archive ${IMAGE_ARCHIVE}"
     return
   fi
   if ((REBUILD_IMAGE == 0)) && docker image inspect "${WORKER_IMAGE}" >/dev/null 2>&1; then
@@ -224,26 +192,15 @@ prepare_image() {
 
 bring_up_cluster() {
   CLUSTER_TOUCHED=1
-  case "${CLUSTER_KIND}" in
-    kind)
-      bash "${SCRIPT_DIR}/setup-kind-cluster.sh"
-      local env_file
-      env_file="$(dirname "${KIND_KUBECONFIG}")/kind.env"
-      [[ -f "${env_file}" ]] || die "setup-kind-cluster.sh wrote no ${env_file}"
-      # shellcheck source=/dev/null
-      source "${env_file}"
-      ;;
-    local)
-      bash "${SCRIPT_DIR}/setup-local-cluster.sh"
-      export KUBECONFIG="${LOCAL_RUN_DIR}/kubeconfig"
-      export HODEI_CLUSTER_RUN_DIR="${LOCAL_RUN_DIR}"
-      # The cluster's own kubectl (same version as the cluster); any kubectl works.
-      if [[ -x "${LOCAL_RUN_DIR}/bin/kubectl" ]]; then
-        KUBECTL=("${LOCAL_RUN_DIR}/bin/kubectl")
-      fi
-      ;;
-  esac
+  bash "${SCRIPT_DIR}/setup-kind-cluster.sh"
+  local env_file
+  env_file="$(dirname "${KIND_KUBECONFIG}")/kind.env"
+  [[ -f "${env_file}" ]] || die "setup-kind-cluster.sh wrote no ${env_file}"
+  # shellcheck source=/dev/null
+  source "${env_file}"
   [[ -f "${KUBECONFIG:-}" ]] || die "no kubeconfig after the cluster setup (KUBECONFIG=${KUBECONFIG:-})"
+  # The kubectl the setup chose (within one minor of the node).
+  KUBECTL=("${HODEI_KUBECTL_BIN:-kubectl}")
 }
 
 # Every 2 s, keeps a `kubectl get pods -A` in which a worker Pod is Running.
@@ -273,7 +230,7 @@ show_pod_snapshots() {
 }
 
 run_suite() {
-  export HODEI_E2E_K8S=1 HODEI_E2E_CLUSTER="${CLUSTER_KIND}"
+  export HODEI_E2E_K8S=1 HODEI_E2E_CLUSTER=kind
   export HODEI_K8S_TEST_NAMESPACE="${NAMESPACE}" HODEI_WORKER_IMAGE="${WORKER_IMAGE}"
   info "KUBECONFIG=${KUBECONFIG} namespace ${NAMESPACE} image ${WORKER_IMAGE} profile ${PROFILE}"
   mkdir -p "$(dirname "${SNAPSHOT_FILE}")"
@@ -315,11 +272,10 @@ while (($#)); do
   shift
 done
 
-step "Checking tools and settings (cluster: ${CLUSTER_KIND})"
-case "${CLUSTER_KIND}" in
-  kind | local) ;;
-  *) die "HODEI_E2E_CLUSTER=${CLUSTER_KIND}: expected kind or local" ;;
-esac
+step "Checking tools and settings"
+if [[ -n "${HODEI_E2E_CLUSTER:-}" && "${HODEI_E2E_CLUSTER}" != kind ]]; then
+  die "HODEI_E2E_CLUSTER=${HODEI_E2E_CLUSTER}: only kind is supported (the air-gapped local cluster was replaced by a locally built Kind node image: HODEI_KIND_NODE_SOURCE=local)"
+fi
 [[ -z "${IMAGE_ARCHIVE}" ]] && check_image_name
 require_tools
 export HODEI_KEEP_CLUSTER="${KEEP_CLUSTER}"
@@ -333,7 +289,7 @@ prepare_image
 step "Building the suite"
 (cd "${REPO_ROOT}" && cargo test --workspace --test e2e_kubernetes_provider --no-run)
 
-step "Bringing up the ${CLUSTER_KIND} cluster"
+step "Bringing up the Kind cluster"
 setup_started=${SECONDS}
 bring_up_cluster
 info "cluster ready in $((SECONDS - setup_started))s"

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Creates (or reuses) the Kind cluster of the Kubernetes E2E suite, applies the test namespace
-# and the provider's RBAC, and loads the worker image into the cluster's nodes.
+# Creates (or reuses) the Kind cluster of the Kubernetes E2E suite, from the pinned kindest/node
+# or from a node image built here without any registry, applies the test namespace and the
+# provider's RBAC, and loads the worker image into the node.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO_ROOT="$(cd "${SCRIPT_DIR}/../.." && pwd)"
-MANIFESTS="${REPO_ROOT}/deploy/kubernetes"
+# shellcheck source=scripts/e2e/lib/common.sh
+source "${SCRIPT_DIR}/lib/common.sh"
+# shellcheck source=scripts/e2e/lib/kind.sh
+source "${SCRIPT_DIR}/lib/kind.sh"
 
+MANIFESTS="${REPO_ROOT}/deploy/kubernetes"
 CLUSTER="${KIND_CLUSTER_NAME:-hodei-e2e}"
-NODE_IMAGE="${KIND_NODE_IMAGE:-}"
 NAMESPACE="${HODEI_K8S_TEST_NAMESPACE:-hodei-e2e}"
 WORKER_IMAGE="${HODEI_WORKER_IMAGE:-hodei-worker:e2e-test}"
 IMAGE_ARCHIVE="${HODEI_WORKER_IMAGE_ARCHIVE:-}"
@@ -18,25 +21,32 @@ WAIT_SECONDS="${HODEI_KIND_WAIT_SECONDS:-180}"
 
 SKIP_IMAGE=0
 WORK_DIR=""
-CURRENT_STEP="start"
 
 usage() {
   cat <<USAGE
 Usage: $(basename "$0") [--skip-image] [--help]
 
-Creates the Kind cluster ${CLUSTER} if it does not exist (reuses it if it does), writes its
-kubeconfig to a file of its own (never ~/.kube/config), applies
-deploy/kubernetes/namespace-test.yaml and deploy/kubernetes/rbac-test.yaml, loads the worker
-image into the nodes and writes an env file for the suite. Safe to run again.
+Creates the single-node Kind cluster ${CLUSTER} if it does not exist (reuses it if it does),
+writes its kubeconfig to a file of its own (never ~/.kube/config), waits for the node and
+CoreDNS to be Ready, applies deploy/kubernetes/namespace-test.yaml and rbac-test.yaml, loads the
+worker image with 'kind load image-archive' and writes an env file for the suite. Safe to run
+again.
+
+The node image, unless KIND_NODE_IMAGE names one (HODEI_KIND_NODE_SOURCE):
+  registry  the pinned ${KIND_REGISTRY_NODE_IMAGE%@*}@… (scripts/e2e/versions.env), pulled
+            from Docker Hub once
+  local     ${LOCAL_NODE_IMAGE}, built here without any registry by
+            scripts/e2e/build-kind-node-image.sh (first time: ~15 min and root; then cached)
+  auto      registry when the engine has the pinned image or Docker Hub answers, else local
+            (the default)
 
   --skip-image   do not load the worker image (cluster and manifests only)
   -h, --help     this text
 
 Environment (defaults in brackets):
   KIND_CLUSTER_NAME           cluster name [hodei-e2e]
-  KIND_NODE_IMAGE             node image, best pinned with the digest listed in the release
-                              notes of your Kind version: kindest/node:vX.Y.Z@sha256:...
-                              [Kind's default for its version]
+  KIND_NODE_IMAGE             node image to use as it is [chosen by HODEI_KIND_NODE_SOURCE]
+  HODEI_KIND_NODE_SOURCE      auto, registry or local [auto]
   HODEI_K8S_TEST_NAMESPACE    test namespace [hodei-e2e]
   HODEI_WORKER_IMAGE          worker image, never :latest [hodei-worker:e2e-test]
   HODEI_WORKER_IMAGE_ARCHIVE  load this image tarball (docker save, nix build output)
@@ -44,23 +54,13 @@ Environment (defaults in brackets):
   HODEI_E2E_KUBECONFIG        kubeconfig written for the cluster [<repo>/target/e2e/kubeconfig]
   HODEI_E2E_SERVER_HOST       host address Pods use to reach a server on this machine
                               [gateway of the 'kind' Docker network]
-  HODEI_KIND_WAIT_SECONDS     how long to wait for the control plane and nodes [180]
+  HODEI_KIND_WAIT_SECONDS     how long to wait for the node and for CoreDNS [180]
+  HODEI_KIND_BIN, HODEI_KUBECTL_BIN   kind and kubectl to run [see scripts/e2e/lib/kind.sh]
 
 Afterwards: source ${ENV_FILE}
 (exports KUBECONFIG, KIND_CLUSTER_NAME, HODEI_K8S_TEST_NAMESPACE, HODEI_WORKER_IMAGE and
 HODEI_E2E_SERVER_HOST). Tear down: scripts/e2e/cleanup-kind.sh.
 USAGE
-}
-
-step() {
-  CURRENT_STEP="$*"
-  printf '\n==> %s\n' "$*"
-}
-info() { printf '    %s\n' "$*"; }
-warn() { printf 'WARNING: %s\n' "$*" >&2; }
-die() {
-  printf 'ERROR: %s\n' "$*" >&2
-  exit 1
 }
 
 cleanup() {
@@ -70,31 +70,12 @@ cleanup() {
   fi
   if ((status != 0)); then
     printf '\nFAILED during: %s\n' "${CURRENT_STEP}" >&2
-    printf 'A cluster created so far is kept; fix the cause and run this script again.\n' >&2
+    printf 'A cluster created so far is kept; fix the cause and run this script again, or delete it with scripts/e2e/cleanup-kind.sh.\n' >&2
   fi
 }
 trap cleanup EXIT
 
-kctl() { kubectl --kubeconfig "${KUBECONFIG_FILE}" "$@"; }
-
-require_tools() {
-  local missing=0
-  if ! command -v docker >/dev/null 2>&1; then
-    warn "docker is missing: install Docker Engine (https://docs.docker.com/engine/install/) or Docker Desktop"
-    missing=1
-  fi
-  if ! command -v kind >/dev/null 2>&1; then
-    warn "kind is missing: 'go install sigs.k8s.io/kind@latest', a release binary (https://kind.sigs.k8s.io/docs/user/quick-start/#installation), or 'nix develop'"
-    missing=1
-  fi
-  if ! command -v kubectl >/dev/null 2>&1; then
-    warn "kubectl is missing: https://kubernetes.io/docs/tasks/tools/ or 'nix develop'"
-    missing=1
-  fi
-  ((missing == 0)) || die "install the tools above and run this script again"
-  docker info >/dev/null 2>&1 ||
-    die "the Docker daemon does not answer ('docker info' failed): start it (e.g. 'sudo systemctl start docker') and check that your user may use it"
-}
+kctl() { "${KUBECTL[@]}" --kubeconfig "${KUBECONFIG_FILE}" "$@"; }
 
 check_image_name() {
   local last="${WORKER_IMAGE##*/}"
@@ -104,34 +85,37 @@ check_image_name() {
 }
 
 cluster_exists() {
-  kind get clusters 2>/dev/null | grep -qx -- "${CLUSTER}"
+  "${KIND[@]}" get clusters 2>/dev/null | grep -qx -- "${CLUSTER}"
 }
 
-# Loads the worker image into every node of the cluster.
+# The worker image enters the node as an archive: `kind load image-archive` works with both of
+# Docker's image stores, unlike `kind load docker-image` with the containerd store (the default
+# of new Docker 29 installs; kind issue 3795).
 load_image() {
-  if [[ -n "${IMAGE_ARCHIVE}" ]]; then
-    [[ -f "${IMAGE_ARCHIVE}" ]] || die "HODEI_WORKER_IMAGE_ARCHIVE=${IMAGE_ARCHIVE} does not exist"
-    info "loading the archive ${IMAGE_ARCHIVE}"
-    kind load image-archive "${IMAGE_ARCHIVE}" --name "${CLUSTER}"
-    return
+  local archive="${IMAGE_ARCHIVE}"
+  if [[ -n "${archive}" ]]; then
+    [[ -f "${archive}" ]] || die "HODEI_WORKER_IMAGE_ARCHIVE=${archive} does not exist"
+    info "archive ${archive}"
+  else
+    docker image inspect "${WORKER_IMAGE}" >/dev/null 2>&1 ||
+      die "image ${WORKER_IMAGE} is not in the Docker engine: build it with scripts/build-worker-image.sh (or set HODEI_WORKER_IMAGE_ARCHIVE to an image tarball)"
+    WORK_DIR="$(mktemp -d)"
+    archive="${WORK_DIR}/worker-image.tar"
+    local platform
+    platform="linux/$(docker version --format '{{.Server.Arch}}')"
+    # A single-platform archive; engines older than API 1.48 have no --platform, and their
+    # archives are single-platform anyway.
+    if ! docker image save --platform "${platform}" --output "${archive}" "${WORKER_IMAGE}" 2>/dev/null; then
+      docker image save --output "${archive}" "${WORKER_IMAGE}"
+    fi
+    info "docker image save ${WORKER_IMAGE} ($(docker image inspect --format '{{.Id}}' "${WORKER_IMAGE}" | cut -c8-19), $(du -h "${archive}" | cut -f1))"
   fi
-  docker image inspect "${WORKER_IMAGE}" >/dev/null 2>&1 ||
-    die "image ${WORKER_IMAGE} is not in the Docker engine: build it with scripts/build-worker-image.sh (or set HODEI_WORKER_IMAGE_ARCHIVE to an image tarball)"
-  if kind load docker-image "${WORKER_IMAGE}" --name "${CLUSTER}"; then
-    return
-  fi
-  # Docker's containerd image store (the default of new Docker 29 installs) saves archives the
-  # nodes' containerd rejects ("content digest ... not found", kind issue 3795). A
-  # single-platform save, loaded as an archive, works with both image stores.
-  warn "'kind load docker-image' failed; retrying through a single-platform archive (kind issue 3795)"
-  WORK_DIR="$(mktemp -d)"
-  local archive="${WORK_DIR}/worker-image.tar" platform
-  platform="linux/$(docker version --format '{{.Server.Arch}}')"
-  if ! docker image save --platform "${platform}" --output "${archive}" "${WORKER_IMAGE}" 2>/dev/null; then
-    # Engines older than API 1.48 have no --platform; their archives are single-platform anyway.
-    docker image save --output "${archive}" "${WORKER_IMAGE}"
-  fi
-  kind load image-archive "${archive}" --name "${CLUSTER}"
+  "${KIND[@]}" load image-archive "${archive}" --name "${CLUSTER}" 2>&1 | indent
+  local node
+  for node in $("${KIND[@]}" get nodes --name "${CLUSTER}"); do
+    docker exec "${node}" crictl images 2>/dev/null | grep -F "${WORKER_IMAGE%:*}" | indent ||
+      die "the worker image is not in ${node}'s containerd after kind load image-archive"
+  done
 }
 
 # Applies a manifest of deploy/kubernetes with the test namespace in place of hodei-e2e, only
@@ -139,13 +123,22 @@ load_image() {
 apply_manifest() {
   local file=$1
   info "applying ${file#"${REPO_ROOT}/"} (namespace ${NAMESPACE})"
-  sed -E "s/^([[:space:]]*(name|namespace): )hodei-e2e\$/\\1${NAMESPACE}/" "${file}" | kctl apply -f -
+  sed -E "s/^([[:space:]]*(name|namespace): )hodei-e2e\$/\\1${NAMESPACE}/" "${file}" | kctl apply -f - | indent
 }
 
-# The IPv4 gateway of the 'kind' Docker network: the host, as Pods on Linux reach it.
-kind_gateway() {
-  docker network inspect kind --format '{{range .IPAM.Config}}{{.Gateway}} {{end}}' 2>/dev/null |
-    tr ' ' '\n' | grep -E '^[0-9]+(\.[0-9]+){3}$' | head -n 1 || true
+node_registered() { [[ -n "$(kctl get nodes -o name 2>/dev/null)" ]]; }
+coredns_ready() {
+  [[ "$(kctl -n kube-system get deployment coredns -o jsonpath='{.status.readyReplicas}' 2>/dev/null)" -ge 1 ]]
+}
+default_service_account() { kctl -n "${NAMESPACE}" get serviceaccount default; }
+
+# Says what the node shows when a wait fails: node conditions, kube-system Pods, recent events.
+show_cluster_state() {
+  {
+    kctl get nodes -o wide
+    kctl -n kube-system get pods -o wide
+    kctl get events -A --sort-by=.lastTimestamp | tail -n 20
+  } 2>&1 | indent >&2 || true
 }
 
 while (($#)); do
@@ -164,53 +157,65 @@ while (($#)); do
 done
 
 step "Checking tools and settings"
-require_tools
+command -v docker >/dev/null 2>&1 ||
+  die "docker is missing: install Docker Engine (https://docs.docker.com/engine/install/) or Docker Desktop"
+docker info >/dev/null 2>&1 ||
+  die "the Docker daemon does not answer ('docker info' failed): start it (e.g. 'sudo systemctl start docker', or scripts/e2e/start-dockerd.sh as root) and check that your user may use it"
 if ((SKIP_IMAGE == 0)) && [[ -z "${IMAGE_ARCHIVE}" ]]; then
   check_image_name
 fi
 [[ "${NAMESPACE}" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] ||
   die "HODEI_K8S_TEST_NAMESPACE=${NAMESPACE} is not a valid namespace name (lower-case letters, digits, '-')"
-info "$(kind version)"
 info "cluster ${CLUSTER}, namespace ${NAMESPACE}, kubeconfig ${KUBECONFIG_FILE}"
-
 mkdir -p "$(dirname "${KUBECONFIG_FILE}")"
+
+step "Node image"
+select_node_image
+resolve_kind_tools
+
+create_started=${SECONDS}
 if cluster_exists; then
   step "Reusing the Kind cluster ${CLUSTER}"
-  kind export kubeconfig --name "${CLUSTER}" --kubeconfig "${KUBECONFIG_FILE}"
+  "${KIND[@]}" export kubeconfig --name "${CLUSTER}" --kubeconfig "${KUBECONFIG_FILE}" 2>&1 | indent
+  info "its node image: $(docker inspect --format '{{.Config.Image}}' "$(cluster_containers "${CLUSTER}" | head -n 1)")"
 else
-  step "Creating the Kind cluster ${CLUSTER}${NODE_IMAGE:+ from ${NODE_IMAGE}}"
-  create_args=(create cluster --name "${CLUSTER}" --kubeconfig "${KUBECONFIG_FILE}" --wait "${WAIT_SECONDS}s")
-  if [[ -n "${NODE_IMAGE}" ]]; then
-    create_args+=(--image "${NODE_IMAGE}")
-  fi
-  kind "${create_args[@]}"
+  step "Creating the Kind cluster ${CLUSTER}: kind create cluster --image ${NODE_IMAGE}"
+  "${KIND[@]}" create cluster --name "${CLUSTER}" --image "${NODE_IMAGE}" \
+    --kubeconfig "${KUBECONFIG_FILE}" --wait "${WAIT_SECONDS}s" 2>&1 | indent
+  info "kind create cluster returned after $((SECONDS - create_started))s"
 fi
 
-step "Waiting for the API server and the nodes"
+step "Waiting for the API server, the node and CoreDNS"
 kctl get --raw /readyz >/dev/null ||
   die "the API server of ${CLUSTER} does not answer; if its node container stopped (e.g. after a Docker restart), delete the cluster with scripts/e2e/cleanup-kind.sh and run this script again"
 # 'kubectl wait --all' fails at once while no node has registered yet, so wait for one first.
-deadline=$((SECONDS + WAIT_SECONDS))
-until [[ -n "$(kctl get nodes -o name 2>/dev/null)" ]]; do
-  ((SECONDS < deadline)) || die "no node registered with the API server of ${CLUSTER} within ${WAIT_SECONDS}s"
-  sleep 2
-done
-kctl wait --for=condition=Ready nodes --all --timeout="${WAIT_SECONDS}s"
+wait_until "a node registered with the API server" "${WAIT_SECONDS}" node_registered || {
+  show_cluster_state
+  die "no node registered within ${WAIT_SECONDS}s"
+}
+kctl wait --for=condition=Ready nodes --all --timeout="${WAIT_SECONDS}s" | indent || {
+  show_cluster_state
+  die "the node did not become Ready within ${WAIT_SECONDS}s"
+}
+info "node Ready $((SECONDS - create_started))s after kind create cluster started"
+# CoreDNS needs the Pod network, kube-proxy's Service rules and the API server: its readiness
+# proves the node image's networking, though the suite itself dials the host by address.
+wait_until "CoreDNS Ready (deployment kube-system/coredns)" "${WAIT_SECONDS}" coredns_ready || {
+  show_cluster_state
+  die "CoreDNS did not become Ready within ${WAIT_SECONDS}s"
+}
+info "CoreDNS Ready $((SECONDS - create_started))s after kind create cluster started"
 
 step "Applying the test namespace and the provider's RBAC"
 apply_manifest "${MANIFESTS}/namespace-test.yaml"
 apply_manifest "${MANIFESTS}/rbac-test.yaml"
 # Pods are refused until the namespace's 'default' ServiceAccount exists; the controller
 # manager creates it shortly after the namespace.
-deadline=$((SECONDS + 60))
-until kctl -n "${NAMESPACE}" get serviceaccount default >/dev/null 2>&1; do
-  ((SECONDS < deadline)) || die "the ServiceAccount 'default' never appeared in namespace ${NAMESPACE}"
-  sleep 1
-done
-info "namespace ${NAMESPACE} is ready for worker Pods"
+wait_until "ServiceAccount ${NAMESPACE}/default" 60 default_service_account ||
+  die "the ServiceAccount 'default' never appeared in namespace ${NAMESPACE}"
 
 if ((SKIP_IMAGE == 0)); then
-  step "Loading the worker image ${IMAGE_ARCHIVE:-${WORKER_IMAGE}} into ${CLUSTER}"
+  step "Loading the worker image ${IMAGE_ARCHIVE:-${WORKER_IMAGE}} into ${CLUSTER} (kind load image-archive)"
   load_image
 else
   step "Not loading the worker image (--skip-image)"
@@ -234,6 +239,8 @@ fi
   if [[ -n "${server_host}" ]]; then
     printf 'export HODEI_E2E_SERVER_HOST=%q\n' "${server_host}"
   fi
+  # The kubectl this script chose (its version fits the node's); the suite's scripts reuse it.
+  printf 'export HODEI_KUBECTL_BIN=%q\n' "${KUBECTL[0]}"
 } >"${ENV_FILE}"
 if [[ -n "${server_host}" ]]; then
   info "Pods reach this machine at ${server_host} (override with HODEI_E2E_SERVER_HOST; Docker Desktop: host.docker.internal)"
@@ -242,5 +249,6 @@ else
 fi
 
 step "Done"
+kctl get nodes -o wide | indent
 info "source ${ENV_FILE}"
-info "kubectl -n ${NAMESPACE} get pods,secrets -l app.kubernetes.io/managed-by=hodei"
+info "${KUBECTL[0]} -n ${NAMESPACE} get pods,secrets -l app.kubernetes.io/managed-by=hodei"

@@ -3,7 +3,7 @@
 //! worker image reaching the server over the Pod network, a real PostgreSQL per test.
 //!
 //! Every test is ignored by default and run by `scripts/e2e/run-kubernetes-e2e.sh`, which brings
-//! up a cluster (Kind, or the air-gapped local cluster), loads the worker image and exports
+//! up a Kind cluster (pinned or locally built node image), loads the worker image and exports
 //! `HODEI_E2E_K8S=1`, `KUBECONFIG` and `HODEI_K8S_TEST_NAMESPACE`. Run without them, each test
 //! fails with a message saying so; it never passes without having touched a cluster.
 //!
@@ -50,7 +50,7 @@ use kube::{
 };
 
 /// Why the tests are ignored; `cargo nextest run --run-ignored only` runs them.
-const HOW_TO_RUN: &str = "run scripts/e2e/run-kubernetes-e2e.sh (HODEI_E2E_CLUSTER=kind or local)";
+const HOW_TO_RUN: &str = "run scripts/e2e/run-kubernetes-e2e.sh (a Kind cluster)";
 /// Pods start slower than processes or containers: scheduling, sandbox, network, image.
 const POD_START: Duration = Duration::from_secs(60);
 /// From queueing to a final state, Pod start-up included.
@@ -313,7 +313,7 @@ impl Drop for ClusterGuard {
             ),
             Ok(Err(e)) => eprintln!(
                 "cleanup guard: could not delete the resources of instances {:?} in {}: {e:#}; \
-                 scripts/e2e/cleanup-kind.sh or cleanup-local-cluster.sh removes them",
+                 scripts/e2e/cleanup-kind.sh removes them",
                 self.instances, self.namespace
             ),
             Err(_) => eprintln!("cleanup guard: the cleanup thread panicked"),
@@ -325,17 +325,9 @@ impl Drop for ClusterGuard {
 // Servers and workers for the tests
 // ---------------------------------------------------------------------------------------------
 
-/// Which cluster the Pods run on, as `run-kubernetes-e2e.sh` says.
-fn worker_network() -> WorkerNetwork {
-    match std::env::var("HODEI_E2E_CLUSTER").as_deref() {
-        Ok("local") => WorkerNetwork::LocalCluster,
-        _ => WorkerNetwork::Kind,
-    }
-}
-
 /// The host address Pods dial to reach a server on this machine (HU-10.2).
 fn pod_reachable_host() -> anyhow::Result<String> {
-    server_host_for(worker_network(), "bridge")
+    server_host_for(WorkerNetwork::Kind, "bridge")
 }
 
 /// Server settings for Pod workers: bound to every interface so the Pod network reaches it,
@@ -1076,9 +1068,8 @@ async fn queued_to_pod_worker_registered_latency_over_20_jobs() -> anyhow::Resul
     let percentile = |p: f64| seconds[((p * JOBS as f64).ceil() as usize).max(1) - 1];
     let (p50, p95) = (percentile(0.50), percentile(0.95));
     println!(
-        "queued -> Pod worker registered over {JOBS} jobs ({:?} cluster): p50 {p50:.2} s, \
+        "queued -> Pod worker registered over {JOBS} jobs (Kind): p50 {p50:.2} s, \
          p95 {p95:.2} s, min {:.2} s, max {:.2} s; in queueing order: {in_queue_order:?}",
-        worker_network(),
         seconds[0],
         seconds[JOBS - 1],
     );

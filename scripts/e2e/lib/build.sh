@@ -1,23 +1,59 @@
 # shellcheck shell=bash
-# Builds the pinned Kubernetes components and etcd from the Go module proxy into BIN_DIR.
-# Sourced by setup-local-cluster.sh after common.sh.
+# Builds the pinned components of the Kind node image from the Go module proxy into BIN_DIR:
+# Kubernetes (control plane, kubelet, kubeadm, kube-proxy, kubectl), etcd, crictl, CoreDNS and
+# kind itself. One build and one cache (CACHE_DIR) for everything the Kind path runs.
+# Sourced by build-kind-node-image.sh after common.sh.
 #
 # `go install k8s.io/kubernetes/cmd/kubelet@vX` is refused because k8s.io/kubernetes replaces its
 # staging modules (k8s.io/api, client-go, ...) with local directories, and etcd's server module
 # does the same for its sibling modules. A throw-away wrapper module per project requires the
 # pinned version and replaces each such module with its published version instead.
 
-KUBERNETES_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
+KUBERNETES_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubelet kubeadm kubectl)
+
+# Every binary build_all produces, with the version its stamp must name.
+all_binaries() {
+  local cmd
+  for cmd in "${KUBERNETES_COMMANDS[@]}"; do echo "${cmd} ${KUBERNETES_VERSION}"; done
+  echo "etcd ${ETCD_VERSION}"
+  echo "crictl ${CRICTL_VERSION}"
+  echo "coredns ${COREDNS_VERSION}"
+  echo "kind ${KIND_VERSION}"
+}
 
 # Go settings shared by every build: module and build caches under CACHE_DIR so a second run
 # (or a CI cache of CACHE_DIR) compiles nothing; no cgo, as upstream builds these statically.
+# -modcacherw leaves the module cache deletable with a plain rm -rf.
 go_env() {
   export GOMODCACHE="${CACHE_DIR}/go/mod"
   export GOCACHE="${CACHE_DIR}/go/build"
   export GOTOOLCHAIN=local
-  export GOFLAGS="-mod=mod -buildvcs=false"
+  export GOFLAGS="-mod=mod -buildvcs=false -modcacherw"
   export CGO_ENABLED=0
   export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
+}
+
+# Compiles at a lower priority: the builds take minutes on 2 cores, beside other work.
+go_nice() { nice -n "${HODEI_BUILD_NICE:-10}" go "$@"; }
+
+# go install MODULE@VERSION for modules without replace directives (which refuse -mod=mod).
+# go_install_module NAME VERSION PACKAGE@VERSION [LDFLAGS]
+go_install_module() {
+  local name=$1 version=$2 package=$3 ldflags="-s -w ${4:-}"
+  if binary_is_current "${name}" "${version}"; then
+    info "${name} ${version} is cached in ${BIN_DIR}"
+    return
+  fi
+  info "building ${name} ${version} (go install ${package})"
+  local out="${BIN_DIR}/.build-${name}" start=${SECONDS}
+  rm -rf "${out}" && mkdir -p "${out}"
+  GOBIN="${out}" GOFLAGS="-buildvcs=false -modcacherw" go_nice install -trimpath \
+    -ldflags "${ldflags}" "${package}" ||
+    die "building ${name} ${version} failed (see the go output above)"
+  mv -f "${out}/${name}" "${BIN_DIR}/${name}"
+  rmdir "${out}"
+  echo "${version}" >"${BIN_DIR}/.${name}.version"
+  info "built ${name} ${version} in $((SECONDS - start))s"
 }
 
 # A binary counts as built when it exists and its stamp names the pinned version.
@@ -52,7 +88,7 @@ build_kubernetes() {
   fi
   info "building ${missing[*]} ${KUBERNETES_VERSION} (cold: tens of minutes on 2 cores)"
 
-  local src wrapper="${CACHE_DIR}/${KUBERNETES_VERSION}/src/kubernetes"
+  local src wrapper="${CACHE_DIR}/src/kubernetes-${KUBERNETES_VERSION}"
   src="$(module_dir "k8s.io/kubernetes@${KUBERNETES_VERSION}")"
   mkdir -p "${wrapper}"
   {
@@ -96,13 +132,15 @@ build_kubernetes() {
   local out="${BIN_DIR}/.build-kubernetes" pkgs=()
   for cmd in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/${cmd}"); done
   rm -rf "${out}" && mkdir -p "${out}"
-  (cd "${wrapper}" && go build -trimpath -ldflags "${ldflags}" -o "${out}/" "${pkgs[@]}") ||
+  local start=${SECONDS}
+  (cd "${wrapper}" && go_nice build -trimpath -ldflags "${ldflags}" -o "${out}/" "${pkgs[@]}") ||
     die "building Kubernetes ${KUBERNETES_VERSION} failed (see the go output above)"
   for cmd in "${missing[@]}"; do
     mv -f "${out}/${cmd}" "${BIN_DIR}/${cmd}"
     echo "${KUBERNETES_VERSION}" >"${BIN_DIR}/.${cmd}.version"
   done
   rmdir "${out}"
+  info "built ${missing[*]} in $((SECONDS - start))s"
 }
 
 build_etcd() {
@@ -111,7 +149,7 @@ build_etcd() {
     return
   fi
   info "building etcd ${ETCD_VERSION}"
-  local src wrapper="${CACHE_DIR}/${KUBERNETES_VERSION}/src/etcd-${ETCD_VERSION}"
+  local src wrapper="${CACHE_DIR}/src/etcd-${ETCD_VERSION}"
   src="$(module_dir "go.etcd.io/etcd/server/v3@${ETCD_VERSION}")"
   mkdir -p "${wrapper}"
   if [[ ! -f "${wrapper}/go.mod" ]]; then
@@ -131,37 +169,48 @@ build_etcd() {
     } >"${wrapper}/go.mod"
   fi
   rm -f "${BIN_DIR}/.build-etcd"
-  (cd "${wrapper}" && go build -trimpath -ldflags "-s -w" -o "${BIN_DIR}/.build-etcd" go.etcd.io/etcd/server/v3) ||
+  local start=${SECONDS}
+  (cd "${wrapper}" && go_nice build -trimpath -ldflags "-s -w" -o "${BIN_DIR}/.build-etcd" go.etcd.io/etcd/server/v3) ||
     die "building etcd ${ETCD_VERSION} failed (see the go output above)"
   mv -f "${BIN_DIR}/.build-etcd" "${BIN_DIR}/etcd"
   echo "${ETCD_VERSION}" >"${BIN_DIR}/.etcd.version"
+  info "built etcd ${ETCD_VERSION} in $((SECONDS - start))s"
 }
 
+# cri-tools, CoreDNS and kind have no replace directives: `go install module@version` works.
 build_crictl() {
-  if binary_is_current crictl "${CRICTL_VERSION}"; then
-    info "crictl ${CRICTL_VERSION} is cached in ${BIN_DIR}"
-    return
-  fi
-  info "building crictl ${CRICTL_VERSION}"
-  local out="${BIN_DIR}/.build-crictl"
-  rm -rf "${out}" && mkdir -p "${out}"
-  # cri-tools has no replace directives, so `go install module@version` works directly (and
-  # refuses -mod=mod, hence the narrower GOFLAGS).
-  GOBIN="${out}" GOFLAGS=-buildvcs=false go install -trimpath \
-    -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=${CRICTL_VERSION}" \
-    "sigs.k8s.io/cri-tools/cmd/crictl@${CRICTL_VERSION}" ||
-    die "building crictl ${CRICTL_VERSION} failed (see the go output above)"
-  mv -f "${out}/crictl" "${BIN_DIR}/crictl"
-  rmdir "${out}"
-  echo "${CRICTL_VERSION}" >"${BIN_DIR}/.crictl.version"
+  go_install_module crictl "${CRICTL_VERSION}" "sigs.k8s.io/cri-tools/cmd/crictl@${CRICTL_VERSION}" \
+    "-X sigs.k8s.io/cri-tools/pkg/version.Version=${CRICTL_VERSION}"
+}
+
+build_coredns() {
+  go_install_module coredns "${COREDNS_VERSION}" "github.com/coredns/coredns@${COREDNS_VERSION}"
+}
+
+build_kind() {
+  go_install_module kind "${KIND_VERSION}" "sigs.k8s.io/kind@${KIND_VERSION}"
+}
+
+# 0 when every binary is built at its pinned version (nothing for build_all to do).
+all_binaries_current() {
+  local name version
+  while read -r name version; do
+    binary_is_current "${name}" "${version}" || return 1
+  done < <(all_binaries)
 }
 
 build_all() {
+  mkdir -p "${BIN_DIR}"
+  if all_binaries_current; then
+    info "all components are cached in ${BIN_DIR}: $(all_binaries | awk '{print $1}' | tr '\n' ' ')"
+    return
+  fi
   require_commands go
   go_env
-  mkdir -p "${BIN_DIR}"
   info "Go: $(go version); module cache ${GOMODCACHE}; build cache ${GOCACHE}"
+  build_kind
   build_etcd
   build_crictl
+  build_coredns
   build_kubernetes
 }

@@ -1,27 +1,21 @@
 # shellcheck shell=bash
-# Local images for the air-gapped cluster: the sandbox (pause) image, a busybox test image, and
-# importing images from the Docker engine into containerd's k8s.io namespace.
-# Sourced by setup-local-cluster.sh after common.sh.
-
-# The sandbox image containerd's CRI plugin uses (sandbox_image in containerd.toml). It is not
-# registry.k8s.io/pause: nothing may suggest it came from a registry.
-PAUSE_IMAGE="${HODEI_CLUSTER_PAUSE_IMAGE:-localhost/hodei/pause:local}"
-# A from-scratch busybox image for the smoke test, usable before the worker image exists.
-BUSYBOX_IMAGE="${HODEI_CLUSTER_BUSYBOX_IMAGE:-localhost/hodei/busybox:local}"
-IMAGE_DIR="${CACHE_DIR}/${KUBERNETES_VERSION}/images"
+# One-layer OCI images of locally built binaries, for the node's containerd: the control plane,
+# kube-proxy, etcd, CoreDNS and the sandbox ("pause") image, under the names kubeadm asks for.
+# Sourced by build-kind-node-image.sh after common.sh.
 
 sha256_of() { sha256sum "$1" | cut -d' ' -f1; }
 size_of() { stat -c %s "$1"; }
 
-# oci_archive NAME ROOTFS ENTRYPOINT_JSON OUTPUT
-# Packs the directory ROOTFS as the single uncompressed layer of an OCI image named NAME and
-# writes an OCI image-layout tarball that `ctr images import` accepts. The layer is
-# reproducible (sorted, owned by root, mtime 0), so the same inputs give the same digest.
+# oci_archive NAME ROOTFS CONFIG_JSON OUTPUT
+# Packs the directory ROOTFS as the single uncompressed layer of an OCI image named NAME, with
+# CONFIG_JSON as its runtime configuration (Entrypoint, Env, ...), and writes an OCI
+# image-layout tarball that `ctr images import` accepts. The layer is reproducible (sorted,
+# owned by root, mtime 0), so the same inputs give the same digest.
 oci_archive() {
-  local name=$1 rootfs=$2 entrypoint=$3 output=$4
+  local name=$1 rootfs=$2 runtime_config=$3 output=$4
   local work arch layer config manifest
   work="$(mktemp -d)"
-  arch="$(go env GOARCH 2>/dev/null || dpkg --print-architecture)"
+  arch="$(dpkg --print-architecture 2>/dev/null || go env GOARCH)"
   mkdir -p "${work}/blobs/sha256"
 
   (cd "${rootfs}" && tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
@@ -29,8 +23,8 @@ oci_archive() {
   layer="$(sha256_of "${work}/layer.tar")"
   mv "${work}/layer.tar" "${work}/blobs/sha256/${layer}"
 
-  printf '{"architecture":"%s","os":"linux","config":{"Entrypoint":%s,"Env":["PATH=/bin"],"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"hodei setup-local-cluster.sh"}]}' \
-    "${arch}" "${entrypoint}" "${layer}" >"${work}/config.json"
+  printf '{"architecture":"%s","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"hodei scripts/e2e/build-kind-node-image.sh"}]}' \
+    "${arch}" "${runtime_config}" "${layer}" >"${work}/config.json"
   config="$(sha256_of "${work}/config.json")"
   local config_size layer_size
   config_size="$(size_of "${work}/config.json")"
@@ -55,101 +49,100 @@ oci_archive() {
   rm -rf "${work}"
 }
 
-# Builds (once, cached) the pause image archive from deploy/local-cluster/pause.c.
-build_pause_image() {
-  local archive="${IMAGE_DIR}/pause.tar" source="${REPO_ROOT}/deploy/local-cluster/pause.c"
-  local stamp
-  stamp="$(sha256_of "${source}") ${PAUSE_IMAGE}"
-  if [[ -f "${archive}" && "$(cat "${archive}.stamp" 2>/dev/null)" == "${stamp}" ]]; then
-    info "pause image archive is cached: ${archive}"
-    return
-  fi
-  require_commands gcc
-  local rootfs
+# A runtime configuration: ENTRYPOINT_JSON (a JSON array, or null) and PATH.
+runtime_config() {
+  printf '{"Entrypoint":%s,"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"WorkingDir":"/"}' "$1"
+}
+
+# new_image_rootfs DIR: the directories every image gets (a writable /tmp).
+new_image_rootfs() {
+  mkdir -p "$1/tmp" "$1/usr/local/bin"
+  chmod 1777 "$1/tmp"
+}
+
+# binary_image NAME BINARY OUTPUT: BINARY at /usr/local/bin, also the entrypoint. kubeadm's
+# static Pods and DaemonSets name the command (`kube-apiserver`, `etcd`, ...); PATH finds it.
+binary_image() {
+  local name=$1 binary=$2 output=$3 rootfs
+  rootfs="$(mktemp -d)"
+  new_image_rootfs "${rootfs}"
+  install -m 0755 "${binary}" "${rootfs}/usr/local/bin/"
+  oci_archive "${name}" "${rootfs}" "$(runtime_config "[\"/usr/local/bin/${binary##*/}\"]")" "${output}"
+  rm -rf "${rootfs}"
+}
+
+# coredns_image NAME BINARY OUTPUT: like the upstream image, /coredns is the entrypoint (the
+# kubeadm Deployment passes only arguments).
+coredns_image() {
+  local name=$1 binary=$2 output=$3 rootfs
+  rootfs="$(mktemp -d)"
+  new_image_rootfs "${rootfs}"
+  install -m 0755 "${binary}" "${rootfs}/coredns"
+  oci_archive "${name}" "${rootfs}" "$(runtime_config '["/coredns"]')" "${output}"
+  rm -rf "${rootfs}"
+}
+
+# pause_image NAME SOURCE OUTPUT: the sandbox image, compiled from deploy/kind-node/pause.c.
+pause_image() {
+  local name=$1 source=$2 output=$3 rootfs
   rootfs="$(mktemp -d)"
   gcc -static -Os -Wall -Wextra -Werror -o "${rootfs}/pause" "${source}" ||
     die "compiling ${source} failed (needs gcc and the static C library, package libc6-dev)"
   strip "${rootfs}/pause"
-  mkdir -p "${IMAGE_DIR}"
-  oci_archive "${PAUSE_IMAGE}" "${rootfs}" '["/pause"]' "${archive}"
+  oci_archive "${name}" "${rootfs}" "$(runtime_config '["/pause"]')" "${output}"
   rm -rf "${rootfs}"
-  echo "${stamp}" >"${archive}.stamp"
-  info "built ${PAUSE_IMAGE} from ${source}"
 }
 
-# Builds (once, cached) a busybox image from the host's static busybox binary.
-build_busybox_image() {
-  local archive="${IMAGE_DIR}/busybox.tar" busybox
-  busybox="$(command -v busybox || true)"
-  [[ -n "${busybox}" ]] || die "busybox not found (install busybox-static)"
-  local linkage
-  linkage="$(ldd "${busybox}" 2>&1 || true)"
-  grep -qE 'not a dynamic executable|statically linked' <<<"${linkage}" ||
-    die "${busybox} is not statically linked (install busybox-static)"
-  local stamp
-  stamp="$(sha256_of "${busybox}") ${BUSYBOX_IMAGE}"
-  if [[ -f "${archive}" && "$(cat "${archive}.stamp" 2>/dev/null)" == "${stamp}" ]]; then
-    return
-  fi
-  local rootfs applet
-  rootfs="$(mktemp -d)"
-  mkdir -p "${rootfs}/bin" "${rootfs}/tmp"
-  chmod 1777 "${rootfs}/tmp"
-  cp "${busybox}" "${rootfs}/bin/busybox"
-  for applet in sh echo sleep wget cat ls nc; do
-    ln -s busybox "${rootfs}/bin/${applet}"
+# copy_with_libraries ROOTFS DEST FILE...: copies FILEs of the Debian root file system ROOTFS to
+# the same paths under DEST, with every shared library they load (resolved by ROOTFS's own ldd,
+# so the libraries match the binaries).
+copy_with_libraries() {
+  local rootfs=$1 dest=$2 file library
+  shift 2
+  for file in "$@"; do
+    mkdir -p "${dest}$(dirname "${file}")"
+    cp -L "${rootfs}${file}" "${dest}${file}"
+    while read -r library; do
+      [[ -n "${library}" && ! -e "${dest}${library}" ]] || continue
+      mkdir -p "${dest}$(dirname "${library}")"
+      cp -L "${rootfs}${library}" "${dest}${library}"
+    done < <(chroot "${rootfs}" ldd "${file}" 2>/dev/null |
+      awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\// { print $1 }')
   done
-  mkdir -p "${IMAGE_DIR}"
-  oci_archive "${BUSYBOX_IMAGE}" "${rootfs}" '["/bin/sh"]' "${archive}"
-  rm -rf "${rootfs}"
-  echo "${stamp}" >"${archive}.stamp"
-  info "built ${BUSYBOX_IMAGE} from ${busybox}"
 }
 
-import_archive() {
-  local archive=$1
-  ctr_k8s images import "${archive}" >/dev/null ||
-    die "importing ${archive} into containerd failed (see ${LOG_DIR}/containerd.log)"
-}
-
-# Output is captured first: `grep -q` may exit before ctr finishes writing, and the SIGPIPE
-# would fail the pipeline under pipefail.
-image_in_containerd() {
-  local images
-  images="$(ctr_k8s images ls -q)" || return 1
-  grep -qxF -- "$1" <<<"${images}"
-}
-
-# Docker names an image `name:tag`; containerd stores it fully qualified.
-qualified_image_name() {
-  local name=$1 first="${1%%/*}"
-  if [[ "${name}" != */* ]]; then
-    name="docker.io/library/${name}"
-  elif [[ "${first}" != *.* && "${first}" != *:* && "${first}" != localhost ]]; then
-    name="docker.io/${name}"
-  fi
-  [[ "${name##*/}" == *:* || "${name}" == *@* ]] || name="${name}:latest"
-  echo "${name}"
-}
-
-# Copies a Docker engine image into containerd (Pods use imagePullPolicy IfNotPresent), when the
-# image exists in Docker and its id differs from what containerd already has.
-import_docker_image() {
-  local image=$1 qualified id
-  qualified="$(qualified_image_name "${image}")"
-  if ! command -v docker >/dev/null 2>&1 || ! docker image inspect "${image}" >/dev/null 2>&1; then
-    warn "${image} is not in the Docker engine; build it (scripts/build-worker-image.sh) and re-run this script to import it"
-    return 0
-  fi
-  id="$(docker image inspect --format '{{.Id}}' "${image}")"
-  if [[ -f "${RUN_DIR}/imported/${image//\//_}" && "$(<"${RUN_DIR}/imported/${image//\//_}")" == "${id}" ]] &&
-    image_in_containerd "${qualified}"; then
-    info "${image} (${id:0:19}) is already in containerd as ${qualified}"
-    return 0
-  fi
-  info "importing ${image} (${id:0:19}) from Docker into containerd as ${qualified}"
-  docker save "${image}" | ctr_k8s images import - >/dev/null ||
-    die "importing ${image} from Docker into containerd failed"
-  mkdir -p "${RUN_DIR}/imported"
-  echo "${id}" >"${RUN_DIR}/imported/${image//\//_}"
+# kube_proxy_image NAME BINARY ROOTFS WRAPPER OUTPUT: kube-proxy with what its iptables mode
+# runs: iptables/ip6tables (+ -save, -restore) in both the nft and the legacy flavour with their
+# extensions, conntrack, their libraries from the node's root file system, and WRAPPER, which on first use points the
+# iptables names at the flavour the node uses (as the node's entrypoint chose it).
+kube_proxy_image() {
+  local name=$1 binary=$2 rootfs=$3 wrapper=$4 output=$5 image busybox
+  image="$(mktemp -d)"
+  new_image_rootfs "${image}"
+  install -m 0755 "${binary}" "${image}/usr/local/bin/kube-proxy"
+  copy_with_libraries "${rootfs}" "${image}" /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi \
+    /usr/sbin/conntrack
+  # iptables loads its match and target extensions (libxt_*.so, ...) with dlopen: ldd does not
+  # list them ("Error: match extension not found" without them).
+  local extensions
+  mapfile -t extensions < <(cd "${rootfs}" && find usr/lib -path '*/xtables/*.so' \( -type f -o -type l \) | sed 's|^|/|')
+  ((${#extensions[@]})) || die "no iptables extensions (usr/lib/*/xtables) in the node's root file system"
+  copy_with_libraries "${rootfs}" "${image}" "${extensions[@]}"
+  local flavour tool
+  for flavour in nft legacy; do
+    for tool in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+      ln -s "xtables-${flavour}-multi" "${image}/usr/sbin/${tool%%-*}-${flavour}${tool#"${tool%%-*}"}"
+    done
+  done
+  for tool in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+    ln -s iptables-wrapper "${image}/usr/sbin/${tool}"
+  done
+  install -m 0755 "${wrapper}" "${image}/usr/sbin/iptables-wrapper"
+  # The wrapper's shell and tools: Debian's static busybox, as in the worker image.
+  busybox="$(command -v busybox)"
+  mkdir -p "${image}/bin"
+  install -m 0755 "${busybox}" "${image}/bin/busybox"
+  ln -s busybox "${image}/bin/sh"
+  oci_archive "${name}" "${image}" "$(runtime_config '["/usr/local/bin/kube-proxy"]')" "${output}"
+  rm -rf "${image}"
 }

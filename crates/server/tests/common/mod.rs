@@ -395,9 +395,7 @@ impl TestServer {
 /// - `HODEI_E2E_SERVER_HOST`, when set, wins;
 /// - Docker Desktop (macOS, Windows): `host.docker.internal`;
 /// - Linux Docker: the gateway of the network the containers join (default `bridge`);
-/// - Linux Kind: the gateway of the `kind` Docker network;
-/// - the air-gapped local cluster: the CNI bridge's gateway, written by
-///   `scripts/e2e/setup-local-cluster.sh` to `<run dir>/host-address`.
+/// - Linux Kind: the gateway of the `kind` Docker network.
 ///
 /// `kubectl port-forward` cannot help here: it only forwards from the host *into* a Pod.
 pub mod reachability {
@@ -412,8 +410,6 @@ pub mod reachability {
         Docker,
         /// Pods of a Kind cluster.
         Kind,
-        /// Pods of the cluster built by `scripts/e2e/setup-local-cluster.sh`.
-        LocalCluster,
     }
 
     pub const OVERRIDE: &str = "HODEI_E2E_SERVER_HOST";
@@ -425,30 +421,12 @@ pub mod reachability {
         {
             return Ok(host.trim().to_string());
         }
+        if is_docker_desktop()? {
+            return Ok("host.docker.internal".into());
+        }
         match network {
-            WorkerNetwork::LocalCluster => {
-                let run_dir = std::env::var("HODEI_CLUSTER_RUN_DIR")
-                    .unwrap_or_else(|_| "/tmp/hodei-local-cluster".into());
-                let path = format!("{run_dir}/host-address");
-                let host = std::fs::read_to_string(&path).with_context(|| {
-                    format!(
-                        "reading {path}: is the local cluster up? (scripts/e2e/setup-local-cluster.sh), \
-                         or set {OVERRIDE}"
-                    )
-                })?;
-                Ok(host.trim().to_string())
-            }
-            WorkerNetwork::Docker | WorkerNetwork::Kind => {
-                if is_docker_desktop()? {
-                    return Ok("host.docker.internal".into());
-                }
-                let network = if network == WorkerNetwork::Kind {
-                    "kind"
-                } else {
-                    docker_network
-                };
-                docker_network_gateway(network)
-            }
+            WorkerNetwork::Kind => docker_network_gateway("kind"),
+            WorkerNetwork::Docker => docker_network_gateway(docker_network),
         }
     }
 

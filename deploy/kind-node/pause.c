@@ -1,9 +1,11 @@
 /*
- * Sandbox ("pause") process of the local cluster's Pods.
+ * Sandbox ("pause") process of the Pods of the locally built Kind node image.
  *
  * Every Pod sandbox needs a process that holds its namespaces open and does nothing else.
- * registry.k8s.io/pause cannot be pulled without a registry, so setup-local-cluster.sh compiles
- * this file statically and packs it into a one-layer image. As PID 1 of the sandbox it must:
+ * registry.k8s.io/pause cannot be pulled without a registry, so
+ * scripts/e2e/build-kind-node-image.sh compiles this file statically and imports it into the
+ * node's containerd under the name kubeadm lists (registry.k8s.io/pause:<tag>). As PID 1 of the
+ * sandbox it must:
  *   - exit promptly (status 0) on SIGTERM and SIGINT, so StopPodSandbox does not wait for a
  *     grace period and then SIGKILL;
  *   - reap zombies (SIGCHLD), in case a Pod shares its PID namespace with the sandbox;
@@ -40,7 +42,7 @@ static int install(int signo, void (*handler)(int)) {
 
 int main(int argc, char **argv) {
   if (argc > 1 && strcmp(argv[1], "-v") == 0) {
-    puts("hodei-local-cluster pause");
+    puts("hodei kind-node pause");
     return 0;
   }
   if (getpid() != 1) {
