@@ -101,6 +101,14 @@ for _ in $(seq 1 100); do
 done
 [[ -S "$work/.s.PGSQL.5432" ]] || { tail -n 20 "$work/postgres.log" >&2; exit 1; }
 
+say "creating an API token for this demo (hodei-server tokens create)"
+# The job API needs a token even on loopback; the CLI reads it from HODEI_API_TOKEN (given to
+# the CLI only, not to the server, whose environment is no place for it). It lives in this
+# private database, which the cleanup deletes.
+api_token=$(HODEI_DATABASE_URL="$database_url" "$bin/hodei-server" tokens create \
+  --name demo --scopes jobs:submit 2>"$work/tokens.log") ||
+  { cat "$work/tokens.log" >&2; exit 1; }
+
 say "starting hodei-server on a free loopback port (local provider)"
 HODEI_DATABASE_URL="$database_url" RUST_LOG=info \
   "$bin/hodei-server" --listen "127.0.0.1:0" --metrics-listen off \
@@ -111,7 +119,7 @@ port=""
 for _ in $(seq 1 300); do
   port=$(sed -e 's/\x1b\[[0-9;]*m//g' "$work/server.log" |
     sed -n 's/.*hodei-server listening.*addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' | head -n 1)
-  [[ -n "$port" ]] && "$bin/hodei" --server "http://127.0.0.1:$port" jobs list >/dev/null 2>&1 && break
+  [[ -n "$port" ]] && HODEI_API_TOKEN="$api_token" "$bin/hodei" --server "http://127.0.0.1:$port" jobs list >/dev/null 2>&1 && break
   kill -0 "$server_pid" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
   sleep 0.1
 done
@@ -120,7 +128,7 @@ say "hodei-server is on 127.0.0.1:$port"
 
 say "hodei run -- ${command[*]}"
 set +e
-"$bin/hodei" --server "http://127.0.0.1:$port" run -- "${command[@]}"
+HODEI_API_TOKEN="$api_token" "$bin/hodei" --server "http://127.0.0.1:$port" run -- "${command[@]}"
 status=$?
 set -e
 say "job exited with $status"
