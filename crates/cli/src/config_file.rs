@@ -64,12 +64,9 @@ pub fn locate(
             explicit: true,
         });
     }
-    let usable = |name: &str| {
-        env(name)
-            .map(PathBuf::from)
-            .filter(|p| p.is_absolute())
-    };
-    let base = usable("XDG_CONFIG_HOME").or_else(|| usable("HOME").map(|home| home.join(".config")))?;
+    let usable = |name: &str| env(name).map(PathBuf::from).filter(|p| p.is_absolute());
+    let base =
+        usable("XDG_CONFIG_HOME").or_else(|| usable("HOME").map(|home| home.join(".config")))?;
     Some(ConfigPath {
         path: base.join("hodei").join("config.toml"),
         explicit: false,
@@ -128,7 +125,12 @@ fn parse(text: &str, path: &Path) -> Result<ConfigFile, String> {
         let line = err
             .span()
             .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
-        let message = err.message().lines().next().unwrap_or("invalid TOML").trim();
+        let message = err
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("invalid TOML")
+            .trim();
         match line {
             Some(line) => format!(
                 "line {line}: {message} (expected `key = \"value\"` lines with the keys server, \
@@ -195,10 +197,13 @@ mod tests {
         assert_eq!(config.server.as_deref(), Some("https://h:1"));
         assert_eq!(config.token.as_deref(), Some("hodei_x"));
         assert_eq!(config.tls_ca, Some("/cfg/hodei/ca.pem".into()));
-        let absolute = parse("tls_ca = \"/etc/ca.pem\"", Path::new("/cfg/config.toml"))
-            .expect("parses");
+        let absolute =
+            parse("tls_ca = \"/etc/ca.pem\"", Path::new("/cfg/config.toml")).expect("parses");
         assert_eq!(absolute.tls_ca, Some("/etc/ca.pem".into()));
-        assert_eq!(parse("", Path::new("/c")).expect("empty is fine").token, None);
+        assert_eq!(
+            parse("", Path::new("/c")).expect("empty is fine").token,
+            None
+        );
     }
 
     #[test]

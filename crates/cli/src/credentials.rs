@@ -112,7 +112,9 @@ impl fmt::Debug for Authorization {
 impl Interceptor for Authorization {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -153,8 +155,8 @@ mod tests {
         assert_eq!(both.source(), Some(&TokenSource::Environment));
         assert_eq!(header(&both), Some(format!("Bearer {}", a.expose())));
 
-        let empty_env = Credentials::resolve(Some("".into()), Some(&file(Some(b.expose()))))
-            .expect("valid");
+        let empty_env =
+            Credentials::resolve(Some("".into()), Some(&file(Some(b.expose())))).expect("valid");
         assert_eq!(
             empty_env.source(),
             Some(&TokenSource::ConfigFile(file(None).path))

@@ -243,7 +243,10 @@ mod tests {
             io::empty(),
         )
         .unwrap_err();
-        assert!(unset.to_string().contains("NOPE, which is not set"), "{unset}");
+        assert!(
+            unset.to_string().contains("NOPE, which is not set"),
+            "{unset}"
+        );
         let twice = resolve(
             &[
                 parse_secret_arg("A@-").expect("A"),
@@ -253,7 +256,10 @@ mod tests {
             &b"x"[..],
         )
         .unwrap_err();
-        assert!(twice.to_string().contains("second to read standard input"), "{twice}");
+        assert!(
+            twice.to_string().contains("second to read standard input"),
+            "{twice}"
+        );
         let duplicate = resolve(
             &[
                 parse_secret_arg("A=hunter22").expect("A"),
@@ -270,7 +276,10 @@ mod tests {
             io::empty(),
         )
         .unwrap_err();
-        assert!(missing.to_string().contains("/nonexistent/file"), "{missing}");
+        assert!(
+            missing.to_string().contains("/nonexistent/file"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -54,7 +54,9 @@ async fn given_no_server_listening_when_any_command_runs_then_it_says_so_quickly
 async fn given_the_server_in_the_environment_when_no_flag_is_given_then_it_is_used() {
     let fake = FakeServer::start(vec![]).await;
     let mut command = isolated();
-    command.env("HODEI_SERVER", &fake.url).args(["jobs", "list"]);
+    command
+        .env("HODEI_SERVER", &fake.url)
+        .args(["jobs", "list"]);
 
     let outcome = finish(command).await;
 

@@ -73,14 +73,8 @@ async fn given_a_secret_whose_source_is_missing_when_run_then_nothing_is_queued_
     let fake = FakeServer::start(vec![exits(0)]).await;
 
     let unset = finish(fake.hodei(&["run", "--secret", "NOT_SET_ANYWHERE", "--", "true"])).await;
-    let no_file = finish(fake.hodei(&[
-        "run",
-        "--secret",
-        "KEY@/nonexistent/key",
-        "--",
-        "true",
-    ]))
-    .await;
+    let no_file =
+        finish(fake.hodei(&["run", "--secret", "KEY@/nonexistent/key", "--", "true"])).await;
 
     assert_eq!(unset.code, Some(1));
     assert_eq!(
@@ -98,7 +92,10 @@ async fn given_a_secret_whose_source_is_missing_when_run_then_nothing_is_queued_
         no_file.stderr
     );
     assert!(fake.queued_specs().is_empty());
-    assert!(fake.authorizations().is_empty(), "the server was not called");
+    assert!(
+        fake.authorizations().is_empty(),
+        "the server was not called"
+    );
 }
 
 #[tokio::test]
@@ -112,7 +109,9 @@ async fn given_a_malformed_secret_argument_when_parsed_then_the_usage_error_does
 
     assert_eq!(outcome.code, Some(2));
     assert!(
-        outcome.stderr.contains("invalid --secret: \"9PW\" is not a valid secret name"),
+        outcome
+            .stderr
+            .contains("invalid --secret: \"9PW\" is not a valid secret name"),
         "{}",
         outcome.stderr
     );
@@ -159,8 +158,16 @@ async fn given_a_job_with_secrets_when_shown_then_human_and_json_output_name_the
         let outcome = finish(command).await;
         assert_eq!(outcome.code, Some(0), "{args:?}: {}", outcome.stderr);
         for value in [FROM_ENV, INLINE] {
-            assert!(!outcome.stdout().contains(value), "{args:?}: {}", outcome.stdout());
-            assert!(!outcome.stderr.contains(value), "{args:?}: {}", outcome.stderr);
+            assert!(
+                !outcome.stdout().contains(value),
+                "{args:?}: {}",
+                outcome.stdout()
+            );
+            assert!(
+                !outcome.stderr.contains(value),
+                "{args:?}: {}",
+                outcome.stderr
+            );
         }
         outputs.push(outcome.stdout());
     }
@@ -173,7 +180,10 @@ async fn given_a_job_with_secrets_when_shown_then_human_and_json_output_name_the
     );
     let json: serde_json::Value = serde_json::from_str(&outputs[1]).expect("JSON");
     assert_eq!(json["owner"], "alice");
-    assert_eq!(json["secret_names"], serde_json::json!(["DB_PASSWORD", "PIN"]));
+    assert_eq!(
+        json["secret_names"],
+        serde_json::json!(["DB_PASSWORD", "PIN"])
+    );
     let listed: serde_json::Value = serde_json::from_str(&outputs[3]).expect("JSON");
     assert_eq!(
         listed[0]["secret_names"],

@@ -727,7 +727,9 @@ impl pb::token_service_server::TokenService for Shared {
         let request = request.into_inner();
         let secret = hodei_domain::ApiToken::generate().expose().to_owned();
         let mut inner = self.inner.lock().unwrap();
-        inner.token_requests.push(TokenRequest::Create(request.clone()));
+        inner
+            .token_requests
+            .push(TokenRequest::Create(request.clone()));
         inner.created_secrets.push(secret.clone());
         let token = pb::ApiToken {
             id: format!("tok-{}", inner.tokens.len() + 1),
@@ -767,7 +769,9 @@ impl pb::token_service_server::TokenService for Shared {
     ) -> Result<Response<pb::ApiToken>, Status> {
         let request = request.into_inner();
         let mut inner = self.inner.lock().unwrap();
-        inner.token_requests.push(TokenRequest::Revoke(request.clone()));
+        inner
+            .token_requests
+            .push(TokenRequest::Revoke(request.clone()));
         let token = inner
             .tokens
             .iter_mut()
