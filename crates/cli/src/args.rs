@@ -46,7 +46,7 @@ Examples:
   DB_PASSWORD=$(pass db) hodei run --secret DB_PASSWORD -- ./migrate.sh
   hodei jobs list --state running
   hodei jobs logs -f <JOB_ID>
-  export HODEI_API_TOKEN=$(hodei tokens create --name ci --scopes jobs:submit,jobs:read)";
+  export HODEI_API_TOKEN=$(hodei tokens create --name ci --scope jobs:submit --scope jobs:read)";
 
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
@@ -271,7 +271,7 @@ pub enum TokensCommand {
 const CREATE_TOKEN_LONG_ABOUT: &str = "\
 Create a token and print it, alone on stdout, this once: the server keeps only its hash. What
 it is (id, name, scopes, expiry) goes to stderr, so the token can be captured:
-  export HODEI_API_TOKEN=$(hodei tokens create --name ci --scopes jobs:submit,jobs:read)
+  export HODEI_API_TOKEN=$(hodei tokens create --name ci --scope jobs:submit --scope jobs:read)
 With --output json, stdout is one object: {\"secret\": \"hodei_…\", \"token\": {…}}.";
 
 #[derive(Debug, Args)]
@@ -281,22 +281,41 @@ pub struct CreateTokenArgs {
     #[arg(long, value_name = "NAME")]
     pub name: String,
 
-    /// What it may do, comma-separated, or `all`: jobs:submit (queue and cancel its jobs),
-    /// jobs:read (read its jobs and their output), jobs:admin (read and cancel any job),
-    /// workers:read, tokens:admin, metrics:read
-    #[arg(long, value_name = "SCOPES", value_parser = parse_scopes)]
-    pub scopes: Scopes,
+    /// What it may do (repeatable, or comma-separated), or `all`: jobs:submit (queue and cancel
+    /// its jobs), jobs:read (read its jobs and their output), jobs:admin (read and cancel any
+    /// job), workers:read, tokens:admin, metrics:read
+    #[arg(
+        long = "scope",
+        visible_alias = "scopes",
+        value_name = "SCOPE",
+        value_parser = parse_scopes,
+        required = true
+    )]
+    pub scopes: Vec<Scopes>,
 
     /// Lifetime (seconds, or with a unit: 12h, 30d); default: it does not expire
-    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
-    pub ttl: Option<u64>,
+    #[arg(
+        long = "expires-in",
+        visible_alias = "ttl",
+        value_name = "DURATION",
+        value_parser = parse_ttl
+    )]
+    pub expires_in: Option<u64>,
+}
+
+impl CreateTokenArgs {
+    /// Every `--scope` together.
+    pub fn all_scopes(&self) -> Scopes {
+        self.scopes.iter().flat_map(|s| s.iter()).collect()
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct RevokeTokenArgs {
-    /// The token's id, as `hodei tokens list` shows it
-    #[arg(value_name = "ID")]
-    pub id: String,
+    /// The token's id or its name, as `hodei tokens list` shows them (a name must belong to one
+    /// unrevoked token only)
+    #[arg(value_name = "ID|NAME")]
+    pub token: String,
 }
 
 /// `jobs:submit,jobs:read` (commas or spaces), or `all`.

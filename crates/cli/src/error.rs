@@ -97,10 +97,10 @@ fn unauthenticated(
             );
             format!(
                 "the Hodei server at {url} needs an API token and none was given: set \
-                 {TOKEN_ENV}, or write `token = \"hodei_…\"` into {file} (chmod 600). Ask an \
-                 administrator for one (`hodei tokens create --name NAME --scopes \
-                 jobs:submit,jobs:read`), or create the first one on the server's host with \
-                 `hodei-server tokens create --name NAME --scopes all`"
+                 {TOKEN_ENV}, or put `token = \"hodei_…\"` in {file} (chmod 600); an \
+                 administrator makes one with `hodei tokens create --name NAME --scope \
+                 jobs:submit --scope jobs:read`, and the first one is made on the server's host \
+                 with `hodei-server tokens create --name NAME --scopes all`"
             )
         }
         Some(source) => format!(

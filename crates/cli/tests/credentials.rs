@@ -24,7 +24,11 @@ fn bearer(token: &ApiToken) -> Option<String> {
 fn assert_no_token_in(outcome: &Outcome, token: &str) {
     let hex = &token[token.len().saturating_sub(32)..];
     assert!(!outcome.stderr.contains(hex), "stderr: {}", outcome.stderr);
-    assert!(!outcome.stdout().contains(hex), "stdout: {}", outcome.stdout());
+    assert!(
+        !outcome.stdout().contains(hex),
+        "stdout: {}",
+        outcome.stdout()
+    );
 }
 
 #[tokio::test]
@@ -221,9 +225,9 @@ async fn given_a_config_file_with_a_typo_when_any_command_runs_then_the_key_is_n
     let outcome = finish(fake.hodei(&["--config", missing, "jobs", "list"])).await;
     assert_eq!(outcome.code, Some(1));
     assert!(
-        outcome
-            .stderr
-            .starts_with(&format!("error: the config file {missing} is refused: cannot open it")),
+        outcome.stderr.starts_with(&format!(
+            "error: the config file {missing} is refused: cannot open it"
+        )),
         "{}",
         outcome.stderr
     );
@@ -241,11 +245,11 @@ async fn given_no_token_when_the_server_requires_one_then_the_user_is_told_how_t
         outcome.stderr,
         format!(
             "error: the Hodei server at {} needs an API token and none was given: set \
-             HODEI_API_TOKEN, or write `token = \"hodei_…\"` into \
-             /nonexistent/hodei-cli-tests/hodei/config.toml (chmod 600). Ask an administrator \
-             for one (`hodei tokens create --name NAME --scopes jobs:submit,jobs:read`), or \
-             create the first one on the server's host with `hodei-server tokens create --name \
-             NAME --scopes all`\n",
+             HODEI_API_TOKEN, or put `token = \"hodei_…\"` in \
+             /nonexistent/hodei-cli-tests/hodei/config.toml (chmod 600); an administrator makes \
+             one with `hodei tokens create --name NAME --scope jobs:submit --scope jobs:read`, \
+             and the first one is made on the server's host with `hodei-server tokens create \
+             --name NAME --scopes all`\n",
             fake.url
         )
     );
@@ -288,7 +292,9 @@ async fn given_a_token_flag_when_parsed_then_there_is_none_and_help_says_why() {
         .await;
         assert_eq!(outcome.code, Some(2), "{flag}: {}", outcome.stderr);
         assert!(
-            outcome.stderr.contains(&format!("unexpected argument '{flag}'")),
+            outcome
+                .stderr
+                .contains(&format!("unexpected argument '{flag}'")),
             "{}",
             outcome.stderr
         );

@@ -12,7 +12,7 @@ fn timestamp(seconds: i64) -> Option<hodei_proto::Timestamp> {
 
 #[tokio::test]
 async fn given_create_when_it_succeeds_then_stdout_is_the_secret_alone_and_stderr_says_what_it_is()
- {
+{
     let fake = FakeServer::start(vec![]).await;
     let admin = ApiToken::generate();
     fake.require_token(admin.expose());
@@ -22,9 +22,11 @@ async fn given_create_when_it_succeeds_then_stdout_is_the_secret_alone_and_stder
         "create",
         "--name",
         "ci",
-        "--scopes",
-        "jobs:read, jobs:submit",
-        "--ttl",
+        "--scope",
+        "jobs:read",
+        "--scope",
+        "jobs:submit",
+        "--expires-in",
         "30d",
     ]);
     command.env("HODEI_API_TOKEN", admin.expose());
@@ -43,13 +45,17 @@ async fn given_create_when_it_succeeds_then_stdout_is_the_secret_alone_and_stder
         outcome.stderr
     );
     assert!(
-        outcome
-            .stderr
-            .ends_with("; it is printed on stdout this once: store it now (e.g. in HODEI_API_TOKEN)\n"),
+        outcome.stderr.ends_with(
+            "; it is printed on stdout this once: store it now (e.g. in HODEI_API_TOKEN)\n"
+        ),
         "{}",
         outcome.stderr
     );
-    assert!(!outcome.stderr.contains(&secrets[0][6..]), "{}", outcome.stderr);
+    assert!(
+        !outcome.stderr.contains(&secrets[0][6..]),
+        "{}",
+        outcome.stderr
+    );
     assert_eq!(
         fake.token_requests(),
         vec![TokenRequest::Create(pb::CreateTokenRequest {
@@ -109,7 +115,10 @@ async fn given_an_unknown_scope_or_a_bad_ttl_when_create_is_parsed_then_it_is_a_
             &["--scopes", "jobs:read", "--ttl", "500ms"][..],
             "shorter than a second",
         ),
-        (&["--scopes", "jobs:read", "--ttl", "soon"][..], "is not a duration"),
+        (
+            &["--scopes", "jobs:read", "--ttl", "soon"][..],
+            "is not a duration",
+        ),
     ] {
         let mut command = fake.hodei(&["tokens", "create", "--name", "x"]);
         command.args(args);
@@ -123,12 +132,14 @@ async fn given_an_unknown_scope_or_a_bad_ttl_when_create_is_parsed_then_it_is_a_
 #[tokio::test]
 async fn given_tokens_when_listed_then_a_table_or_json_shows_them_without_secrets() {
     let fake = FakeServer::start(vec![]).await;
+    // Two hours ago, so that the AGE column's width does not depend on the day the test runs.
+    let two_hours_ago = chrono::Utc::now().timestamp() - 7_200;
     fake.set_tokens(vec![
         pb::ApiToken {
             id: "tok-1".into(),
             name: "ci".into(),
             scopes: vec!["jobs:submit".into(), "jobs:read".into()],
-            created_at: timestamp(1_714_564_800),
+            created_at: timestamp(two_hours_ago),
             created_by: "hodei-server tokens create".into(),
             ..Default::default()
         },
@@ -136,9 +147,9 @@ async fn given_tokens_when_listed_then_a_table_or_json_shows_them_without_secret
             id: "tok-2".into(),
             name: "bob".into(),
             scopes: vec!["jobs:read".into()],
-            created_at: timestamp(1_714_564_800),
+            created_at: timestamp(two_hours_ago),
             created_by: "admin".into(),
-            revoked_at: timestamp(1_714_600_000),
+            revoked_at: timestamp(two_hours_ago + 60),
             ..Default::default()
         },
     ]);
@@ -153,7 +164,7 @@ async fn given_tokens_when_listed_then_a_table_or_json_shows_them_without_secret
         "ID     NAME  SCOPES                 STATE    AGE  EXPIRES  CREATED BY"
     );
     assert!(
-        lines[1].starts_with("tok-1  ci    jobs:submit,jobs:read  active   "),
+        lines[1].starts_with("tok-1  ci    jobs:submit,jobs:read  active   2h   never"),
         "{}",
         lines[1]
     );
@@ -170,9 +181,15 @@ async fn given_tokens_when_listed_then_a_table_or_json_shows_them_without_secret
     assert_eq!(json.code, Some(0), "stderr: {}", json.stderr);
     let value: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
     assert_eq!(value[0]["name"], "ci");
-    assert_eq!(value[0]["created_at"], "2024-05-01T12:00:00Z");
+    let rfc3339 = |seconds: i64| {
+        chrono::DateTime::from_timestamp(seconds, 0)
+            .expect("in range")
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    assert_eq!(value[0]["created_at"], rfc3339(two_hours_ago));
     assert_eq!(value[1]["state"], "revoked");
-    assert_eq!(value[1]["revoked_at"], "2024-05-01T21:46:40Z");
+    assert_eq!(value[1]["revoked_at"], rfc3339(two_hours_ago + 60));
     assert_eq!(
         fake.token_requests(),
         vec![TokenRequest::List, TokenRequest::List]
@@ -191,30 +208,47 @@ async fn given_no_tokens_when_listed_then_it_says_so_on_stderr() {
 }
 
 #[tokio::test]
-async fn given_a_token_id_when_revoked_then_the_server_is_asked_and_an_unknown_id_is_an_error() {
+async fn given_a_token_id_or_name_when_revoked_then_its_id_is_revoked_and_an_unknown_one_is_an_error()
+ {
     let fake = FakeServer::start(vec![]).await;
-    fake.set_tokens(vec![pb::ApiToken {
-        id: "tok-1".into(),
-        name: "ci".into(),
+    let token = |id: &str, name: &str| pb::ApiToken {
+        id: id.into(),
+        name: name.into(),
         scopes: vec!["jobs:read".into()],
         ..Default::default()
-    }]);
+    };
+    fake.set_tokens(vec![token("tok-1", "ci"), token("tok-2", "bot")]);
 
-    let revoked = finish(fake.hodei(&["tokens", "revoke", "tok-1"])).await;
+    let by_id = finish(fake.hodei(&["tokens", "revoke", "tok-1"])).await;
+    let by_name = finish(fake.hodei(&["tokens", "revoke", "bot"])).await;
     let unknown = finish(fake.hodei(&["tokens", "revoke", "tok-9"])).await;
 
-    assert_eq!(revoked.code, Some(0), "stderr: {}", revoked.stderr);
+    assert_eq!(by_id.code, Some(0), "stderr: {}", by_id.stderr);
     assert_eq!(
-        revoked.stdout(),
+        by_id.stdout(),
         "revoked API token tok-1 (\"ci\"): servers refuse it from now on\n"
     );
-    assert_eq!(unknown.code, Some(1));
-    assert_eq!(unknown.stderr, "error: no API token tok-9\n");
+    assert_eq!(by_name.code, Some(0), "stderr: {}", by_name.stderr);
     assert_eq!(
-        fake.token_requests(),
+        by_name.stdout(),
+        "revoked API token tok-2 (\"bot\"): servers refuse it from now on\n"
+    );
+    assert_eq!(unknown.code, Some(1));
+    assert_eq!(
+        unknown.stderr,
+        "error: no API token has the id or name \"tok-9\" (or it is already revoked); `hodei \
+         tokens list` shows them\n"
+    );
+    let revoked: Vec<TokenRequest> = fake
+        .token_requests()
+        .into_iter()
+        .filter(|r| matches!(r, TokenRequest::Revoke(_)))
+        .collect();
+    assert_eq!(
+        revoked,
         vec![
             TokenRequest::Revoke(pb::RevokeTokenRequest { id: "tok-1".into() }),
-            TokenRequest::Revoke(pb::RevokeTokenRequest { id: "tok-9".into() }),
+            TokenRequest::Revoke(pb::RevokeTokenRequest { id: "tok-2".into() }),
         ]
     );
 }
