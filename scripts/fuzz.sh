@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target in fuzz/ for a bounded time (job-spec validation and the
-# proto -> domain conversion at the gRPC edge). Fails if a target finds a crash, and leaves the
-# crashing input in fuzz/artifacts/<target>/ to reproduce it with
+# Runs every cargo-fuzz target in fuzz/ for a bounded time (job-spec validation, the
+# proto -> domain conversion at the gRPC edge, the authorization header and API token parsing;
+# 'cargo fuzz list' finds each [[bin]] of fuzz/Cargo.toml). Fails if a target finds a crash,
+# and leaves the crashing input in fuzz/artifacts/<target>/ to reproduce it with
 #   cargo +nightly fuzz run <target> fuzz/artifacts/<target>/<file>
 set -euo pipefail
 

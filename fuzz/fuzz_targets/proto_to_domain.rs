@@ -17,10 +17,14 @@ fuzz_target!(|data: &[u8]| {
     let limits = JobSpecLimits::default();
 
     if let Ok(request) = pb::QueueJobRequest::decode(data) {
-        if let Ok(spec) = convert::spec_from_proto(request.spec, &limits) {
-            let again = convert::spec_from_proto(Some(convert::spec_to_proto(&spec)), &limits)
+        if let Ok((spec, _secrets)) = convert::spec_from_proto(request.spec, &limits) {
+            // What clients see of a stored spec has no secrets; the rest survives unchanged.
+            let shown = convert::spec_to_proto(&spec);
+            assert!(shown.secrets.is_empty(), "a spec shown to clients has no secret");
+            let (again, no_secrets) = convert::spec_from_proto(Some(shown), &limits)
                 .expect("a spec the server accepted is accepted again after a round trip");
             assert_eq!(again, spec);
+            assert!(no_secrets.is_empty());
         }
     }
 

@@ -3,9 +3,12 @@
 use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use hodei_domain::JobState;
+use hodei_domain::{JobState, Scopes};
 
-use crate::{states, units};
+use crate::{
+    secrets::{SecretArg, parse_secret_arg},
+    states, units,
+};
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
 
@@ -14,11 +17,7 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:50051";
     name = "hodei",
     version,
     about = "Run shell commands as jobs on a Hodei Jobs server and follow their output",
-    after_help = "Examples:\n  \
-        hodei run -- make test\n  \
-        hodei run --timeout 10m --memory 512Mi -- 'cargo build 2>&1 | tail -n 20'\n  \
-        hodei jobs list --state running\n  \
-        hodei jobs logs -f <JOB_ID>"
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -27,23 +26,45 @@ pub struct Cli {
     pub command: Command,
 }
 
+const AFTER_HELP: &str = "\
+Credentials:
+  Every call carries the API token from HODEI_API_TOKEN or, when that is unset or empty, from
+  the `token` key of the config file. There is no flag for it: every user of the machine can
+  read a command line with `ps`. Get a token from an administrator (`hodei tokens create`); the
+  first one is made on the server's host with `hodei-server tokens create --name NAME --scopes
+  all`.
+
+Config file (--config, HODEI_CONFIG; else $XDG_CONFIG_HOME/hodei/config.toml, else
+~/.config/hodei/config.toml), refused unless only you may read and write it (chmod 600):
+  server = \"https://hodei.example.com:50051\"   # below --server and HODEI_SERVER
+  token = \"hodei_…\"                           # below HODEI_API_TOKEN
+  tls_ca = \"ca.pem\"                           # below --tls-ca; relative to the file
+
+Examples:
+  hodei run -- make test
+  hodei run --timeout 10m --memory 512Mi -- 'cargo build 2>&1 | tail -n 20'
+  DB_PASSWORD=$(pass db) hodei run --secret DB_PASSWORD -- ./migrate.sh
+  hodei jobs list --state running
+  hodei jobs logs -f <JOB_ID>
+  export HODEI_API_TOKEN=$(hodei tokens create --name ci --scope jobs:submit --scope jobs:read)";
+
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// Address of the Hodei server (http:// or https://)
-    #[arg(
-        long,
-        env = "HODEI_SERVER",
-        default_value = DEFAULT_SERVER,
-        value_name = "URL",
-        global = true
-    )]
-    pub server: String,
+    /// Address of the Hodei server (http:// or https://); default: `server` in the config
+    /// file, else http://127.0.0.1:50051
+    #[arg(long, env = "HODEI_SERVER", value_name = "URL", global = true)]
+    pub server: Option<String>,
 
     /// PEM file with the CA certificate that signed the server's certificate (https only;
-    /// without it the system's CAs are used)
+    /// default: `tls_ca` in the config file, else the system's CAs)
     #[arg(long, env = "HODEI_TLS_CA", value_name = "PATH", global = true)]
     pub tls_ca: Option<PathBuf>,
+
+    /// Config file with the server, the API token and the CA (must be chmod 600); default:
+    /// $XDG_CONFIG_HOME/hodei/config.toml, else ~/.config/hodei/config.toml
+    #[arg(long, env = "HODEI_CONFIG", value_name = "PATH", global = true)]
+    pub config: Option<PathBuf>,
 
     /// Output format: human-readable text, or JSON for scripts
     #[arg(
@@ -88,6 +109,9 @@ pub enum Command {
     /// List the workers the server knows
     #[command(subcommand)]
     Workers(WorkersCommand),
+    /// Create, list and revoke API tokens (needs the tokens:admin scope)
+    #[command(subcommand)]
+    Tokens(TokensCommand),
 }
 
 const RUN_LONG_ABOUT: &str = "\
@@ -110,15 +134,38 @@ where `data` is the line decoded as UTF-8 (invalid bytes replaced by U+FFFD) and
 `data_base64` (the exact bytes) is added only when the line is not valid UTF-8; the last line
 is the job itself (it has `id` and `state`).";
 
+const SECRET_LONG_HELP: &str = "\
+Secret environment variable for the command (repeatable). The server never returns its value
+(`hodei jobs get` shows the name only) and replaces it with *** in the job's output; it must be
+one line of at least 4 bytes.
+  NAME          the value of your own environment variable NAME: the safe way, e.g.
+                DB_PASSWORD=$(pass db) hodei run --secret DB_PASSWORD -- ./migrate.sh
+  NAME@FILE     the contents of FILE, one trailing newline removed
+  NAME@-        standard input, one trailing newline removed (one secret at most)
+  NAME=VALUE    the value itself. Warning: while hodei runs, every user of this machine can read
+                it with `ps`, and your shell keeps it in its history";
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Wall-clock limit (seconds, or with a unit: 90s, 5m, 2h); default: the server's
     #[arg(long, value_name = "SECS", value_parser = units::parse_seconds)]
     pub timeout: Option<u64>,
 
-    /// Extra environment variable for the command (repeatable)
+    /// Extra environment variable for the command (repeatable); shown by `hodei jobs get`,
+    /// so use --secret for passwords and keys
     #[arg(short, long = "env", value_name = "K=V", value_parser = parse_env_pair)]
     pub env: Vec<(String, String)>,
+
+    /// Secret environment variable for the command (repeatable): NAME takes the value of your
+    /// variable NAME, NAME@FILE reads a file, NAME@- standard input, NAME=VALUE is visible to
+    /// `ps`
+    #[arg(
+        long = "secret",
+        value_name = "NAME[@FILE|=VALUE]",
+        value_parser = SecretArgParser,
+        long_help = SECRET_LONG_HELP
+    )]
+    pub secrets: Vec<SecretArg>,
 
     /// CPU limit in thousandths of a core (1000 = one core; `500m` also accepted)
     #[arg(long, value_name = "MILLIS", value_parser = units::parse_cpu_millis)]
@@ -208,6 +255,116 @@ pub struct ListWorkersArgs {
     /// At most this many workers
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token and print it, alone on stdout, this once
+    #[command(long_about = CREATE_TOKEN_LONG_ABOUT)]
+    Create(CreateTokenArgs),
+    /// List every token: name, scopes, state, expiry (never the secrets)
+    List,
+    /// Revoke a token: every server refuses it from then on
+    Revoke(RevokeTokenArgs),
+}
+
+const CREATE_TOKEN_LONG_ABOUT: &str = "\
+Create a token and print it, alone on stdout, this once: the server keeps only its hash. What
+it is (id, name, scopes, expiry) goes to stderr, so the token can be captured:
+  export HODEI_API_TOKEN=$(hodei tokens create --name ci --scope jobs:submit --scope jobs:read)
+With --output json, stdout is one object: {\"secret\": \"hodei_…\", \"token\": {…}}.";
+
+#[derive(Debug, Args)]
+pub struct CreateTokenArgs {
+    /// Whom it acts for: the jobs it queues are owned by this name, and a token of the same
+    /// name sees them too
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+
+    /// What it may do (repeatable, or comma-separated), or `all`: jobs:submit (queue and cancel
+    /// its jobs), jobs:read (read its jobs and their output), jobs:admin (read and cancel any
+    /// job), workers:read, tokens:admin, metrics:read
+    #[arg(
+        long = "scope",
+        visible_alias = "scopes",
+        value_name = "SCOPE",
+        value_parser = parse_scopes,
+        required = true
+    )]
+    pub scopes: Vec<Scopes>,
+
+    /// Lifetime (seconds, or with a unit: 12h, 30d); default: it does not expire
+    #[arg(
+        long = "expires-in",
+        visible_alias = "ttl",
+        value_name = "DURATION",
+        value_parser = parse_ttl
+    )]
+    pub expires_in: Option<u64>,
+}
+
+impl CreateTokenArgs {
+    /// Every `--scope` together.
+    pub fn all_scopes(&self) -> Scopes {
+        self.scopes.iter().flat_map(|s| s.iter()).collect()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeTokenArgs {
+    /// The token's id or its name, as `hodei tokens list` shows them (a name must belong to one
+    /// unrevoked token only)
+    #[arg(value_name = "ID|NAME")]
+    pub token: String,
+}
+
+/// `jobs:submit,jobs:read` (commas or spaces), or `all`.
+fn parse_scopes(list: &str) -> Result<Scopes, String> {
+    if list.trim() == "all" {
+        return Ok(Scopes::all());
+    }
+    let scopes = Scopes::parse_list(list).map_err(|e| e.to_string())?;
+    if scopes.is_empty() {
+        return Err("give at least one scope, e.g. jobs:submit,jobs:read".to_owned());
+    }
+    Ok(scopes)
+}
+
+/// A token lifetime in whole seconds, at least one.
+fn parse_ttl(input: &str) -> Result<u64, String> {
+    let ttl = hodei_contract::duration::parse(input)?;
+    match ttl.as_secs() {
+        0 => Err(format!("{input:?} is shorter than a second")),
+        secs => Ok(secs),
+    }
+}
+
+/// `--secret`'s parser: a clap error that never repeats the argument, which may hold a value
+/// (clap's own `invalid value '…'` would print it).
+#[derive(Debug, Clone, Copy)]
+struct SecretArgParser;
+
+impl clap::builder::TypedValueParser for SecretArgParser {
+    type Value = SecretArg;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<SecretArg, clap::Error> {
+        let refuse = |message: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid --secret: {message}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let text = value
+            .to_str()
+            .ok_or_else(|| refuse("it is not UTF-8 text".to_owned()))?;
+        parse_secret_arg(text).map_err(refuse)
+    }
 }
 
 /// `NAME=value`; the name is checked here so a typo fails before anything is queued.

@@ -1,21 +1,33 @@
-//! One gRPC channel to the server, and the three clients the CLI uses on it.
+//! One gRPC channel to the server, and the four clients the CLI uses on it, each adding the
+//! API token's `authorization` header to every call ([`Authorization`]).
 //!
 //! The generated clients have no `connect` constructor (it would collide with the `Connect`
 //! RPC), so the channel is built here from an [`Endpoint`]: TLS when the URL is `https://`,
 //! a connect timeout, a limit on waiting for an answer (a port that accepts connections but
 //! does not speak gRPC), and HTTP/2 keep-alive so a silently dead connection under a long
 //! `--follow` is noticed instead of waiting forever. A failed call is told apart here too: the
-//! transport's failure reads like the connect failure, the server's answer keeps its message.
+//! transport's failure reads like the connect failure, `UNAUTHENTICATED` says how to give a
+//! token (or which one was refused), the server's other answers keep their message.
 
 use std::{error::Error as _, path::PathBuf, time::Duration};
 
 use hodei_proto::v1::{
     job_service_client::JobServiceClient, log_stream_service_client::LogStreamServiceClient,
+    token_service_client::TokenServiceClient,
     worker_query_service_client::WorkerQueryServiceClient,
 };
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
 
-use crate::error::{CliError, root_cause};
+use crate::{
+    credentials::{Authorization, Credentials, TokenSource},
+    error::{CliError, root_cause},
+};
+
+/// The channel every client uses: each call gets the `authorization` header.
+pub type AuthChannel = InterceptedService<Channel, Authorization>;
 
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -28,6 +40,9 @@ pub struct ConnectOptions {
     pub server: String,
     pub tls_ca: Option<PathBuf>,
     pub connect_timeout: Duration,
+    pub credentials: Credentials,
+    /// The config file a token would be read from, for the advice when none was given.
+    pub config_hint: Option<PathBuf>,
 }
 
 /// The clients of one connection; cloning shares the connection.
@@ -35,9 +50,13 @@ pub struct ConnectOptions {
 pub struct Clients {
     /// The server URL, for error messages.
     pub server: String,
-    pub jobs: JobServiceClient<Channel>,
-    pub logs: LogStreamServiceClient<Channel>,
-    pub workers: WorkerQueryServiceClient<Channel>,
+    pub jobs: JobServiceClient<AuthChannel>,
+    pub logs: LogStreamServiceClient<AuthChannel>,
+    pub workers: WorkerQueryServiceClient<AuthChannel>,
+    pub tokens: TokenServiceClient<AuthChannel>,
+    /// Where the token sent came from (`None`: none is sent), for error messages.
+    token_source: Option<TokenSource>,
+    config_hint: Option<PathBuf>,
 }
 
 impl Clients {
@@ -59,16 +78,28 @@ impl Clients {
                 ))
             })?
             .map_err(|err| unreachable(root_cause(&err)))?;
+        let auth = options.credentials.authorization();
         Ok(Self {
             server: options.server.clone(),
-            jobs: JobServiceClient::new(channel.clone()),
-            logs: LogStreamServiceClient::new(channel.clone()),
-            workers: WorkerQueryServiceClient::new(channel),
+            jobs: JobServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            logs: LogStreamServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            workers: WorkerQueryServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            tokens: TokenServiceClient::with_interceptor(channel, auth),
+            token_source: options.credentials.source().cloned(),
+            config_hint: options.config_hint.clone(),
         })
     }
 
     /// Turns a failed RPC into the error shown to the user.
     pub fn error(&self, status: tonic::Status) -> CliError {
+        if status.code() == tonic::Code::Unauthenticated {
+            return CliError::Unauthenticated {
+                url: self.server.clone(),
+                sent: self.token_source.clone(),
+                config_hint: self.config_hint.clone(),
+                message: status.message().to_owned(),
+            };
+        }
         error_from_status(&self.server, status)
     }
 }
@@ -220,6 +251,8 @@ mod tests {
             server: server.to_owned(),
             tls_ca: tls_ca.map(PathBuf::from),
             connect_timeout: Duration::from_secs(1),
+            credentials: Credentials::default(),
+            config_hint: None,
         }
     }
 

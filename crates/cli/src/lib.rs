@@ -2,18 +2,24 @@
 //!
 //! `hodei run -- CMD` queues a job and behaves as if the command ran here: its stdout and stderr
 //! lines appear on ours as they are produced and the process exits with the job's exit code.
-//! `hodei jobs ...` and `hodei workers list` inspect the server.
+//! `hodei jobs ...` and `hodei workers list` inspect the server; `hodei tokens ...` manages
+//! API tokens.
 //!
-//! Where to start reading: [`args`] (the command line), then [`commands`]; [`follow`] keeps a
-//! log stream going across broken connections; [`output`] is everything printed.
+//! Where to start reading: [`args`] (the command line), then [`commands`]; [`credentials`] and
+//! [`config_file`] say which API token every call carries; [`secrets`] reads `--secret`
+//! values; [`follow`] keeps a log stream going across broken connections; [`output`] is
+//! everything printed.
 
 pub mod args;
 pub mod commands;
+pub mod config_file;
 pub mod connection;
+pub mod credentials;
 pub mod error;
 pub mod follow;
 pub mod output;
 pub mod quote;
+pub mod secrets;
 pub mod states;
 pub mod units;
 

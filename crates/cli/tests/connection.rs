@@ -4,7 +4,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{FakeServer, exits, finish, hodei};
+use support::{FakeServer, exits, finish, hodei, isolated};
 
 #[tokio::test]
 async fn given_an_empty_command_when_run_then_the_servers_message_is_printed_and_exit_is_1() {
@@ -53,12 +53,10 @@ async fn given_no_server_listening_when_any_command_runs_then_it_says_so_quickly
 #[tokio::test]
 async fn given_the_server_in_the_environment_when_no_flag_is_given_then_it_is_used() {
     let fake = FakeServer::start(vec![]).await;
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hodei"));
+    let mut command = isolated();
     command
         .env("HODEI_SERVER", &fake.url)
-        .args(["jobs", "list"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .args(["jobs", "list"]);
 
     let outcome = finish(command).await;
 

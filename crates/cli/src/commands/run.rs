@@ -1,5 +1,7 @@
 //! `hodei run`: queue a job, print its output live, exit with its exit code.
 
+use std::collections::HashMap;
+
 use hodei_domain::JobState;
 use hodei_proto::v1 as pb;
 use tokio::sync::mpsc;
@@ -22,14 +24,17 @@ const EXIT_FAILED: u8 = 1;
 
 const CANCEL_REASON: &str = "cancelled with Ctrl-C from the hodei CLI";
 
+/// Queues the job with `secrets` (already read from their sources), then follows it unless
+/// detached.
 pub async fn run(
     mut clients: Clients,
     format: OutputFormat,
     args: RunArgs,
+    secrets: HashMap<String, String>,
 ) -> Result<u8, CliError> {
     let detach = args.detach;
     let request = pb::QueueJobRequest {
-        spec: Some(job_spec(args)),
+        spec: Some(job_spec(args, secrets)),
     };
     let job = clients
         .jobs
@@ -52,7 +57,7 @@ pub async fn run(
     follow_to_the_end(clients, format, job.id).await
 }
 
-fn job_spec(args: RunArgs) -> pb::JobSpec {
+fn job_spec(args: RunArgs, secrets: HashMap<String, String>) -> pb::JobSpec {
     let resources = (args.cpu.is_some() || args.memory.is_some()).then(|| pb::Resources {
         cpu_millis: args.cpu.unwrap_or(0),
         memory_bytes: args.memory.unwrap_or(0),
@@ -64,7 +69,7 @@ fn job_spec(args: RunArgs) -> pb::JobSpec {
         timeout_seconds: args.timeout.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
         resources,
         max_attempts: args.max_attempts,
-        secrets: Default::default(),
+        secrets,
     }
 }
 
@@ -259,14 +264,18 @@ mod tests {
             memory,
             max_attempts: None,
             detach: false,
+            secrets: Vec::new(),
             command: vec!["echo".into(), "a b".into()],
         };
-        let spec = job_spec(args(None, None));
+        let secrets: HashMap<String, String> = [("PW".to_owned(), "hunter22".to_owned())].into();
+        let spec = job_spec(args(None, None), secrets.clone());
+        assert_eq!(spec.secrets, secrets);
+        assert!(!spec.env.contains_key("PW"));
         assert_eq!(spec.command, "echo 'a b'");
         assert_eq!(spec.timeout_seconds, Some(5));
         assert_eq!(spec.env.get("A").map(String::as_str), Some("1"));
         assert_eq!(spec.resources, None);
-        let spec = job_spec(args(None, Some(1 << 30)));
+        let spec = job_spec(args(None, Some(1 << 30)), HashMap::new());
         assert_eq!(
             spec.resources,
             Some(pb::Resources {

@@ -1,5 +1,5 @@
-//! Human-readable renderings of jobs and workers: tables for lists, a key/value block for one
-//! job.
+//! Human-readable renderings of jobs, workers and API tokens: tables for lists, a key/value
+//! block for one job (its secrets by name only).
 
 use std::fmt::Write as _;
 
@@ -7,11 +7,12 @@ use chrono::{DateTime, Utc};
 use hodei_proto::v1 as pb;
 
 use super::{
+    secret_names,
     table::{Table, truncate},
     time::{age, instant, rfc3339_seconds},
 };
 use crate::{
-    states::{job_state_name, worker_state_name},
+    states::{job_state_name, token_state_name, worker_state_name},
     units::{format_memory, format_seconds},
 };
 
@@ -31,6 +32,30 @@ pub fn jobs_table(jobs: &[pb::Job], now: DateTime<Utc>) -> String {
             job.attempts.to_string(),
             age_or_dash(now, job.created_at.as_ref()),
             truncate(command, COMMAND_WIDTH),
+        ]);
+    }
+    table.render()
+}
+
+pub fn tokens_table(tokens: &[pb::ApiToken], now: DateTime<Utc>) -> String {
+    let mut table = Table::new(vec![
+        "ID",
+        "NAME",
+        "SCOPES",
+        "STATE",
+        "AGE",
+        "EXPIRES",
+        "CREATED BY",
+    ]);
+    for token in tokens {
+        table.push(vec![
+            token.id.clone(),
+            token.name.clone(),
+            token.scopes.join(","),
+            token_state_name(token, now).to_owned(),
+            age_or_dash(now, token.created_at.as_ref()),
+            instant(token.expires_at.as_ref()).map_or_else(|| "never".to_owned(), rfc3339_seconds),
+            dash_if_empty(&token.created_by),
         ]);
     }
     table.render()
@@ -69,6 +94,9 @@ pub fn job_details(job: &pb::Job, now: DateTime<Utc>) -> String {
     let mut block = Block::default();
     block.field("ID", &job.id);
     block.field("State", job_state_name(job.state));
+    if !job.owner.is_empty() {
+        block.field("Owner", &job.owner);
+    }
     if let Some(code) = job.exit_code {
         block.field("Exit code", &code.to_string());
     }
@@ -80,6 +108,13 @@ pub fn job_details(job: &pb::Job, now: DateTime<Utc>) -> String {
     env.sort();
     if !env.is_empty() {
         block.field("Environment", &env.join("\n"));
+    }
+    let secrets = secret_names(job);
+    if !secrets.is_empty() {
+        block.field(
+            "Secrets",
+            &format!("{} (values never shown)", secrets.join(", ")),
+        );
     }
     block.field(
         "Timeout",
@@ -239,6 +274,67 @@ mod tests {
             format!("job-1   failed  3     1         5m   {}…", "x".repeat(59))
         );
         assert_eq!(lines[2], "job-22  queued  -     0         -");
+    }
+
+    #[test]
+    fn job_details_show_the_owner_and_secret_names_never_their_values() {
+        let job = pb::Job {
+            id: "job-1".into(),
+            owner: "alice".into(),
+            secret_names: vec!["DB_PASSWORD".into(), "API_KEY".into()],
+            spec: Some(pb::JobSpec {
+                command: "./migrate".into(),
+                secrets: [("API_KEY".to_owned(), "hunter22".to_owned())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = job_details(&job, Utc::now());
+        assert!(text.contains("Owner:        alice\n"), "{text}");
+        assert!(
+            text.contains("Secrets:      API_KEY, DB_PASSWORD (values never shown)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter22"), "{text}");
+    }
+
+    #[test]
+    fn the_tokens_table_shows_scopes_state_and_expiry() {
+        let now = Utc::now();
+        let tokens = vec![
+            pb::ApiToken {
+                id: "t-1".into(),
+                name: "ci".into(),
+                scopes: vec!["jobs:submit".into(), "jobs:read".into()],
+                created_at: ts(now - TimeDelta::seconds(7_200)),
+                created_by: "admin".into(),
+                ..Default::default()
+            },
+            pb::ApiToken {
+                id: "t-2".into(),
+                name: "old".into(),
+                scopes: vec!["workers:read".into()],
+                expires_at: Some(hodei_proto::Timestamp {
+                    seconds: 1_714_564_800,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+        ];
+        let rendered = tokens_table(&tokens, now);
+        let lines: Vec<&str> = rendered.lines().collect();
+        assert_eq!(
+            lines[0],
+            "ID   NAME  SCOPES                 STATE    AGE  EXPIRES               CREATED BY"
+        );
+        assert_eq!(
+            lines[1],
+            "t-1  ci    jobs:submit,jobs:read  active   2h   never                 admin"
+        );
+        assert_eq!(
+            lines[2],
+            "t-2  old   workers:read           expired  -    2024-05-01T12:00:00Z  -"
+        );
     }
 
     #[test]

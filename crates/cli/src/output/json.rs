@@ -2,7 +2,8 @@
 //! words, timestamps as RFC 3339 strings, absent values as `null`.
 //!
 //! They are views of the wire messages rather than the messages themselves so that the output
-//! stays stable and readable (`"state": "timed_out"`, not `"state": 7`).
+//! stays stable and readable (`"state": "timed_out"`, not `"state": 7`), and so that what is
+//! secret cannot slip in: a job shows its secrets' names, never their values.
 
 use std::collections::BTreeMap;
 
@@ -10,13 +11,18 @@ use base64::Engine as _;
 use hodei_proto::v1 as pb;
 use serde::Serialize;
 
-use super::time::rfc3339;
-use crate::states::{job_state_name, worker_state_name};
+use chrono::Utc;
+
+use super::{secret_names, time::rfc3339};
+use crate::states::{job_state_name, token_state_name, worker_state_name};
 
 #[derive(Debug, Serialize)]
 pub struct JobView {
     pub id: String,
     pub state: &'static str,
+    /// Who queued it (an API token's name, or `cert:<subject>`); `null` when the server ran
+    /// without authentication.
+    pub owner: Option<String>,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
     pub attempts: u32,
@@ -25,6 +31,8 @@ pub struct JobView {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub spec: SpecView,
+    /// Names of the job's secrets, sorted; their values are never shown.
+    pub secret_names: Vec<String>,
     pub attempt_history: Vec<AttemptView>,
 }
 
@@ -46,6 +54,26 @@ pub struct AttemptView {
     pub finished_at: Option<String>,
     pub outcome: String,
     pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub scopes: Vec<String>,
+    /// `active`, `expired` or `revoked`.
+    pub state: &'static str,
+    pub created_at: Option<String>,
+    pub created_by: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+/// `hodei tokens create --output json`: the token, and its secret (shown this once).
+#[derive(Debug, Serialize)]
+pub struct CreatedTokenView<'a> {
+    pub secret: &'a str,
+    pub token: TokenView,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,6 +113,7 @@ impl From<&pb::Job> for JobView {
         Self {
             id: job.id.clone(),
             state: job_state_name(job.state),
+            owner: non_empty(&job.owner),
             exit_code: job.exit_code,
             reason: non_empty(&job.reason),
             attempts: job.attempts,
@@ -100,6 +129,7 @@ impl From<&pb::Job> for JobView {
                 memory_bytes: (resources.memory_bytes > 0).then_some(resources.memory_bytes),
                 max_attempts: spec.max_attempts,
             },
+            secret_names: secret_names(job),
             attempt_history: job.attempt_history.iter().map(AttemptView::from).collect(),
         }
     }
@@ -114,6 +144,21 @@ impl From<&pb::JobAttempt> for AttemptView {
             finished_at: rfc3339(attempt.finished_at.as_ref()),
             outcome: attempt.outcome.clone(),
             reason: non_empty(&attempt.reason),
+        }
+    }
+}
+
+impl From<&pb::ApiToken> for TokenView {
+    fn from(token: &pb::ApiToken) -> Self {
+        Self {
+            id: token.id.clone(),
+            name: token.name.clone(),
+            scopes: token.scopes.clone(),
+            state: token_state_name(token, Utc::now()),
+            created_at: rfc3339(token.created_at.as_ref()),
+            created_by: non_empty(&token.created_by),
+            expires_at: rfc3339(token.expires_at.as_ref()),
+            revoked_at: rfc3339(token.revoked_at.as_ref()),
         }
     }
 }
@@ -199,6 +244,48 @@ mod tests {
         assert_eq!(value["spec"]["timeout_seconds"], 1);
         assert_eq!(value["spec"]["memory_bytes"], Value::Null);
         assert_eq!(value["attempt_history"], json!([]));
+        assert_eq!(value["owner"], Value::Null);
+        assert_eq!(value["secret_names"], json!([]));
+    }
+
+    #[test]
+    fn a_job_shows_its_owner_and_secret_names_but_never_a_secret_value() {
+        let job = pb::Job {
+            id: "j1".into(),
+            owner: "alice".into(),
+            secret_names: vec!["DB_PASSWORD".into()],
+            spec: Some(pb::JobSpec {
+                command: "./migrate".into(),
+                // A server that sends values back by mistake: still only names are shown.
+                secrets: [("API_KEY".to_owned(), "hunter22".to_owned())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let value = to_json(&JobView::from(&job));
+        assert_eq!(value["owner"], "alice");
+        assert_eq!(value["secret_names"], json!(["API_KEY", "DB_PASSWORD"]));
+        assert!(!value.to_string().contains("hunter22"), "{value}");
+    }
+
+    #[test]
+    fn a_token_shows_its_scopes_and_state() {
+        let token = pb::ApiToken {
+            id: "t1".into(),
+            name: "ci".into(),
+            scopes: vec!["jobs:submit".into(), "jobs:read".into()],
+            revoked_at: Some(hodei_proto::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let value = to_json(&TokenView::from(&token));
+        assert_eq!(value["scopes"], json!(["jobs:submit", "jobs:read"]));
+        assert_eq!(value["state"], "revoked");
+        assert_eq!(value["revoked_at"], "1970-01-01T00:00:00Z");
+        assert_eq!(value["expires_at"], Value::Null);
+        assert_eq!(value["created_by"], Value::Null);
     }
 
     #[test]

@@ -16,6 +16,15 @@ use serde::Serialize;
 
 use crate::error::CliError;
 
+/// The names of a job's secrets, sorted: `Job.secret_names`, and the keys of `spec.secrets`
+/// should a server ever send them. Their values are never printed, whatever the server sends.
+pub fn secret_names(job: &hodei_proto::v1::Job) -> Vec<String> {
+    let from_spec = job.spec.iter().flat_map(|spec| spec.secrets.keys());
+    let names: std::collections::BTreeSet<&String> =
+        job.secret_names.iter().chain(from_spec).collect();
+    names.into_iter().cloned().collect()
+}
+
 /// Writes `text` to stdout and flushes; a closed pipe is not an error.
 pub fn print(text: &str) -> Result<(), CliError> {
     let mut stdout = io::stdout().lock();

@@ -4,6 +4,12 @@
 //! Each job follows a *program* of steps (print a line, wait, finish in some state) played by a
 //! task of the fake, so tests can produce output mid-run, wait for Ctrl-C's cancellation, or
 //! break a log stream on purpose.
+//!
+//! Every call's `authorization` header is recorded; after [`FakeServer::require_token`] a call
+//! without that token is answered `UNAUTHENTICATED` with the real server's messages. Queued
+//! jobs keep their spec as received, secrets included, as a careless server would return it:
+//! the CLI must show only the names whatever comes back. A fake `TokenService` records what it
+//! is asked.
 
 #![allow(dead_code)] // each test binary uses a different part of the fake
 
@@ -17,7 +23,7 @@ use std::{
 
 use hodei_proto::v1::{
     self as pb, job_service_server::JobServiceServer,
-    log_stream_service_server::LogStreamServiceServer,
+    log_stream_service_server::LogStreamServiceServer, token_service_server::TokenServiceServer,
     worker_query_service_server::WorkerQueryServiceServer,
 };
 use tokio::{
@@ -89,7 +95,26 @@ struct Inner {
     worker_requests: Vec<pb::ListWorkersRequest>,
     workers: Vec<pb::Worker>,
     page_size: usize,
+    /// The `authorization` header of every call, in order (`None`: absent).
+    authorizations: Vec<Option<String>>,
+    /// When set, calls without `Bearer <this>` are refused `UNAUTHENTICATED`.
+    required_token: Option<String>,
+    tokens: Vec<pb::ApiToken>,
+    token_requests: Vec<TokenRequest>,
+    /// Secrets the fake's TokenService handed out.
+    created_secrets: Vec<String>,
 }
+
+/// What the fake's TokenService was asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenRequest {
+    Create(pb::CreateTokenRequest),
+    List,
+    Revoke(pb::RevokeTokenRequest),
+}
+
+/// The principal the fake says a job belongs to when a token is required.
+pub const PRINCIPAL: &str = "alice";
 
 struct JobEntry {
     job: pb::Job,
@@ -146,10 +171,24 @@ impl FakeServer {
             }
             None => format!("http://{addr}"),
         };
+        let check = {
+            let shared = shared.clone();
+            move |request: Request<()>| shared.authenticate(request)
+        };
         let router = builder
-            .add_service(JobServiceServer::new(shared.clone()))
-            .add_service(LogStreamServiceServer::new(shared.clone()))
-            .add_service(WorkerQueryServiceServer::new(shared.clone()));
+            .add_service(JobServiceServer::with_interceptor(
+                shared.clone(),
+                check.clone(),
+            ))
+            .add_service(LogStreamServiceServer::with_interceptor(
+                shared.clone(),
+                check.clone(),
+            ))
+            .add_service(WorkerQueryServiceServer::with_interceptor(
+                shared.clone(),
+                check.clone(),
+            ))
+            .add_service(TokenServiceServer::with_interceptor(shared.clone(), check));
         let task = tokio::spawn(async move {
             router
                 .serve_with_incoming(TcpListenerStream::new(listener))
@@ -166,6 +205,30 @@ impl FakeServer {
 
     pub fn set_faults(&self, faults: Faults) {
         self.shared.inner.lock().unwrap().faults = faults;
+    }
+
+    /// From now on, calls without `authorization: Bearer <token>` are refused as the real
+    /// server refuses them.
+    pub fn require_token(&self, token: &str) {
+        self.shared.inner.lock().unwrap().required_token = Some(token.to_owned());
+    }
+
+    /// The `authorization` header of every call so far (`None`: the call had none).
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.shared.inner.lock().unwrap().authorizations.clone()
+    }
+
+    pub fn set_tokens(&self, tokens: Vec<pb::ApiToken>) {
+        self.shared.inner.lock().unwrap().tokens = tokens;
+    }
+
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.shared.inner.lock().unwrap().token_requests.clone()
+    }
+
+    /// The secrets `CreateToken` answered with, in order.
+    pub fn created_secrets(&self) -> Vec<String> {
+        self.shared.inner.lock().unwrap().created_secrets.clone()
     }
 
     pub fn set_workers(&self, workers: Vec<pb::Worker>) {
@@ -247,16 +310,28 @@ impl FakeServer {
     }
 }
 
-/// `hodei --server URL ARGS...` with piped stdout and stderr and no `HODEI_*` from the
-/// environment of whoever runs the tests.
+/// `hodei --server URL ARGS...` with piped stdout and stderr, without the settings of whoever
+/// runs the tests (see [`isolated`]).
 pub fn hodei(url: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hodei"));
+    let mut command = isolated();
+    command.arg("--server").arg(url).args(args);
     command
-        .env_remove("HODEI_SERVER")
-        .env_remove("HODEI_TLS_CA")
-        .arg("--server")
-        .arg(url)
-        .args(args)
+}
+
+/// The `hodei` binary with no `HODEI_*` variable from the environment of whoever runs the tests
+/// and a config directory that does not exist, so that their own config file is never read.
+pub fn isolated() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hodei"));
+    for name in [
+        "HODEI_SERVER",
+        "HODEI_TLS_CA",
+        "HODEI_API_TOKEN",
+        "HODEI_CONFIG",
+    ] {
+        command.env_remove(name);
+    }
+    command
+        .env("XDG_CONFIG_HOME", "/nonexistent/hodei-cli-tests")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -307,11 +382,43 @@ fn now() -> Option<hodei_proto::Timestamp> {
 }
 
 impl Shared {
+    /// Records the call's `authorization` header and, when a token is required, refuses a call
+    /// without it with the real server's messages.
+    fn authenticate(&self, request: Request<()>) -> Result<Request<()>, Status> {
+        let header = request
+            .metadata()
+            .get("authorization")
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+        let mut inner = self.inner.lock().unwrap();
+        inner.authorizations.push(header.clone());
+        let Some(required) = &inner.required_token else {
+            return Ok(request);
+        };
+        match header {
+            None => Err(Status::unauthenticated(
+                "missing `authorization: Bearer <API token>`: create a token with `hodei tokens \
+                 create` (or `hodei-server tokens create` on the server) and give it to the \
+                 client in HODEI_API_TOKEN",
+            )),
+            Some(header) if header == format!("Bearer {required}") => Ok(request),
+            Some(_) => Err(Status::unauthenticated("unknown API token")),
+        }
+    }
+
     fn create_job(&self, spec: pb::JobSpec, program: Vec<Step>) -> pb::Job {
         let mut inner = self.inner.lock().unwrap();
         let id = format!("job-{}", inner.jobs.len() + 1);
+        let mut secret_names: Vec<String> = spec.secrets.keys().cloned().collect();
+        secret_names.sort();
+        let owner = if inner.required_token.is_some() {
+            PRINCIPAL.to_owned()
+        } else {
+            String::new()
+        };
         let job = pb::Job {
             id: id.clone(),
+            owner,
+            secret_names,
             spec: Some(spec),
             state: pb::JobState::Running as i32,
             attempts: 1,
@@ -608,6 +715,70 @@ impl pb::worker_query_service_server::WorkerQueryService for Shared {
             .cloned()
             .collect();
         Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::token_service_server::TokenService for Shared {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let request = request.into_inner();
+        let secret = hodei_domain::ApiToken::generate().expose().to_owned();
+        let mut inner = self.inner.lock().unwrap();
+        inner
+            .token_requests
+            .push(TokenRequest::Create(request.clone()));
+        inner.created_secrets.push(secret.clone());
+        let token = pb::ApiToken {
+            id: format!("tok-{}", inner.tokens.len() + 1),
+            name: request.name,
+            scopes: request.scopes,
+            created_at: now(),
+            created_by: PRINCIPAL.to_owned(),
+            expires_at: request.ttl_seconds.and_then(|ttl| {
+                now().map(|at| hodei_proto::Timestamp {
+                    seconds: at.seconds + ttl,
+                    nanos: 0,
+                })
+            }),
+            revoked_at: None,
+        };
+        inner.tokens.push(token.clone());
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(token),
+            secret,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        let mut inner = self.inner.lock().unwrap();
+        inner.token_requests.push(TokenRequest::List);
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: inner.tokens.clone(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::ApiToken>, Status> {
+        let request = request.into_inner();
+        let mut inner = self.inner.lock().unwrap();
+        inner
+            .token_requests
+            .push(TokenRequest::Revoke(request.clone()));
+        let token = inner
+            .tokens
+            .iter_mut()
+            .find(|t| t.id == request.id)
+            .ok_or_else(|| Status::not_found(format!("no API token {}", request.id)))?;
+        token.revoked_at = now();
+        Ok(Response::new(token.clone()))
     }
 }
 
