@@ -576,11 +576,12 @@ async fn a_job_cannot_use_the_api_from_inside_its_worker() -> anyhow::Result<()>
     let cli = hodei_testkit::cli_binary()?;
     let attack = format!(
         "env | grep -c -e HODEI_TOKEN -e HODEI_API_TOKEN -e HODEI_DATABASE_URL || true; \
+         err=$(mktemp); \
          for call in 'jobs cancel {victim}' 'jobs get {victim}' 'jobs logs {victim}' \
                      'run -- echo smuggled'; do \
-           if {cli} --server {url} $call >/dev/null 2>err; then echo \"ALLOWED: $call\"; \
-           else echo \"refused: $call: $(grep -o -i -e unauthenticated -e token err | head -n 1)\"; fi; \
-         done",
+           if {cli} --server {url} $call >/dev/null 2>\"$err\"; then echo \"ALLOWED: $call\"; \
+           else echo \"refused: $call: $(grep -o -i -e unauthenticated -e token \"$err\" | head -n 1)\"; fi; \
+         done; rm -f \"$err\"",
         cli = cli.display(),
         url = server.url(),
     );
