@@ -1,0 +1,96 @@
+//! What a job can reach of its worker. A job runs as its worker's user, so only the worker
+//! being non-dumpable keeps the job out of `/proc/<worker>/environ`, `maps` and `mem`, and so
+//! away from the session credential in the worker's memory and the token in its environment.
+//!
+//! Run as root, the test starts the worker as `nobody` (65534): root may read any process, and
+//! the question is what a job of an ordinary user can do to a worker of the same user.
+
+mod support;
+
+use std::{os::unix::process::CommandExt, process::Stdio};
+
+use hodei_proto::v1::JobOutcome;
+use hodei_testkit::process::die_with_parent;
+use support::{FakeServer, JOB_1, SESSION_TOKEN, TOKEN, WORKER_ID};
+use tokio::process::Command;
+
+const NOBODY: u32 = 65534;
+
+/// The worker binary, as an unprivileged user when the test runs as root, with the token in
+/// its environment as the Kubernetes provider hands it over.
+fn unprivileged_worker(fake: &FakeServer) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hodei-worker"));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HODEI_TOKEN", TOKEN)
+        .env("HODEI_SERVER", &fake.url)
+        .env("HODEI_WORKER_ID", WORKER_ID)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    if nix::unistd::geteuid().is_root() {
+        command.as_std_mut().uid(NOBODY).gid(NOBODY);
+    }
+    die_with_parent(command.as_std_mut());
+    command
+}
+
+/// A job's attempt to read its worker's proc files, and the memory the worker's `maps` would
+/// point it to, looking for the session credential. Prints `name:ok` or `name:refused` per
+/// file and how many times it found the credential.
+fn snooping_job(worker_pid: u32) -> String {
+    format!(
+        r#"w={worker_pid}
+try() {{ if "$@" >/dev/null 2>&1; then echo ok; else echo refused; fi; }}
+echo "environ:$(try cat /proc/$w/environ)"
+echo "maps:$(try cat /proc/$w/maps)"
+echo "mem:$(try dd if=/proc/$w/mem of=/dev/null bs=1 count=0)"
+echo "cmdline:$(try cat /proc/$w/cmdline)"
+echo "own-environ:$(try cat /proc/$$/environ)"
+echo "own-mem:$(try dd if=/proc/$$/mem of=/dev/null bs=1 count=0)"
+found=$(grep ' rw' /proc/$w/maps 2>/dev/null | while read range rest; do
+  start=${{range%-*}}; end=${{range#*-}}
+  dd if=/proc/$w/mem bs=65536 iflag=skip_bytes,count_bytes skip=$((0x$start)) count=$((0x$end - 0x$start)) 2>/dev/null
+done | grep -a -c -F {SESSION_TOKEN})
+echo "credential-found:$found"
+tr '\0' '\n' < /proc/$w/environ 2>/dev/null | grep -c -F {TOKEN} | sed 's/^/token-found:/'
+"#
+    )
+}
+
+#[tokio::test]
+async fn given_a_job_of_the_workers_user_when_it_snoops_on_its_worker_then_it_finds_neither_the_session_credential_nor_the_token()
+ {
+    let mut fake = FakeServer::start().await;
+    let mut worker = unprivileged_worker(&fake)
+        .spawn()
+        .expect("spawn the worker (as root: it must be executable by uid 65534)");
+    let worker_pid = worker.id().expect("running");
+    let mut session = fake.session().await;
+
+    session.assign(JOB_1, &snooping_job(worker_pid)).await;
+    let job = session.job_until_finished().await;
+    session.shutdown("test over", false).await;
+    session.expect_close().await;
+
+    assert_eq!(job.outcome(), JobOutcome::Exited, "{:?}", job.stderr());
+    assert_eq!(
+        job.stdout(),
+        vec![
+            "environ:refused",
+            "maps:refused",
+            "mem:refused",
+            // Not secret, and what the local provider finds its workers by.
+            "cmdline:ok",
+            // The job itself is an ordinary process: execve made it dumpable again.
+            "own-environ:ok",
+            "own-mem:ok",
+            "credential-found:0",
+            "token-found:0",
+        ]
+    );
+    let status = worker.wait().await.expect("the worker exits");
+    assert!(status.success(), "{status:?}");
+}
