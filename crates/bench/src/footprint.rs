@@ -18,6 +18,8 @@ use crate::{
 pub struct Options {
     pub workers: usize,
     pub log_filter: String,
+    /// `false`: the server runs without authentication.
+    pub auth: bool,
 }
 
 const MIB: f64 = 1024.0;
@@ -32,6 +34,7 @@ pub async fn run(binaries: &Binaries, options: &Options) -> anyhow::Result<Vec<F
         &ServerOptions {
             max_workers: options.workers,
             log_filter: options.log_filter.clone(),
+            auth: options.auth,
             ..ServerOptions::default()
         },
     )

@@ -18,10 +18,10 @@ use hodei_proto::v1::{
 };
 use hodei_testkit::{
     TestDatabase,
+    auth::Authed,
     server_process::{ServerCommand, ServerProcess},
 };
 use sqlx::{PgPool, postgres::PgPoolOptions};
-use tonic::transport::Channel;
 
 /// Where the binaries under test are.
 #[derive(Debug, Clone)]
@@ -61,6 +61,9 @@ pub struct ServerOptions {
     pub idle_timeout: &'static str,
     /// `RUST_LOG` of the server (and of its workers, which inherit it).
     pub log_filter: String,
+    /// Whether clients authenticate (`false`: the server runs with `--insecure-no-auth`, to
+    /// measure what authentication costs). Clients send their token either way.
+    pub auth: bool,
 }
 
 impl Default for ServerOptions {
@@ -70,6 +73,7 @@ impl Default for ServerOptions {
             max_jobs_per_worker: 1_000_000,
             idle_timeout: "1h",
             log_filter: "info".into(),
+            auth: true,
         }
     }
 }
@@ -121,6 +125,7 @@ impl Environment {
             OsString::from("--worker-binary"),
             binaries.worker.clone().into(),
         ])
+        .chain((!options.auth).then(|| OsString::from("--insecure-no-auth")))
         .collect();
         let server = ServerProcess::start(ServerCommand {
             binary: binaries.server.clone(),
@@ -148,19 +153,19 @@ impl Environment {
         self.server.log_tail()
     }
 
-    pub async fn channel(&self) -> anyhow::Result<Channel> {
+    pub async fn channel(&self) -> anyhow::Result<Authed> {
         self.server.channel().await
     }
 
-    pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+    pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Authed>> {
         self.server.jobs().await
     }
 
-    pub async fn logs(&self) -> anyhow::Result<LogStreamServiceClient<Channel>> {
+    pub async fn logs(&self) -> anyhow::Result<LogStreamServiceClient<Authed>> {
         self.server.logs().await
     }
 
-    pub async fn workers(&self) -> anyhow::Result<WorkerQueryServiceClient<Channel>> {
+    pub async fn workers(&self) -> anyhow::Result<WorkerQueryServiceClient<Authed>> {
         self.server.workers().await
     }
 

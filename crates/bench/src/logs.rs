@@ -21,6 +21,8 @@ use crate::{
 pub struct Options {
     pub lines: u64,
     pub log_filter: String,
+    /// `false`: the server runs without authentication.
+    pub auth: bool,
 }
 
 pub async fn run(binaries: &Binaries, options: &Options) -> anyhow::Result<Vec<Figure>> {
@@ -30,6 +32,7 @@ pub async fn run(binaries: &Binaries, options: &Options) -> anyhow::Result<Vec<F
         &ServerOptions {
             max_workers: 1,
             log_filter: options.log_filter.clone(),
+            auth: options.auth,
             ..ServerOptions::default()
         },
     )

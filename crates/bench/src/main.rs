@@ -24,6 +24,10 @@ struct Args {
     /// RUST_LOG of the server and its workers (their logs go to a temporary file).
     #[arg(long, global = true, default_value = "info")]
     log_filter: String,
+    /// Run the server without authentication (`--insecure-no-auth`), to measure what
+    /// authentication costs.
+    #[arg(long, global = true)]
+    insecure_no_auth: bool,
     #[command(subcommand)]
     benchmark: Benchmark,
 }
@@ -114,7 +118,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         one => vec![one],
     };
     for benchmark in benchmarks {
-        let (title, figures) = run_one(&binaries, benchmark, &log_filter).await?;
+        let (title, figures) =
+            run_one(&binaries, benchmark, &log_filter, !args.insecure_no_auth).await?;
         print_section(&title, &figures);
     }
     Ok(())
@@ -124,6 +129,7 @@ async fn run_one(
     binaries: &Binaries,
     benchmark: Benchmark,
     log_filter: &str,
+    auth: bool,
 ) -> anyhow::Result<(String, Vec<Figure>)> {
     let log_filter = log_filter.to_string();
     Ok(match benchmark {
@@ -135,6 +141,7 @@ async fn run_one(
                     jobs,
                     interval: Duration::from_millis(interval_ms),
                     log_filter,
+                    auth,
                 },
             )
             .await?,
@@ -152,17 +159,34 @@ async fn run_one(
                     workers,
                     clients,
                     log_filter,
+                    auth,
                 },
             )
             .await?,
         ),
         Benchmark::Logs { lines } => (
             "log streaming".into(),
-            logs::run(binaries, &logs::Options { lines, log_filter }).await?,
+            logs::run(
+                binaries,
+                &logs::Options {
+                    lines,
+                    log_filter,
+                    auth,
+                },
+            )
+            .await?,
         ),
         Benchmark::Provisioning { jobs } => (
             "cold provisioning (local provider)".into(),
-            provisioning::run(binaries, &provisioning::Options { jobs, log_filter }).await?,
+            provisioning::run(
+                binaries,
+                &provisioning::Options {
+                    jobs,
+                    log_filter,
+                    auth,
+                },
+            )
+            .await?,
         ),
         Benchmark::Footprint { workers } => (
             "footprint".into(),
@@ -171,6 +195,7 @@ async fn run_one(
                 &footprint::Options {
                     workers,
                     log_filter,
+                    auth,
                 },
             )
             .await?,

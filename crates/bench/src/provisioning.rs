@@ -20,6 +20,8 @@ use crate::{
 pub struct Options {
     pub jobs: usize,
     pub log_filter: String,
+    /// `false`: the server runs without authentication.
+    pub auth: bool,
 }
 
 pub async fn run(binaries: &Binaries, options: &Options) -> anyhow::Result<Vec<Figure>> {
@@ -30,6 +32,7 @@ pub async fn run(binaries: &Binaries, options: &Options) -> anyhow::Result<Vec<F
             max_workers: 2,
             max_jobs_per_worker: 1,
             log_filter: options.log_filter.clone(),
+            auth: options.auth,
             ..ServerOptions::default()
         },
     )

@@ -21,6 +21,8 @@ pub struct Options {
     pub workers: usize,
     pub clients: usize,
     pub log_filter: String,
+    /// `false`: the server runs without authentication.
+    pub auth: bool,
 }
 
 pub async fn run(binaries: &Binaries, options: &Options) -> anyhow::Result<Vec<Figure>> {
@@ -33,6 +35,7 @@ pub async fn run(binaries: &Binaries, options: &Options) -> anyhow::Result<Vec<F
         &ServerOptions {
             max_workers: options.workers,
             log_filter: options.log_filter.clone(),
+            auth: options.auth,
             ..ServerOptions::default()
         },
     )

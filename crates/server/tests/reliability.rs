@@ -25,6 +25,7 @@ use hodei_proto::v1::{
     self as pb, job_service_client::JobServiceClient,
     worker_agent_service_client::WorkerAgentServiceClient,
 };
+use hodei_testkit::auth::Authed;
 use hodei_testkit::{
     Probe, TestDatabase,
     jobs::{assert_state, describe, is_final, spec, state_of},
@@ -33,7 +34,7 @@ use hodei_testkit::{
     wait_for,
 };
 use tokio::sync::mpsc;
-use tonic::{Code, transport::Channel};
+use tonic::Code;
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a graceful shutdown of the server process may take (its grace is 5 s).
@@ -769,17 +770,18 @@ impl RealServer {
         Ok(())
     }
 
-    async fn channel(&self) -> anyhow::Result<Channel> {
+    /// A channel whose calls carry the harness's admin token.
+    async fn channel(&self) -> anyhow::Result<Authed> {
         self.process.channel().await
     }
 
-    async fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+    async fn jobs(&self) -> anyhow::Result<JobServiceClient<Authed>> {
         self.process.jobs().await
     }
 
     async fn logs(
         &self,
-    ) -> anyhow::Result<pb::log_stream_service_client::LogStreamServiceClient<Channel>> {
+    ) -> anyhow::Result<pb::log_stream_service_client::LogStreamServiceClient<Authed>> {
         self.process.logs().await
     }
 

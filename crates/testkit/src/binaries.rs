@@ -17,20 +17,64 @@ const WORKER_SOURCES: [&str; 4] = [
     "crates/proto",
 ];
 
+/// The crates the CLI is built from.
+const CLI_SOURCES: [&str; 4] = [
+    "crates/cli",
+    "crates/contract",
+    "crates/domain",
+    "crates/proto",
+];
+
+/// A binary of the workspace tests start as a process.
+struct Binary {
+    package: &'static str,
+    name: &'static str,
+    /// A variable that names the executable to use instead.
+    override_var: &'static str,
+    sources: &'static [&'static str],
+}
+
 /// The `hodei-worker` executable: `HODEI_WORKER_BINARY` if set, else the one in this test's
 /// target directory, built with cargo first if it is missing or older than its sources.
 pub fn worker_binary() -> anyhow::Result<PathBuf> {
     static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     FOUND
-        .get_or_init(|| locate("hodei-worker", &WORKER_SOURCES).map_err(|e| format!("{e:#}")))
+        .get_or_init(|| {
+            locate(&Binary {
+                package: "hodei-worker",
+                name: "hodei-worker",
+                override_var: "HODEI_WORKER_BINARY",
+                sources: &WORKER_SOURCES,
+            })
+            .map_err(|e| format!("{e:#}"))
+        })
         .clone()
         .map_err(anyhow::Error::msg)
 }
 
-fn locate(binary: &str, crate_dirs: &[&str]) -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("HODEI_WORKER_BINARY").map(PathBuf::from) {
+/// The `hodei` CLI executable: `HODEI_CLI_BINARY` if set, else the one in this test's target
+/// directory, built first if it is missing or stale.
+pub fn cli_binary() -> anyhow::Result<PathBuf> {
+    static FOUND: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            locate(&Binary {
+                package: "hodei-cli",
+                name: "hodei",
+                override_var: "HODEI_CLI_BINARY",
+                sources: &CLI_SOURCES,
+            })
+            .map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn locate(wanted: &Binary) -> anyhow::Result<PathBuf> {
+    let (binary, crate_dirs) = (wanted.name, wanted.sources);
+    if let Some(path) = std::env::var_os(wanted.override_var).map(PathBuf::from) {
         if !path.is_file() {
-            bail!("HODEI_WORKER_BINARY={} does not exist", path.display());
+            bail!("{}={} does not exist", wanted.override_var, path.display());
         }
         return Ok(path);
     }
@@ -57,7 +101,14 @@ fn locate(binary: &str, crate_dirs: &[&str]) -> anyhow::Result<PathBuf> {
     let mut cargo = Command::new(env!("CARGO"));
     cargo
         .current_dir(&workspace)
-        .args(["build", "--quiet", "--package", binary, "--bin", binary])
+        .args([
+            "build",
+            "--quiet",
+            "--package",
+            wanted.package,
+            "--bin",
+            binary,
+        ])
         .arg("--target-dir")
         .arg(target_dir);
     if profile != "debug" {
@@ -75,8 +126,9 @@ fn locate(binary: &str, crate_dirs: &[&str]) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("running cargo to build {binary}"))?;
     if !status.success() || !candidate.is_file() {
         bail!(
-            "{binary} is not built and `cargo build -p {binary}` failed ({status}); build it \
-             or set HODEI_WORKER_BINARY"
+            "{binary} is not built and `cargo build -p {}` failed ({status}); build it or set {}",
+            wanted.package,
+            wanted.override_var
         );
     }
     Ok(candidate)

@@ -6,10 +6,12 @@
 //! - [`wait_for`]: polling with a deadline that, on timeout, says what it waited for and what it
 //!   saw last.
 //! - [`worker_binary`]: the `hodei-worker` executable the local provider starts.
-//! - [`server_process`]: a real `hodei-server` process, its port, its log, stopping and killing it.
+//! - [`server_process`]: a real `hodei-server` process, its port, its log, its admin token,
+//!   stopping and killing it; [`auth`]: clients that send an API token.
 //! - [`process`]: children that die with the test, signals, who is alive according to `/proc`.
 //! - [`jobs`] and [`log_lines`]: what the end-to-end suites assert about jobs and their output.
 
+pub mod auth;
 mod binaries;
 pub mod jobs;
 pub mod log_lines;
@@ -18,7 +20,7 @@ pub mod process;
 pub mod server_process;
 mod wait;
 
-pub use binaries::worker_binary;
+pub use binaries::{cli_binary, worker_binary};
 pub use postgres::TestDatabase;
 pub use wait::{Probe, probe_value, wait_for};
 

@@ -19,9 +19,10 @@ use hodei_proto::v1::{
     log_stream_service_client::LogStreamServiceClient,
     worker_query_service_client::WorkerQueryServiceClient,
 };
-use tonic::transport::Channel;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 use crate::{
+    auth::{Authed, Bearer},
     process::{Signal, die_with_parent, send_signal},
     wait::{Probe, wait_for},
 };
@@ -48,21 +49,32 @@ pub struct ServerProcess {
     command: ServerCommand,
     port: u16,
     child: Option<Child>,
+    /// An API token with every scope, made with `hodei-server tokens create` before the first
+    /// start, as an operator would.
+    token: String,
 }
 
 impl ServerProcess {
-    /// Starts the server on a free loopback port and waits until it serves.
+    /// Creates an admin token, starts the server on a free loopback port and waits until it
+    /// serves.
     pub async fn start(command: ServerCommand) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
+        let token = create_admin_token(&command)?;
         let mut this = Self {
             command,
             port,
             child: None,
+            token,
         };
         this.spawn().await?;
         Ok(this)
+    }
+
+    /// The admin token clients of this server use.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     pub fn port(&self) -> u16 {
@@ -93,19 +105,23 @@ impl ServerProcess {
         &self.command.log
     }
 
-    pub async fn channel(&self) -> anyhow::Result<Channel> {
-        connect(&self.url()).await
+    /// A channel whose calls carry the admin token.
+    pub async fn channel(&self) -> anyhow::Result<Authed> {
+        Ok(InterceptedService::new(
+            connect(&self.url()).await?,
+            Bearer::new(&self.token)?,
+        ))
     }
 
-    pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+    pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Authed>> {
         Ok(JobServiceClient::new(self.channel().await?))
     }
 
-    pub async fn logs(&self) -> anyhow::Result<LogStreamServiceClient<Channel>> {
+    pub async fn logs(&self) -> anyhow::Result<LogStreamServiceClient<Authed>> {
         Ok(LogStreamServiceClient::new(self.channel().await?))
     }
 
-    pub async fn workers(&self) -> anyhow::Result<WorkerQueryServiceClient<Channel>> {
+    pub async fn workers(&self) -> anyhow::Result<WorkerQueryServiceClient<Authed>> {
         Ok(WorkerQueryServiceClient::new(self.channel().await?))
     }
 
@@ -174,16 +190,18 @@ impl ServerProcess {
 
     async fn wait_serving(&mut self) -> anyhow::Result<()> {
         let url = self.url();
+        let token = self.token.clone();
         let child = self.child.as_mut().context("the server is not running")?;
         let served = wait_for("hodei-server to serve", START_TIMEOUT, || {
             let exited = child.try_wait();
             let url = url.clone();
+            let token = token.clone();
             async move {
                 // An exit ends the wait at once: it is the answer.
                 if let Some(status) = exited? {
                     return Ok(Probe::Ready(Err(status)));
                 }
-                Ok(match answers(&url).await {
+                Ok(match answers(&url, &token).await {
                     Ok(()) => Probe::Ready(Ok(())),
                     Err(last) => Probe::Pending(last),
                 })
@@ -212,9 +230,30 @@ async fn connect(url: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("connecting to {url}"))
 }
 
+/// `hodei-server <args> tokens create --name harness --scopes all`: the token it prints.
+fn create_admin_token(command: &ServerCommand) -> anyhow::Result<String> {
+    let output = Command::new(&command.binary)
+        .args(&command.args)
+        .args(["tokens", "create", "--name", "harness", "--scopes", "all"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {} tokens create", command.binary.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "hodei-server tokens create failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(stdout.trim().to_owned())
+}
+
 /// Whether the server at `url` answers `ListJobs`; what went wrong if not.
-async fn answers(url: &str) -> Result<(), String> {
-    let mut jobs = JobServiceClient::new(connect(url).await.map_err(|e| format!("{e:#}"))?);
+async fn answers(url: &str, token: &str) -> Result<(), String> {
+    let channel = connect(url).await.map_err(|e| format!("{e:#}"))?;
+    let bearer = Bearer::new(token).map_err(|e| format!("{e:#}"))?;
+    let mut jobs = JobServiceClient::with_interceptor(channel, bearer);
     jobs.list_jobs(pb::ListJobsRequest {
         limit: 1,
         ..Default::default()

@@ -9,6 +9,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
+use hodei_domain::{ApiToken, Scopes};
 use hodei_proto::v1::{
     self as pb, job_service_client::JobServiceClient,
     log_stream_service_client::LogStreamServiceClient,
@@ -21,12 +22,16 @@ use hodei_providers::{
 };
 use hodei_server::{RunningServer, Settings};
 use hodei_store::Store;
+use hodei_testkit::auth::{Authed, Bearer};
 use hodei_testkit::{
     Probe, TestDatabase,
     jobs::{describe, is_final, spec, state_of},
     wait_for,
 };
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Channel, ClientTlsConfig},
+};
 
 /// A server under test with its database and provider.
 pub struct TestServer {
@@ -38,6 +43,8 @@ pub struct TestServer {
     server: Option<RunningServer>,
     url: String,
     client_tls: Option<ClientTlsConfig>,
+    /// An API token with every scope, which the clients below send.
+    pub admin_token: ApiToken,
 }
 
 /// Settings for tests: random ports, short timers, an instance name of its own.
@@ -81,6 +88,16 @@ impl TestServer {
         hodei_testkit::init_tracing();
         let db = TestDatabase::create().await?;
         let store = Store::connect(db.url(), 10, Duration::from_secs(30)).await?;
+        let admin_token = ApiToken::generate();
+        store
+            .insert_api_token(
+                "admin",
+                Scopes::all(),
+                admin_token.hash(),
+                None,
+                "test harness",
+            )
+            .await?;
         let mut this = Self {
             db,
             store,
@@ -89,6 +106,7 @@ impl TestServer {
             server: None,
             url: String::new(),
             client_tls: None,
+            admin_token,
         };
         this.boot().await?;
         Ok(this)
@@ -101,6 +119,22 @@ impl TestServer {
                 .ca_certificate(Certificate::from_pem(ca_pem))
                 .domain_name(domain),
         );
+    }
+
+    /// Present this client certificate (after [`Self::use_client_tls`]); `None` presents none.
+    pub fn use_client_identity(
+        &mut self,
+        identity: Option<(&str, &str)>,
+        ca_pem: &str,
+        domain: &str,
+    ) {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name(domain);
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        self.client_tls = Some(tls);
     }
 
     async fn boot(&mut self) -> anyhow::Result<()> {
@@ -153,7 +187,22 @@ impl TestServer {
         }
     }
 
-    pub async fn channel(&self) -> anyhow::Result<Channel> {
+    /// A channel whose calls carry the admin token.
+    pub async fn channel(&self) -> anyhow::Result<Authed> {
+        self.channel_as(Some(&self.admin_token)).await
+    }
+
+    /// A channel whose calls carry `token` (`None`: no token at all).
+    pub async fn channel_as(&self, token: Option<&ApiToken>) -> anyhow::Result<Authed> {
+        let bearer = match token {
+            Some(token) => Bearer::new(token.expose())?,
+            None => Bearer::none(),
+        };
+        Ok(InterceptedService::new(self.raw_channel().await?, bearer))
+    }
+
+    /// A channel whose calls carry nothing (what a worker agent uses).
+    pub async fn raw_channel(&self) -> anyhow::Result<Channel> {
         let mut endpoint =
             Channel::from_shared(self.url.clone())?.connect_timeout(Duration::from_secs(5));
         if let Some(tls) = &self.client_tls {
@@ -165,20 +214,35 @@ impl TestServer {
             .with_context(|| format!("connecting to {}", self.url))
     }
 
-    pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Channel>> {
+    pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Authed>> {
         Ok(JobServiceClient::new(self.channel().await?))
     }
 
-    pub async fn logs(&self) -> anyhow::Result<LogStreamServiceClient<Channel>> {
+    pub async fn logs(&self) -> anyhow::Result<LogStreamServiceClient<Authed>> {
         Ok(LogStreamServiceClient::new(self.channel().await?))
     }
 
-    pub async fn workers(&self) -> anyhow::Result<WorkerQueryServiceClient<Channel>> {
+    pub async fn workers(&self) -> anyhow::Result<WorkerQueryServiceClient<Authed>> {
         Ok(WorkerQueryServiceClient::new(self.channel().await?))
     }
 
     pub async fn agent(&self) -> anyhow::Result<WorkerAgentServiceClient<Channel>> {
-        Ok(WorkerAgentServiceClient::new(self.channel().await?))
+        Ok(WorkerAgentServiceClient::new(self.raw_channel().await?))
+    }
+
+    /// A token named `name` with `scopes`, created as an administrator would.
+    pub async fn token(&self, name: &str, scopes: &str) -> anyhow::Result<ApiToken> {
+        let token = ApiToken::generate();
+        self.store
+            .insert_api_token(
+                name,
+                Scopes::parse_list(scopes)?,
+                token.hash(),
+                None,
+                "test harness",
+            )
+            .await?;
+        Ok(token)
     }
 
     /// Queues `command` with the given timeout and returns the job id.
