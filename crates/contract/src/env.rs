@@ -5,7 +5,9 @@
 pub const TOKEN: &str = "HODEI_TOKEN";
 /// A file holding the one-time registration token, instead of [`TOKEN`]: the worker reads it
 /// and then removes it (if it is a regular file), so the token is neither in the worker's
-/// environment nor in its container's configuration.
+/// environment nor in its container's configuration. `/proc/self/fd/0`, `/dev/stdin`,
+/// `/dev/fd/0` or `-` mean the worker's standard input (the local provider writes the token
+/// there).
 pub const TOKEN_FILE: &str = "HODEI_TOKEN_FILE";
 /// The gRPC address of the server, e.g. `http://10.0.0.1:50051`.
 pub const SERVER: &str = "HODEI_SERVER";

@@ -1,9 +1,17 @@
 //! The one-time token handed over as a file ([`env::TOKEN_FILE`]): read once, then removed, so
 //! that nothing the worker's jobs can reach holds it later. The Docker provider uploads it into
 //! the container before starting it; the local provider points the variable at the worker's
-//! standard input, a pipe, which is read but, not being a regular file, never removed.
+//! standard input, a pipe, which is read but never removed.
+//!
+//! Standard input is read as such, not by opening its name: once the worker is non-dumpable
+//! (see [`crate::hardening`]), the kernel refuses an unprivileged worker its own
+//! `/proc/self/fd/0` (and so `/dev/stdin`, a link to it).
 
-use std::{fmt, io, path::Path};
+use std::{
+    fmt,
+    io::{self, Read},
+    path::Path,
+};
 
 use hodei_contract::env;
 
@@ -24,19 +32,31 @@ pub enum Removal {
     Removed,
     /// A pipe, a device or a symbolic link: not ours to remove.
     NotARegularFile,
+    /// Standard input, whatever it is connected to.
+    StandardInput,
     /// It could not be removed (say, a read-only mount); the worker goes on, since the server
     /// refuses the token once the worker has registered with it.
     Failed(String),
 }
 
+/// Names of standard input, read from the open descriptor instead of by name.
+const STANDARD_INPUT: [&str; 4] = ["-", "/dev/stdin", "/proc/self/fd/0", "/dev/fd/0"];
+
 /// Reads the token from `path`, then removes the file if it is a regular file.
 pub fn take(path: &Path) -> Result<(String, TokenSource), ConfigError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadToken {
+    let read_error = |source| ConfigError::ReadToken {
         path: shown.clone(),
         source,
-    })?;
-    let removal = remove_if_regular_file(path);
+    };
+    let (text, removal) = if STANDARD_INPUT.iter().any(|name| path == Path::new(name)) {
+        let mut text = String::new();
+        io::stdin().read_to_string(&mut text).map_err(read_error)?;
+        (text, Removal::StandardInput)
+    } else {
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        (text, remove_if_regular_file(path))
+    };
     let token = text.trim();
     if token.is_empty() {
         return Err(ConfigError::EmptyTokenFile { path: shown });
@@ -72,6 +92,7 @@ impl fmt::Display for TokenSource {
                 match removal {
                     Removal::Removed => f.write_str("(removed)"),
                     Removal::NotARegularFile => f.write_str("(not a regular file; left alone)"),
+                    Removal::StandardInput => f.write_str("(standard input)"),
                     Removal::Failed(err) => write!(f, "(could not remove it: {err})"),
                 }
             }
@@ -86,10 +107,8 @@ mod tests {
     use super::*;
 
     fn temp_dir(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "hodei-worker-token-{name}-{}",
-            std::process::id()
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("hodei-worker-token-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

@@ -12,24 +12,38 @@ use std::{os::unix::process::CommandExt, process::Stdio};
 use hodei_proto::v1::JobOutcome;
 use hodei_testkit::process::die_with_parent;
 use support::{FakeServer, JOB_1, SESSION_TOKEN, TOKEN, WORKER_ID};
-use tokio::process::Command;
+use tokio::{io::AsyncWriteExt, process::Command};
 
 const NOBODY: u32 = 65534;
 
-/// The worker binary, as an unprivileged user when the test runs as root, with the token in
-/// its environment as the Kubernetes provider hands it over.
-fn unprivileged_worker(fake: &FakeServer) -> Command {
+/// How the worker gets its one-time token, as the providers hand it over.
+#[derive(Clone, Copy)]
+enum Handover {
+    /// `HODEI_TOKEN`, as the Kubernetes provider sets it from the worker's Secret.
+    Variable,
+    /// `HODEI_TOKEN_FILE=/proc/self/fd/0` and the token on standard input, as the local
+    /// provider does: the non-dumpable worker must still be able to read it.
+    StandardInput,
+}
+
+/// The worker binary, as an unprivileged user when the test runs as root, given its token by
+/// `handover`.
+fn unprivileged_worker(fake: &FakeServer, handover: Handover) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_hodei-worker"));
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HODEI_TOKEN", TOKEN)
         .env("HODEI_SERVER", &fake.url)
         .env("HODEI_WORKER_ID", WORKER_ID)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
+    match handover {
+        Handover::Variable => command.env("HODEI_TOKEN", TOKEN).stdin(Stdio::null()),
+        Handover::StandardInput => command
+            .env("HODEI_TOKEN_FILE", "/proc/self/fd/0")
+            .stdin(Stdio::piped()),
+    };
     if nix::unistd::geteuid().is_root() {
         command.as_std_mut().uid(NOBODY).gid(NOBODY);
     }
@@ -61,14 +75,31 @@ tr '\0' '\n' < /proc/$w/environ 2>/dev/null | grep -c -F {TOKEN} | sed 's/^/toke
 }
 
 #[tokio::test]
-async fn given_a_job_of_the_workers_user_when_it_snoops_on_its_worker_then_it_finds_neither_the_session_credential_nor_the_token()
+async fn given_a_token_in_the_environment_when_a_job_of_the_workers_user_snoops_on_its_worker_then_it_finds_neither_the_session_credential_nor_the_token()
  {
+    snoop_on_a_worker(Handover::Variable).await;
+}
+
+#[tokio::test]
+async fn given_a_token_on_standard_input_when_a_job_of_the_workers_user_snoops_on_its_worker_then_it_finds_neither_the_session_credential_nor_the_token()
+ {
+    snoop_on_a_worker(Handover::StandardInput).await;
+}
+
+async fn snoop_on_a_worker(handover: Handover) {
     let mut fake = FakeServer::start().await;
-    let mut worker = unprivileged_worker(&fake)
+    let mut worker = unprivileged_worker(&fake, handover)
         .spawn()
         .expect("spawn the worker (as root: it must be executable by uid 65534)");
+    if let Some(mut stdin) = worker.stdin.take() {
+        stdin
+            .write_all(format!("{TOKEN}\n").as_bytes())
+            .await
+            .expect("write the token");
+    }
     let worker_pid = worker.id().expect("running");
     let mut session = fake.session().await;
+    assert_eq!(fake.registrations()[0].token, TOKEN);
 
     session.assign(JOB_1, &snooping_job(worker_pid)).await;
     let job = session.job_until_finished().await;
