@@ -21,3 +21,21 @@ pub fn make_undumpable() -> std::io::Result<()> {
     nix::sys::prctl::set_dumpable(false)?;
     Ok(())
 }
+
+/// Removes the variables jobs must not see ([`NOT_FOR_JOBS`]) from this process's environment,
+/// once the configuration has read them, so that nothing started later inherits them by
+/// accident (each job's command removes them too). The kernel's copy that
+/// `/proc/<worker>/environ` shows is not changed by this; only [`make_undumpable`] guards it.
+///
+/// # Safety
+///
+/// Only while this process has a single thread: changing the environment races with any other
+/// thread reading it.
+///
+/// [`NOT_FOR_JOBS`]: hodei_contract::env::NOT_FOR_JOBS
+pub unsafe fn remove_secret_variables() {
+    for name in hodei_contract::env::NOT_FOR_JOBS {
+        // SAFETY: the caller guarantees that no other thread exists yet.
+        unsafe { std::env::remove_var(name) };
+    }
+}

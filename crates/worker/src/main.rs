@@ -21,6 +21,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // SAFETY: still single-threaded: the async runtime, the only source of threads, starts
+    // below.
+    unsafe { hodei_worker::hardening::remove_secret_variables() };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal, not in a container's log.
