@@ -460,7 +460,10 @@ mod tests {
         std::fs::write(&file, "token-from-a-file\n").unwrap();
         let err = Config::from_args(with(&[("token-file", path)])).unwrap_err();
         assert!(matches!(err, ConfigError::TwoTokens), "{err}");
-        assert!(file.exists(), "a refused configuration must not consume the token file");
+        assert!(
+            file.exists(),
+            "a refused configuration must not consume the token file"
+        );
 
         let err = Config::from_args(args(&[
             ("token-file", path),
@@ -469,7 +472,10 @@ mod tests {
         ]))
         .unwrap_err();
         assert!(matches!(err, ConfigError::InvalidServer { .. }), "{err}");
-        assert!(file.exists(), "a refused configuration must not consume the token file");
+        assert!(
+            file.exists(),
+            "a refused configuration must not consume the token file"
+        );
 
         let config = Config::from_args(args(&[
             ("token-file", path),
@@ -480,9 +486,9 @@ mod tests {
         assert_eq!(config.token.expose(), "token-from-a-file");
         assert!(!file.exists(), "the token file was not removed");
         assert!(
-            config
-                .to_string()
-                .ends_with(&format!("token=<redacted> from HODEI_TOKEN_FILE={path} (removed)")),
+            config.to_string().ends_with(&format!(
+                "token=<redacted> from HODEI_TOKEN_FILE={path} (removed)"
+            )),
             "{config}"
         );
         std::fs::remove_dir_all(&dir).unwrap();

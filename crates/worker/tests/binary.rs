@@ -189,8 +189,10 @@ async fn given_a_token_file_when_the_binary_starts_then_it_registers_with_it_rem
     assert_eq!(job.stdout(), vec!["file=unset token=unset"]);
     assert_eq!(exit.code, Some(0), "stderr: {}", exit.stderr);
     assert!(
-        exit.stderr
-            .contains(&format!("from HODEI_TOKEN_FILE={} (removed)", file.display())),
+        exit.stderr.contains(&format!(
+            "from HODEI_TOKEN_FILE={} (removed)",
+            file.display()
+        )),
         "{}",
         exit.stderr
     );

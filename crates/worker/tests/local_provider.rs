@@ -10,11 +10,11 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 
 use hodei_domain::{OneTimeToken, Resources, WorkerId};
+use hodei_proto::v1::JobOutcome;
 use hodei_providers::{
     ManagedWorker, WorkerProvider, WorkerSpec,
     local::{LocalProvider, LocalProviderConfig, worker_command::INHERITED_FROM_SERVER},
 };
-use hodei_proto::v1::JobOutcome;
 use support::{FakeServer, JOB_1, TOKEN};
 
 /// Set in the child process that plays the server.
@@ -42,8 +42,7 @@ fn documented_job_variables() -> BTreeSet<&'static str> {
         .collect()
 }
 
-const SERVER_SECRETS_TEST: &str =
-    "given_a_server_environment_holding_secrets_when_a_local_worker_runs_a_job_then_the_job_sees_none_of_it";
+const SERVER_SECRETS_TEST: &str = "given_a_server_environment_holding_secrets_when_a_local_worker_runs_a_job_then_the_job_sees_none_of_it";
 
 #[tokio::test]
 async fn given_a_server_environment_holding_secrets_when_a_local_worker_runs_a_job_then_the_job_sees_none_of_it()
@@ -52,10 +51,8 @@ async fn given_a_server_environment_holding_secrets_when_a_local_worker_runs_a_j
         return rerun_in_a_server_like_environment(SERVER_SECRETS_TEST);
     }
     let mut fake = FakeServer::start().await;
-    let provider = LocalProvider::new(LocalProviderConfig::new(env!(
-        "CARGO_BIN_EXE_hodei-worker"
-    )))
-    .expect("the worker binary exists");
+    let provider = LocalProvider::new(LocalProviderConfig::new(env!("CARGO_BIN_EXE_hodei-worker")))
+        .expect("the worker binary exists");
     let instance = format!("local-env-{}", &WorkerId::new().to_string()[..8]);
     let spec = WorkerSpec {
         worker_id: WorkerId::new(),
@@ -88,8 +85,16 @@ async fn given_a_server_environment_holding_secrets_when_a_local_worker_runs_a_j
         .difference(&documented_job_variables())
         .copied()
         .collect();
-    assert_eq!(undocumented, Vec::<&str>::new(), "the job's environment: {env:#?}");
-    assert_eq!(fake.registrations()[0].token, TOKEN, "the token went in through stdin");
+    assert_eq!(
+        undocumented,
+        Vec::<&str>::new(),
+        "the job's environment: {env:#?}"
+    );
+    assert_eq!(
+        fake.registrations()[0].token,
+        TOKEN,
+        "the token went in through stdin"
+    );
 
     // Neither is the token in the worker's own environment. (Read here as root; an ordinary
     // user, the server's own, cannot read a non-dumpable worker's environment at all.)

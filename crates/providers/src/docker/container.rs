@@ -136,7 +136,10 @@ mod tests {
             .env
             .unwrap();
         assert!(env.contains(&"HODEI_TOKEN_FILE=/run/hodei/token".to_string()));
-        assert!(!env.iter().any(|var| var.starts_with("HODEI_TOKEN=")), "{env:?}");
+        assert!(
+            !env.iter().any(|var| var.starts_with("HODEI_TOKEN=")),
+            "{env:?}"
+        );
         assert!(env.contains(&"HODEI_SERVER=http://172.17.0.1:50051".to_string()));
         assert!(env.contains(&format!("HODEI_WORKER_ID={}", spec.worker_id)));
         assert!(env.contains(&"RUST_LOG=debug".to_string()));

@@ -84,7 +84,10 @@ mod tests {
         let archive = token_archive("0123456789abcdef");
         assert_eq!(archive.len() % BLOCK, 0);
 
-        let listing = tar(&archive, &["--list", "--verbose", "--numeric-owner", "--file=-"]);
+        let listing = tar(
+            &archive,
+            &["--list", "--verbose", "--numeric-owner", "--file=-"],
+        );
         let entries: Vec<(&str, &str)> = listing
             .lines()
             .map(|line| {
@@ -94,7 +97,10 @@ mod tests {
             .collect();
         assert_eq!(
             entries,
-            vec![("drwx------", "run/hodei/"), ("-r--------", "run/hodei/token")],
+            vec![
+                ("drwx------", "run/hodei/"),
+                ("-r--------", "run/hodei/token")
+            ],
             "{listing}"
         );
         assert_eq!(

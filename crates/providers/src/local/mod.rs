@@ -389,8 +389,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_worker_gets_its_environment_its_token_on_stdin_and_is_listed_under_its_instance()
-    {
+    async fn the_worker_gets_its_environment_its_token_on_stdin_and_is_listed_under_its_instance() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("env.txt");
         let token = dir.path().join("token.txt");

@@ -130,7 +130,9 @@ mod tests {
         assert_eq!(labels.worker_id, Some(id));
         assert_eq!(labels.instance.as_deref(), Some("ci"));
         // Someone's `env HODEI_MANAGED_BY=hodei ...` is not a labelled worker.
-        assert!(parse_cmdline(b"env\0HODEI_MANAGED_BY=hodei\0HODEI_INSTANCE=ci\0sleep\0").is_none());
+        assert!(
+            parse_cmdline(b"env\0HODEI_MANAGED_BY=hodei\0HODEI_INSTANCE=ci\0sleep\0").is_none()
+        );
     }
 
     #[test]

@@ -147,7 +147,10 @@ mod tests {
                 "RUST_LOG",
             ]
         );
-        assert_eq!(vars["HODEI_SERVER"], "http://127.0.0.1:1", "extra_env overrode it");
+        assert_eq!(
+            vars["HODEI_SERVER"], "http://127.0.0.1:1",
+            "extra_env overrode it"
+        );
         assert_eq!(vars["HODEI_TOKEN_FILE"], "/proc/self/fd/0");
         assert_eq!(vars["HODEI_WORKER_ID"], spec.worker_id.to_string().as_str());
         assert_eq!(vars["HODEI_INSTANCE"], "ci-3");
