@@ -195,14 +195,26 @@ impl DockerProvider {
         }
     }
 
-    /// Uploads the token into the created container, owned by the container's user
-    /// (`copyUIDGID`), where the worker reads it ([`TOKEN_PATH`]).
+    /// Uploads the token into the created container, owned by the container's user, where the
+    /// worker reads it ([`TOKEN_PATH`]).
     async fn hand_over_token(&self, name: &str, spec: &WorkerSpec) -> Result<(), ProviderError> {
+        let user = self
+            .docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| self.failed(&format!("inspecting container {name}"), e))?
+            .config
+            .and_then(|config| config.user)
+            .unwrap_or_default();
+        let owner = token_archive::Owner::of_user(&user);
+        // A named user only the container's passwd knows: the engine resolves it. Numeric ids
+        // go in the archive instead, as some engines (20.10) fail to resolve `uid:gid`.
+        let copy_uidgid = if owner.is_some() { "false" } else { "true" };
         let options = UploadToContainerOptionsBuilder::default()
             .path("/")
-            .copy_uidgid("true")
+            .copy_uidgid(copy_uidgid)
             .build();
-        let archive = token_archive::token_archive(spec.token.expose());
+        let archive = token_archive::token_archive(spec.token.expose(), owner.unwrap_or_default());
         self.docker
             .upload_to_container(name, Some(options), body_full(archive.into()))
             .await

@@ -1,8 +1,8 @@
 //! The tar archive that carries a worker's one-time token into its container before it starts:
-//! `run/hodei/` (mode 0700) holding `token` (mode 0400). Uploaded with `copyUIDGID`, both belong
-//! to the container's user, so the worker can read the token and then remove it, and nobody
-//! else in the container can read it meanwhile. The container's configuration (what
-//! `docker inspect` shows) never holds the token.
+//! `run/hodei/` (mode 0700) holding `token` (mode 0400), both owned by the container's user
+//! (numeric ids in the archive, or a name the engine resolves with `copyUIDGID`), so the worker
+//! can read the token and then remove it, and no other user in the container can read it
+//! meanwhile. The container's configuration (what `docker inspect` shows) never holds the token.
 //!
 //! Written by hand: two entries of the POSIX ustar format do not justify a dependency.
 
@@ -12,11 +12,35 @@ const DIRECTORY: &str = "run/hodei/";
 const FILE: &str = "run/hodei/token";
 const BLOCK: usize = 512;
 
-/// The archive holding `token` at [`TOKEN_PATH`], to be extracted at `/`.
-pub(super) fn token_archive(token: &str) -> Vec<u8> {
+/// Numeric owner of the archive's entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Owner {
+    /// The owner for a container's `User` (`""`, `uid`, `uid:gid`, `name`, `name:group`):
+    /// None when a part is a name, which only the container's passwd/group files resolve. The
+    /// group of a bare `uid` is 0; it does not matter, the modes give the group nothing.
+    pub fn of_user(user: &str) -> Option<Self> {
+        let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
+        let id = |part: &str| match part {
+            "" => Some(0),
+            _ => part.parse().ok(),
+        };
+        Some(Self {
+            uid: id(uid)?,
+            gid: id(gid)?,
+        })
+    }
+}
+
+/// The archive holding `token` at [`TOKEN_PATH`], owned by `owner`, to be extracted at `/`.
+pub(super) fn token_archive(token: &str, owner: Owner) -> Vec<u8> {
     let mut archive = Vec::with_capacity(6 * BLOCK);
-    archive.extend_from_slice(&header(DIRECTORY, 0o700, 0, b'5'));
-    archive.extend_from_slice(&header(FILE, 0o400, token.len(), b'0'));
+    archive.extend_from_slice(&header(DIRECTORY, 0o700, 0, b'5', owner));
+    archive.extend_from_slice(&header(FILE, 0o400, token.len(), b'0', owner));
     archive.extend_from_slice(token.as_bytes());
     archive.resize(archive.len().next_multiple_of(BLOCK), 0);
     // The end of an archive: two empty blocks.
@@ -24,13 +48,13 @@ pub(super) fn token_archive(token: &str) -> Vec<u8> {
     archive
 }
 
-/// A ustar header owned by uid/gid 0 (`copyUIDGID` gives the entries to the container's user).
-fn header(name: &str, mode: u32, size: usize, kind: u8) -> [u8; BLOCK] {
+/// A ustar header.
+fn header(name: &str, mode: u32, size: usize, kind: u8, owner: Owner) -> [u8; BLOCK] {
     let mut header = [0u8; BLOCK];
     header[..name.len()].copy_from_slice(name.as_bytes());
     octal(&mut header[100..108], mode as u64); // mode
-    octal(&mut header[108..116], 0); // uid
-    octal(&mut header[116..124], 0); // gid
+    octal(&mut header[108..116], u64::from(owner.uid)); // uid
+    octal(&mut header[116..124], u64::from(owner.gid)); // gid
     octal(&mut header[124..136], size as u64); // size
     octal(&mut header[136..148], 0); // mtime
     header[156] = kind;
@@ -81,25 +105,29 @@ mod tests {
 
     #[test]
     fn tar_reads_a_private_directory_holding_a_file_only_its_owner_can_read() {
-        let archive = token_archive("0123456789abcdef");
+        let owner = Owner {
+            uid: 65532,
+            gid: 65533,
+        };
+        let archive = token_archive("0123456789abcdef", owner);
         assert_eq!(archive.len() % BLOCK, 0);
 
         let listing = tar(
             &archive,
             &["--list", "--verbose", "--numeric-owner", "--file=-"],
         );
-        let entries: Vec<(&str, &str)> = listing
+        let entries: Vec<(&str, &str, &str)> = listing
             .lines()
             .map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
-                (fields[0], fields[fields.len() - 1])
+                (fields[0], fields[1], fields[fields.len() - 1])
             })
             .collect();
         assert_eq!(
             entries,
             vec![
-                ("drwx------", "run/hodei/"),
-                ("-r--------", "run/hodei/token")
+                ("drwx------", "65532/65533", "run/hodei/"),
+                ("-r--------", "65532/65533", "run/hodei/token")
             ],
             "{listing}"
         );
@@ -108,5 +136,16 @@ mod tests {
             "0123456789abcdef"
         );
         assert_eq!(TOKEN_PATH, format!("/{FILE}"));
+    }
+
+    #[test]
+    fn numeric_users_become_the_owner_and_names_are_left_to_the_engine() {
+        let owner = |uid, gid| Some(Owner { uid, gid });
+        assert_eq!(Owner::of_user(""), owner(0, 0));
+        assert_eq!(Owner::of_user("65532"), owner(65532, 0));
+        assert_eq!(Owner::of_user("65532:65533"), owner(65532, 65533));
+        assert_eq!(Owner::of_user("hodei"), None);
+        assert_eq!(Owner::of_user("65532:hodei"), None);
+        assert_eq!(Owner::of_user("hodei:65532"), None);
     }
 }
