@@ -275,7 +275,7 @@ async fn a_created_worker_container_has_our_name_labels_environment_and_limits()
     );
     assert_eq!(container_labels[labels::INSTANCE], instance.0);
     let env = config.env.expect("env");
-    assert!(env.contains(&format!("HODEI_TOKEN={}", spec.token.expose())));
+    assert!(env.contains(&"HODEI_TOKEN_FILE=/run/hodei/token".to_string()));
     assert!(env.contains(&"HODEI_SERVER=http://172.17.0.1:50051".to_string()));
     assert!(env.contains(&format!("HODEI_WORKER_ID={}", spec.worker_id)));
     let host = container.host_config.expect("host config");
@@ -294,6 +294,85 @@ async fn a_created_worker_container_has_our_name_labels_environment_and_limits()
             worker_id: Some(spec.worker_id),
             resource: handle.resource.clone(),
         }]
+    );
+
+    provider
+        .destroy_worker(&spec.worker_id)
+        .await
+        .expect("destroy");
+    assert_gone(&provider, &spec.worker_id).await;
+}
+
+/// The container's log so far, stdout and stderr.
+fn container_log(name: &str) -> String {
+    Command::new("docker")
+        .args(["logs", name])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+#[ignore = "needs a Docker engine; run scripts/e2e/run-docker-e2e.sh"]
+async fn a_running_worker_containers_inspect_shows_no_token_which_waits_in_a_file_only_its_user_reads()
+ {
+    let instance = Instance::new("token");
+    let provider = provider().await;
+    // Stands in for the worker: shows the file's modes and owner, and the token it holds.
+    let spec = spec(
+        &instance,
+        "stat -c '%a %u %n' /run/hodei /run/hodei/token; cat /run/hodei/token; echo; \
+         exec sleep 60",
+    );
+    let token = spec.token.expose().to_string();
+
+    let handle = provider.create_worker(&spec).await.expect("create");
+    wait_for_status(&provider, &spec.worker_id, |s| *s == WorkerStatus::Running).await;
+
+    let inspect = provider
+        .docker()
+        .inspect_container(&handle.resource, None)
+        .await
+        .expect("inspect");
+    let config = inspect.config.clone().expect("config");
+    let env = config.env.clone().unwrap_or_default();
+    assert!(
+        env.contains(&"HODEI_TOKEN_FILE=/run/hodei/token".to_string()),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter().any(|var| var.starts_with("HODEI_TOKEN=")),
+        "{env:?}"
+    );
+    for (part, shown) in [
+        ("Config.Env", format!("{env:?}")),
+        ("Config.Cmd", format!("{:?}", config.cmd)),
+        ("Config.Entrypoint", format!("{:?}", config.entrypoint)),
+        ("Config.Labels", format!("{:?}", config.labels)),
+        ("all of it", serde_json::to_string(&inspect).expect("JSON")),
+    ] {
+        assert!(
+            !shown.contains(&token),
+            "docker inspect shows the token in {part}"
+        );
+    }
+
+    // The file arrived before the container started: private to the container's user (root
+    // in this image; the worker image's user in real containers, through copyUIDGID).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let log = container_log(&handle.resource);
+        if log.lines().count() >= 3 || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        vec!["700 0 /run/hodei", "400 0 /run/hodei/token", token.as_str()],
+        "{log}"
     );
 
     provider

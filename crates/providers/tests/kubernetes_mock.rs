@@ -267,6 +267,11 @@ async fn create_worker_creates_the_secret_then_the_pod_then_makes_the_pod_own_th
         !pod.raw_body.contains(spec.token.expose()),
         "the token must not appear in the Pod spec"
     );
+    assert!(
+        !pod.raw_body
+            .contains(&base64(spec.token.expose().as_bytes())),
+        "the token must not appear in the Pod spec, not even as the Secret's encoding"
+    );
     assert_eq!(body["metadata"]["name"], pod_name(&id));
     assert_eq!(body["metadata"]["labels"], expected_labels(&spec));
     let pod_spec = &body["spec"];

@@ -33,7 +33,7 @@ use hodei_domain::{OneTimeToken, WorkerId};
 use hodei_proto::v1 as pb;
 use hodei_providers::{
     WorkerProvider,
-    docker::{DockerProvider, DockerProviderConfig, container_name},
+    docker::{DockerProvider, DockerProviderConfig, TOKEN_PATH, container_name},
     labels,
 };
 use hodei_server::Settings;
@@ -298,25 +298,40 @@ fn worker_id_of(container: &ContainerInspectResponse) -> anyhow::Result<uuid::Uu
     Ok(id.parse()?)
 }
 
-/// Checks the container's `HODEI_TOKEN` against the hash stored for its worker, and returns
-/// the token's hash.
-async fn assert_token_matches_database(
+/// Checks that `docker inspect` of the container shows no token: the environment points the
+/// worker at the token file, and none of the environment, command, entrypoint, arguments or
+/// labels is the token whose hash the database holds. Returns that hash.
+async fn assert_no_token_in_configuration(
     server: &DockerServer,
     container: &ContainerInspectResponse,
 ) -> anyhow::Result<Vec<u8>> {
     let env = env_of(container);
     let worker = worker_id_of(container)?;
-    let token = env
-        .get(env::TOKEN)
-        .with_context(|| format!("the container of worker {worker} has no {}", env::TOKEN))?;
-    let token = OneTimeToken::parse(token)
-        .map_err(|e| anyhow::anyhow!("the container's token is malformed: {e}"))?;
-    let (stored, _) = server.stored_token(worker).await?;
     assert_eq!(
-        stored,
-        token.hash().as_bytes().to_vec(),
-        "the container's HODEI_TOKEN is not the token stored (hashed) for worker {worker}"
+        env.get(env::TOKEN_FILE).map(String::as_str),
+        Some(TOKEN_PATH),
+        "{env:?}"
     );
+    assert!(!env.contains_key(env::TOKEN), "{env:?}");
+    let (stored, _) = server.stored_token(worker).await?;
+    let config = container.config.clone().unwrap_or_default();
+    let shown = env
+        .into_iter()
+        .chain(config.labels.unwrap_or_default())
+        .flat_map(|(name, value)| [name, value])
+        .chain(config.cmd.unwrap_or_default())
+        .chain(config.entrypoint.unwrap_or_default())
+        .chain(container.args.clone().unwrap_or_default())
+        .chain(container.path.clone());
+    for value in shown {
+        if let Ok(token) = OneTimeToken::parse(&value) {
+            assert_ne!(
+                token.hash().as_bytes().to_vec(),
+                stored,
+                "docker inspect shows the token of worker {worker}"
+            );
+        }
+    }
     Ok(stored)
 }
 
@@ -359,7 +374,16 @@ async fn given_a_queued_job_when_its_container_worker_registers_then_the_job_run
 -> anyhow::Result<()> {
     let server = DockerServer::start(|_| {}).await?;
     let id = server
-        .queue("echo hello-from-a-container; echo token=${HODEI_TOKEN:-unset}; sleep 2")
+        .queue(
+            "echo hello-from-a-container; \
+             echo token=${HODEI_TOKEN:-unset} file=${HODEI_TOKEN_FILE:-unset}; \
+             if [ -e /run/hodei/token ]; then echo token-file=present; else echo token-file=gone; fi; \
+             if (: < /proc/$PPID/environ) 2>/dev/null; then echo worker-environ=readable; \
+             else echo worker-environ=refused; fi; \
+             if (: < /proc/$PPID/mem) 2>/dev/null; then echo worker-mem=readable; \
+             else echo worker-mem=refused; fi; \
+             sleep 2",
+        )
         .await?;
 
     // A container appears, labelled and configured for this worker.
@@ -384,11 +408,22 @@ async fn given_a_queued_job_when_its_container_worker_registers_then_the_job_run
         "{}",
         env[env::SERVER]
     );
-    assert_token_matches_database(&server, container).await?;
+    assert_no_token_in_configuration(&server, container).await?;
 
-    // The job's output arrives through LogStreamService; the token never reaches the job.
+    // The job's output arrives through LogStreamService. The token never reaches the job: not
+    // in its environment, not in the file (the worker removed it), and not through its worker
+    // (its parent), which is not dumpable.
     let lines = server.follow_logs(&id, JOB_TIMEOUT).await?;
-    assert_eq!(texts(&lines), ["hello-from-a-container", "token=unset"]);
+    assert_eq!(
+        texts(&lines),
+        [
+            "hello-from-a-container",
+            "token=unset file=unset",
+            "token-file=gone",
+            "worker-environ=refused",
+            "worker-mem=refused",
+        ]
+    );
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
     assert_state(&job, pb::JobState::Succeeded);
     let (state, exit_code, job_worker): (String, Option<i32>, uuid::Uuid) =
@@ -578,7 +613,7 @@ async fn three_jobs_at_once_get_three_containers_each_with_its_own_token_and_eac
     let mut hostnames = HashMap::new();
     let mut hashes = HashSet::new();
     for (_, container) in &containers {
-        hashes.insert(assert_token_matches_database(&server, container).await?);
+        hashes.insert(assert_no_token_in_configuration(&server, container).await?);
         let hostname = container
             .config
             .as_ref()

@@ -643,7 +643,8 @@ impl RealServer {
                 "#!/bin/sh\n\
                  # Armed by the test: the next worker is played by the test itself.\n\
                  if mv '{dir}/arm' '{dir}/armed' 2>/dev/null; then\n\
-                 \x20 {{ env | grep '^HODEI_'; echo \"WRAPPER_PID=$$\"; }} > '{dir}/captured.tmp'\n\
+                 \x20 {{ env | grep '^HODEI_'; echo \"WRAPPER_PID=$$\"\n\
+                 \x20   echo \"HODEI_TOKEN=$(head -n 1)\"; }} > '{dir}/captured.tmp'\n\
                  \x20 mv '{dir}/captured.tmp' '{dir}/captured.env'\n\
                  \x20 exec sleep 600\n\
                  fi\n\
@@ -846,7 +847,8 @@ impl RealServer {
     }
 
     /// Makes the wrapper hand the next worker to the test: it records the worker's environment
-    /// (token, id, address) and sleeps in its place.
+    /// (id, address), the token the provider writes to its standard input, and sleeps in its
+    /// place.
     fn impersonate_next_worker(&self) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(self.dir.path().join("captured.env"));
         let _ = std::fs::remove_file(self.dir.path().join("armed"));

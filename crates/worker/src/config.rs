@@ -9,6 +9,8 @@ use clap::Parser;
 use hodei_contract::env;
 use tonic::codegen::http::Uri;
 
+use crate::token_file::{self, TokenSource};
+
 /// Path of a PEM file with a CA to trust for `https://` (the providers pass the CA itself, as
 /// [`env::TLS_CA_PEM`]; this one is for a worker someone starts by hand).
 pub const ENV_TLS_CA: &str = "HODEI_TLS_CA";
@@ -30,6 +32,9 @@ pub struct Args {
     /// One-time registration token (prefer the variable: flags are visible in `ps`).
     #[arg(long, env = env::TOKEN, value_name = env::TOKEN, hide_env_values = true)]
     token: Option<OsString>,
+    /// File holding the one-time registration token; removed once read (if a regular file).
+    #[arg(long, env = env::TOKEN_FILE, value_name = env::TOKEN_FILE)]
+    token_file: Option<PathBuf>,
     /// Server address, e.g. http://10.0.0.1:50051 or https://hodei.example:50051.
     #[arg(long, env = env::SERVER, value_name = env::SERVER)]
     server: Option<OsString>,
@@ -45,6 +50,10 @@ pub struct Args {
     /// Seconds to keep retrying while the server is unreachable [default: 60].
     #[arg(long, env = ENV_REGISTER_TIMEOUT_SECS, value_name = ENV_REGISTER_TIMEOUT_SECS)]
     register_timeout_secs: Option<OsString>,
+    /// A label of the provider that started this worker, which finds it again by its command
+    /// line (readable in /proc even though the worker is not dumpable). The worker ignores it.
+    #[arg(long = "label", value_name = "NAME=VALUE", hide = true)]
+    labels: Vec<OsString>,
 }
 
 /// A validated configuration. Its `Debug` and `Display` never show the token or the CA.
@@ -53,6 +62,7 @@ pub struct Config {
     pub server: String,
     pub worker_id: String,
     pub token: Token,
+    pub token_source: TokenSource,
     pub tls_ca: Option<TlsCa>,
     pub register_timeout: Duration,
 }
@@ -110,6 +120,15 @@ pub enum ConfigError {
     InvalidRegisterTimeout { value: String },
     #[error("{pem} and {ENV_TLS_CA} are both set; set only one of them", pem = env::TLS_CA_PEM)]
     TwoCas,
+    #[error("{token} and {file} are both set; set only one of them", token = env::TOKEN, file = env::TOKEN_FILE)]
+    TwoTokens,
+    #[error("{var}={path}: cannot read the token file: {source}", var = env::TOKEN_FILE)]
+    ReadToken {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{var}={path} holds no token: the file is empty", var = env::TOKEN_FILE)]
+    EmptyTokenFile { path: String },
     #[error("{ENV_TLS_CA}={path}: cannot read the CA file: {source}")]
     ReadCa {
         path: String,
@@ -127,12 +146,11 @@ impl Config {
         Self::from_args(Args::parse())
     }
 
+    /// Checks everything, and only then reads the token, so that a token file is not consumed
+    /// by a worker that cannot run anyway.
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
-        let token = required(
-            text(args.token, env::TOKEN)?,
-            env::TOKEN,
-            "it must hold the one-time registration token issued for this worker by its provider",
-        )?;
+        let token_variable = text(args.token, env::TOKEN)?;
+        let token_file = args.token_file.filter(|path| !path.as_os_str().is_empty());
         let server = required(
             text(args.server, env::SERVER)?,
             env::SERVER,
@@ -174,10 +192,12 @@ impl Config {
             }
             (None, None) => None,
         };
+        let (token, token_source) = token_from(token_variable, token_file.as_deref())?;
         Ok(Self {
             server,
             worker_id,
             token: Token(token),
+            token_source,
             tls_ca,
             register_timeout,
         })
@@ -194,6 +214,7 @@ impl fmt::Debug for Config {
             .field("server", &self.server)
             .field("worker_id", &self.worker_id)
             .field("token", &self.token)
+            .field("token_source", &self.token_source)
             .field("tls_ca", &self.tls_ca)
             .field("register_timeout", &self.register_timeout)
             .finish()
@@ -210,11 +231,33 @@ impl fmt::Display for Config {
         };
         write!(
             f,
-            "server={} worker_id={} tls={tls} register_timeout={}s token=<redacted>",
+            "server={} worker_id={} tls={tls} register_timeout={}s token=<redacted> from {}",
             self.server,
             self.worker_id,
-            self.register_timeout.as_secs()
+            self.register_timeout.as_secs(),
+            self.token_source
         )
+    }
+}
+
+/// The token from [`env::TOKEN`] or from [`env::TOKEN_FILE`], which must not both be set.
+fn token_from(
+    variable: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<(String, TokenSource), ConfigError> {
+    let variable = variable.filter(|token| !token.trim().is_empty());
+    match (variable, file) {
+        (Some(_), Some(_)) => Err(ConfigError::TwoTokens),
+        (None, Some(file)) => token_file::take(file),
+        (variable, None) => Ok((
+            required(
+                variable,
+                env::TOKEN,
+                "it must hold the one-time registration token issued for this worker by its \
+                 provider (or set HODEI_TOKEN_FILE to a file holding it)",
+            )?,
+            TokenSource::Variable,
+        )),
     }
 }
 
@@ -405,6 +448,56 @@ mod tests {
                 .starts_with("HODEI_TLS_CA=/nonexistent/ca.pem: cannot read"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_token_can_come_from_a_file_which_is_then_removed_but_not_together_with_the_variable() {
+        let dir = std::env::temp_dir().join(format!("hodei-worker-tf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        let path = file.to_str().unwrap();
+
+        std::fs::write(&file, "token-from-a-file\n").unwrap();
+        let err = Config::from_args(with(&[("token-file", path)])).unwrap_err();
+        assert!(matches!(err, ConfigError::TwoTokens), "{err}");
+        assert!(
+            file.exists(),
+            "a refused configuration must not consume the token file"
+        );
+
+        let err = Config::from_args(args(&[
+            ("token-file", path),
+            ("server", "not a url"),
+            ("worker-id", "w-1"),
+        ]))
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::InvalidServer { .. }), "{err}");
+        assert!(
+            file.exists(),
+            "a refused configuration must not consume the token file"
+        );
+
+        let config = Config::from_args(args(&[
+            ("token-file", path),
+            ("server", "http://10.0.0.1:50051"),
+            ("worker-id", "w-1"),
+        ]))
+        .unwrap();
+        assert_eq!(config.token.expose(), "token-from-a-file");
+        assert!(!file.exists(), "the token file was not removed");
+        assert!(
+            config.to_string().ends_with(&format!(
+                "token=<redacted> from HODEI_TOKEN_FILE={path} (removed)"
+            )),
+            "{config}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn provider_labels_on_the_command_line_are_accepted_and_ignored() {
+        let config = Config::from_args(with(&[("label", "HODEI_INSTANCE=ci")])).unwrap();
+        assert_eq!(config.worker_id, "w-1");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The Hodei worker agent.
 //!
-//! A provider starts `hodei-worker` with `HODEI_TOKEN`, `HODEI_SERVER` and `HODEI_WORKER_ID`.
-//! The worker registers ([`connection::register`]), opens its session
+//! A provider starts `hodei-worker` with `HODEI_TOKEN` (or `HODEI_TOKEN_FILE`, [`token_file`]),
+//! `HODEI_SERVER` and `HODEI_WORKER_ID`. The binary first makes itself non-dumpable ([`hardening`]), so
+//! that the jobs it runs, as its own user, cannot read its memory or environment. The worker
+//! registers ([`connection::register`]), opens its session
 //! ([`connection::open_session`]) and serves it ([`session::Session`]): it runs each assigned
 //! job with `/bin/sh -c` in a process group of its own ([`process`], [`job`]), streams the
 //! job's output line by line while it runs ([`output`], [`batch`]), heartbeats
@@ -14,12 +16,14 @@ pub mod batch;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod hardening;
 pub mod heartbeat;
 pub mod job;
 pub mod output;
 pub mod process;
 pub mod session;
 pub mod signals;
+pub mod token_file;
 
 use std::{future::Future, pin::pin, time::Instant};
 
@@ -35,6 +39,16 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         version = env!("CARGO_PKG_VERSION"),
         "hodei-worker starting: {config}"
     );
+    if let token_file::TokenSource::File {
+        removal: token_file::Removal::Failed(_),
+        ..
+    } = &config.token_source
+    {
+        tracing::warn!(
+            "the token file is still there; a job could read the token, which the server \
+             refuses once this worker has registered"
+        );
+    }
     let mut terminate = pin!(terminate);
     let endpoint = connection::endpoint(&config)?;
     let deadline = Instant::now() + config.register_timeout;

@@ -5,6 +5,15 @@ use std::{io::IsTerminal, process::ExitCode};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Before any secret is read: from here on, a job running as our user cannot read our
+    // environment or memory (see `hardening`).
+    if let Err(err) = hodei_worker::hardening::make_undumpable() {
+        eprintln!(
+            "hodei-worker: cannot make the worker non-dumpable (prctl PR_SET_DUMPABLE), so its \
+             jobs could read its session credential; refusing to run: {err}"
+        );
+        return ExitCode::from(1);
+    }
     let config = match hodei_worker::Config::from_env() {
         Ok(config) => config,
         Err(err) => {
@@ -12,6 +21,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // SAFETY: still single-threaded: the async runtime, the only source of threads, starts
+    // below.
+    unsafe { hodei_worker::hardening::remove_secret_variables() };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal, not in a container's log.

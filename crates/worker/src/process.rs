@@ -210,6 +210,10 @@ mod tests {
             .collect();
         assert!(removed.contains(&"HODEI_TOKEN".to_string()), "{removed:?}");
         assert!(
+            removed.contains(&"HODEI_TOKEN_FILE".to_string()),
+            "{removed:?}"
+        );
+        assert!(
             removed.contains(&"HODEI_TLS_CA_PEM".to_string()),
             "{removed:?}"
         );

@@ -158,6 +158,48 @@ async fn given_a_fake_server_when_the_binary_runs_a_job_then_it_reports_it_hides
 }
 
 #[tokio::test]
+async fn given_a_token_file_when_the_binary_starts_then_it_registers_with_it_removes_it_and_its_job_sees_no_trace_of_it()
+ {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{TOKEN}\n")).expect("write the token file");
+    let mut fake = FakeServer::start().await;
+    let child = worker(&[
+        ("HODEI_TOKEN_FILE", file.to_str().expect("a UTF-8 path")),
+        ("HODEI_SERVER", &fake.url),
+        ("HODEI_WORKER_ID", WORKER_ID),
+    ])
+    .spawn()
+    .expect("spawn");
+    let mut session = fake.session().await;
+
+    session
+        .assign(
+            JOB_1,
+            r#"echo "file=${HODEI_TOKEN_FILE-unset} token=${HODEI_TOKEN-unset}""#,
+        )
+        .await;
+    let job = session.job_until_finished().await;
+    session.shutdown("test over", false).await;
+    session.expect_close().await;
+    let exit = wait(child).await;
+
+    assert_eq!(fake.registrations()[0].token, TOKEN);
+    assert!(!file.exists(), "the token file is still there");
+    assert_eq!(job.stdout(), vec!["file=unset token=unset"]);
+    assert_eq!(exit.code, Some(0), "stderr: {}", exit.stderr);
+    assert!(
+        exit.stderr.contains(&format!(
+            "from HODEI_TOKEN_FILE={} (removed)",
+            file.display()
+        )),
+        "{}",
+        exit.stderr
+    );
+    assert!(!exit.stderr.contains(TOKEN), "{}", exit.stderr);
+}
+
+#[tokio::test]
 async fn given_a_running_job_when_the_server_drops_the_stream_then_the_binary_kills_the_job_and_exits_1()
  {
     let mut fake = FakeServer::start().await;

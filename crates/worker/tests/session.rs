@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use hodei_proto::v1::{JobOutcome, LogStream, worker_message::Msg};
-use hodei_worker::{Config, WorkerError, config::Token};
+use hodei_worker::{Config, WorkerError, config::Token, token_file::TokenSource};
 use support::{DEADLINE, FIRST, FakeServer, JOB_1, SECOND, TOKEN, WORKER_ID, survivors_of_group};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
@@ -15,6 +15,7 @@ fn config(url: &str, token: &str) -> Config {
         server: url.to_string(),
         worker_id: WORKER_ID.to_string(),
         token: Token::new(token),
+        token_source: TokenSource::Variable,
         tls_ca: None,
         register_timeout: Duration::from_secs(10),
     }

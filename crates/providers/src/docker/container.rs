@@ -6,7 +6,7 @@ use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPol
 use hodei_contract::env;
 use hodei_domain::{Resources, WorkerId};
 
-use super::DockerProviderConfig;
+use super::{DockerProviderConfig, token_archive::TOKEN_PATH};
 use crate::{WorkerSpec, labels};
 
 /// `hodei-worker-<worker id>`: one container per worker, found again by name alone.
@@ -14,8 +14,8 @@ pub fn container_name(worker_id: &WorkerId) -> String {
     format!("hodei-worker-{worker_id}")
 }
 
-/// The create request for `spec`'s container. It holds the token in its environment, so it is
-/// never logged.
+/// The create request for `spec`'s container. It does not hold the token, which is uploaded
+/// into the container as a file before it starts (see `token_archive`).
 pub(super) fn create_body(config: &DockerProviderConfig, spec: &WorkerSpec) -> ContainerCreateBody {
     let (nano_cpus, memory) = limits(spec.resources);
     ContainerCreateBody {
@@ -44,7 +44,8 @@ pub(super) fn create_body(config: &DockerProviderConfig, spec: &WorkerSpec) -> C
     }
 }
 
-/// `extra_env` first, then the three worker variables, which a caller cannot override.
+/// `extra_env` first, then the three worker variables, which a caller cannot override. The
+/// token is not among them: the worker reads it from the file at [`env::TOKEN_FILE`].
 fn environment(spec: &WorkerSpec) -> Vec<String> {
     let mut vars: BTreeMap<&str, &str> = spec
         .extra_env
@@ -52,7 +53,9 @@ fn environment(spec: &WorkerSpec) -> Vec<String> {
         .map(|(name, value)| (name.as_str(), value.as_str()))
         .collect();
     let worker_id = spec.worker_id.to_string();
-    vars.insert(env::TOKEN, spec.token.expose());
+    // A token variable would compete with the file; the worker refuses both together.
+    vars.remove(env::TOKEN);
+    vars.insert(env::TOKEN_FILE, TOKEN_PATH);
     vars.insert(env::SERVER, &spec.server_address);
     vars.insert(env::WORKER_ID, &worker_id);
     vars.into_iter()
@@ -132,12 +135,26 @@ mod tests {
         let env = create_body(&DockerProviderConfig::new("img:1"), &spec)
             .env
             .unwrap();
-        assert!(env.contains(&format!("HODEI_TOKEN={}", spec.token.expose())));
-        assert!(!env.contains(&"HODEI_TOKEN=forged".to_string()));
+        assert!(env.contains(&"HODEI_TOKEN_FILE=/run/hodei/token".to_string()));
+        assert!(
+            !env.iter().any(|var| var.starts_with("HODEI_TOKEN=")),
+            "{env:?}"
+        );
         assert!(env.contains(&"HODEI_SERVER=http://172.17.0.1:50051".to_string()));
         assert!(env.contains(&format!("HODEI_WORKER_ID={}", spec.worker_id)));
         assert!(env.contains(&"RUST_LOG=debug".to_string()));
         assert_eq!(env.len(), 4);
+    }
+
+    #[test]
+    fn the_create_request_holds_no_token() {
+        let spec = spec();
+        let body = create_body(&DockerProviderConfig::new("img:1"), &spec);
+        let request = serde_json::to_string(&body).unwrap();
+        assert!(
+            !request.contains(spec.token.expose()),
+            "the token is in the container's configuration: {request}"
+        );
     }
 
     #[test]

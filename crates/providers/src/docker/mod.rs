@@ -7,9 +7,10 @@
 //! Containers are not auto-removed, so an early exit keeps its code, its OOM flag and its log
 //! until [`WorkerProvider::destroy_worker`] removes it.
 //!
-//! The token travels in the container's environment, as Docker offers no other way; anyone who
-//! can `docker inspect` the container can read it until it is consumed (it is single-use and
-//! short-lived). The provider never logs it; do not enable `bollard=trace`, which logs request
+//! The token is not in the container's configuration, which anyone who can `docker inspect` the
+//! container reads: between creating and starting the container, the provider uploads it as a
+//! file only the container's user can read ([`TOKEN_PATH`]); the worker reads the file and
+//! removes it. The provider never logs it; do not enable `bollard=trace`, which logs request
 //! bodies.
 //!
 //! ```no_run
@@ -26,15 +27,17 @@ mod config;
 mod container;
 mod errors;
 mod status;
+mod token_archive;
 
 use std::{collections::HashMap, time::Duration};
 
 use async_trait::async_trait;
 use bollard::{
-    API_DEFAULT_VERSION, Docker,
+    API_DEFAULT_VERSION, Docker, body_full,
     query_parameters::{
         CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
         RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+        UploadToContainerOptionsBuilder,
     },
 };
 use futures::TryStreamExt;
@@ -48,6 +51,7 @@ pub use self::{
     config::{DEFAULT_DOCKER_HOST, DEFAULT_WORKER_IMAGE, DockerProviderConfig, WORKER_IMAGE_ENV},
     container::container_name,
     errors::IMAGE_NOT_PRESENT,
+    token_archive::TOKEN_PATH,
 };
 use crate::{
     ManagedWorker, ProviderError, WorkerHandle, WorkerProvider, WorkerSpec, WorkerStatus, labels,
@@ -191,6 +195,32 @@ impl DockerProvider {
         }
     }
 
+    /// Uploads the token into the created container, owned by the container's user, where the
+    /// worker reads it ([`TOKEN_PATH`]).
+    async fn hand_over_token(&self, name: &str, spec: &WorkerSpec) -> Result<(), ProviderError> {
+        let user = self
+            .docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|e| self.failed(&format!("inspecting container {name}"), e))?
+            .config
+            .and_then(|config| config.user)
+            .unwrap_or_default();
+        let owner = token_archive::Owner::of_user(&user);
+        // A named user only the container's passwd knows: the engine resolves it. Numeric ids
+        // go in the archive instead, as some engines (20.10) fail to resolve `uid:gid`.
+        let copy_uidgid = if owner.is_some() { "false" } else { "true" };
+        let options = UploadToContainerOptionsBuilder::default()
+            .path("/")
+            .copy_uidgid(copy_uidgid)
+            .build();
+        let archive = token_archive::token_archive(spec.token.expose(), owner.unwrap_or_default());
+        self.docker
+            .upload_to_container(name, Some(options), body_full(archive.into()))
+            .await
+            .map_err(|e| self.failed(&format!("uploading the token into container {name}"), e))
+    }
+
     /// The last lines the container printed, to explain why it exited.
     async fn log_tail(&self, name: &str) -> String {
         let options = LogsOptionsBuilder::default()
@@ -232,12 +262,20 @@ impl WorkerProvider for DockerProvider {
             tracing::warn!(worker_id = %spec.worker_id, container = %name, "Docker: {warning}");
         }
 
-        if let Err(e) = self.docker.start_container(&name, None).await {
+        let started = match self.hand_over_token(&name, spec).await {
+            Ok(()) => self
+                .docker
+                .start_container(&name, None)
+                .await
+                .map_err(|e| self.failed(&format!("starting container {name}"), e)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = started {
             // A container that never started would only wait for the reaper.
             if let Err(remove) = self.force_remove(&name).await {
                 tracing::warn!(container = %name, error = %remove, "cannot remove container that failed to start");
             }
-            return Err(self.failed(&format!("starting container {name}"), e));
+            return Err(e);
         }
         tracing::debug!(worker_id = %spec.worker_id, container = %name, image = %self.config.image, "started worker container");
         Ok(WorkerHandle {

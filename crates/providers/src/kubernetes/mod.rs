@@ -6,6 +6,12 @@
 //!   the token never appears in the Pod spec;
 //! - then the Secret gets the Pod as its owner, so Kubernetes deletes it with the Pod.
 //!
+//! The token is in the worker's environment, then, but neither in the Pod spec nor within its
+//! jobs' reach: the worker is non-dumpable, so a job (same user) cannot read
+//! `/proc/<worker>/environ` or its memory, and the job's own environment never holds it. A
+//! mounted Secret file would instead stay readable by the jobs, as the worker could not remove
+//! it from the read-only volume.
+//!
 //! Both carry the labels of [`crate::labels`]. The Pod runs as a non-root user without
 //! capabilities or a service-account token, with `imagePullPolicy: IfNotPresent` (images
 //! loaded with `kind load` are found), resources requests = limits from the job, and

@@ -25,8 +25,10 @@ use crate::{WorkerSpec, labels};
 pub const CONTAINER_NAME: &str = "worker";
 /// Key of the token in the worker's Secret.
 pub const TOKEN_KEY: &str = "token";
-/// Environment variables the provider sets itself; `extra_env` cannot replace them.
-const RESERVED_ENV: [&str; 3] = [env::SERVER, env::WORKER_ID, env::TOKEN];
+/// Environment variables the provider sets itself; `extra_env` cannot replace them. A token
+/// file would compete with the Secret's token (the worker refuses both together), so it is
+/// reserved too.
+const RESERVED_ENV: [&str; 4] = [env::SERVER, env::WORKER_ID, env::TOKEN, env::TOKEN_FILE];
 
 /// `hodei-worker-<id>`: 49 characters, within the 63 a Pod name (a DNS label) may have.
 pub fn pod_name(worker_id: &WorkerId) -> String {
@@ -253,6 +255,7 @@ mod tests {
             extra_env: BTreeMap::from([
                 ("HODEI_TLS_CA_PEM".to_string(), "pem".to_string()),
                 (env::TOKEN.to_string(), "smuggled".to_string()),
+                (env::TOKEN_FILE.to_string(), "/smuggled-file".to_string()),
             ]),
         }
     }
@@ -284,7 +287,10 @@ mod tests {
             !pod.contains(spec.token.expose()),
             "token leaked into the Pod"
         );
-        assert!(!pod.contains("smuggled"), "extra_env replaced HODEI_TOKEN");
+        assert!(
+            !pod.contains("smuggled"),
+            "extra_env replaced HODEI_TOKEN or added HODEI_TOKEN_FILE"
+        );
         assert!(pod.contains(&format!(
             r#""secretKeyRef":{{"key":"token","name":"{}","optional":false}}"#,
             secret_name(&spec.worker_id)

@@ -17,7 +17,8 @@ use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
-pub const TOKEN: &str = "one-time-token-for-tests";
+/// Shaped like a real one-time token (64 hex digits), so a provider's `OneTimeToken` can hold it.
+pub const TOKEN: &str = "70ce7e5c0ffee70ce7e5c0ffee70ce7e5c0ffee70ce7e5c0ffee70ce7e5c0ffe";
 /// What `Register` answers: a session credential is 64 hex digits.
 pub const SESSION_TOKEN: &str = "5e5510c0ffee5e5510c0ffee5e5510c0ffee5e5510c0ffee5e5510c0ffee5e55";
 /// Job ids the tests assign; the contract wants UUIDs.

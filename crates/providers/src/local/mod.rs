@@ -1,9 +1,19 @@
-//! Workers as child processes of the server: `hodei-worker` started with the worker environment.
+//! Workers as child processes of the server: `hodei-worker` started with a cleared environment
+//! holding only what it needs ([`worker_command`] says exactly what), its one-time token on its
+//! standard input.
 //!
-//! Processes cannot carry labels, so each worker gets them as environment variables
-//! (`HODEI_MANAGED_BY=hodei`, `HODEI_INSTANCE=<instance>`, `HODEI_WORKER_ID`), and
-//! [`LocalProvider::list_managed`] finds workers — also those of a previous server process —
-//! by reading `/proc/<pid>/environ`.
+//! Processes cannot carry labels, so each worker gets them as `--label=NAME=VALUE` arguments and
+//! as environment variables (`HODEI_MANAGED_BY=hodei`, `HODEI_INSTANCE=<instance>`,
+//! `HODEI_WORKER_ID`), and [`LocalProvider::list_managed`] finds workers — also those of a
+//! previous server process — by reading `/proc/<pid>/cmdline` (or `environ`).
+//!
+//! A local job runs as the server's user on the server's machine: it cannot read the server's
+//! environment through its own, nor its worker's memory, but whatever that user can read (the
+//! server's files, and the server process itself unless that is non-dumpable too) it can read.
+//! The Docker and Kubernetes providers isolate jobs; this one only keeps secrets out of reach.
+
+mod proc_scan;
+pub mod worker_command;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -14,7 +24,6 @@ use std::{
 };
 
 use async_trait::async_trait;
-use hodei_contract::env;
 use hodei_domain::WorkerId;
 use nix::{
     errno::Errno,
@@ -22,7 +31,7 @@ use nix::{
     unistd::Pid,
 };
 use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader},
     process::Command,
     sync::watch,
 };
@@ -30,9 +39,6 @@ use tokio::{
 use crate::{ManagedWorker, ProviderError, WorkerHandle, WorkerProvider, WorkerSpec, WorkerStatus};
 
 const PROVIDER: &str = "local";
-/// Environment variables standing in for labels.
-const ENV_MANAGED_BY: &str = "HODEI_MANAGED_BY";
-const ENV_INSTANCE: &str = "HODEI_INSTANCE";
 /// Lines of the worker's own output kept to explain an early exit.
 const OUTPUT_TAIL_LINES: usize = 20;
 
@@ -42,7 +48,7 @@ pub struct LocalProviderConfig {
     pub worker_binary: PathBuf,
     /// How long a worker gets between SIGTERM and SIGKILL.
     pub kill_grace: Duration,
-    /// `RUST_LOG` for the workers; None: inherit the server's.
+    /// `RUST_LOG` for the workers (and so for their jobs); None: the server's, if set.
     pub worker_log_filter: Option<String>,
 }
 
@@ -102,21 +108,21 @@ impl WorkerProvider for LocalProvider {
     async fn create_worker(&self, spec: &WorkerSpec) -> Result<WorkerHandle, ProviderError> {
         let mut command = Command::new(&self.config.worker_binary);
         command
-            .env(env::TOKEN, spec.token.expose())
-            .env(env::SERVER, &spec.server_address)
-            .env(env::WORKER_ID, spec.worker_id.to_string())
-            .env(ENV_MANAGED_BY, crate::labels::MANAGED_BY_VALUE)
-            .env(ENV_INSTANCE, &spec.instance)
-            .envs(&spec.extra_env)
-            .stdin(Stdio::null())
+            .args(worker_command::label_args(spec))
+            // Nothing of the server's environment but what `worker_command` lets through.
+            .env_clear()
+            .envs(worker_command::environment(
+                spec,
+                self.config.worker_log_filter.as_deref(),
+                |name| std::env::var_os(name),
+            ))
+            // The token goes in through this pipe, see below.
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group: signals for the server's terminal do not reach workers.
             .process_group(0)
             .kill_on_drop(false);
-        if let Some(filter) = &self.config.worker_log_filter {
-            command.env("RUST_LOG", filter);
-        }
 
         let mut child =
             spawn_retrying_busy(&mut command)
@@ -129,9 +135,17 @@ impl WorkerProvider for LocalProvider {
             provider: PROVIDER,
             detail: "worker exited before its pid could be read".into(),
         })?;
+        let worker_id = spec.worker_id;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A few bytes into an empty pipe: this does not wait for the worker. It fails only
+            // if the worker already exited, which its status then reports with its output.
+            let line = format!("{}\n", spec.token.expose());
+            if let Err(e) = stdin.write_all(line.as_bytes()).await {
+                tracing::debug!(%worker_id, error = %e, "could not write the token to the worker");
+            }
+        }
 
         let output_tail = Arc::new(Mutex::new(VecDeque::with_capacity(OUTPUT_TAIL_LINES)));
-        let worker_id = spec.worker_id;
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(forward_output(worker_id, stdout, output_tail.clone()));
         }
@@ -187,7 +201,7 @@ impl WorkerProvider for LocalProvider {
             }),
             None => {
                 let id = *worker_id;
-                let found = proc_scan::find(move |env| env.worker_id == Some(id)).await;
+                let found = proc_scan::find(move |labels| labels.worker_id == Some(id)).await;
                 Ok(if found.is_empty() {
                     WorkerStatus::NotFound
                 } else {
@@ -229,7 +243,7 @@ impl WorkerProvider for LocalProvider {
             // Not our child: a worker of a previous server process, found through /proc.
             None => {
                 let id = *worker_id;
-                let pids = proc_scan::find(move |env| env.worker_id == Some(id)).await;
+                let pids = proc_scan::find(move |labels| labels.worker_id == Some(id)).await;
                 for pid in pids {
                     terminate_foreign(pid, self.config.kill_grace).await;
                 }
@@ -240,12 +254,14 @@ impl WorkerProvider for LocalProvider {
 
     async fn list_managed(&self, instance: &str) -> Result<Vec<ManagedWorker>, ProviderError> {
         let instance = instance.to_string();
-        let found =
-            proc_scan::find_with_env(move |env| env.instance.as_deref() == Some(&instance)).await;
+        let found = proc_scan::find_with_labels(move |labels| {
+            labels.instance.as_deref() == Some(&instance)
+        })
+        .await;
         Ok(found
             .into_iter()
-            .map(|(pid, env)| ManagedWorker {
-                worker_id: env.worker_id,
+            .map(|(pid, labels)| ManagedWorker {
+                worker_id: labels.worker_id,
                 resource: format!("pid/{pid}"),
             })
             .collect())
@@ -304,115 +320,6 @@ async fn terminate_foreign(pid: u32, grace: Duration) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Finding worker processes by their environment.
-mod proc_scan {
-    use std::{fs, str::FromStr};
-
-    use hodei_domain::WorkerId;
-
-    use super::{ENV_INSTANCE, ENV_MANAGED_BY};
-    use hodei_contract::env;
-
-    use crate::labels::MANAGED_BY_VALUE;
-
-    /// The label-like variables of one managed process.
-    pub struct WorkerEnv {
-        pub worker_id: Option<WorkerId>,
-        pub instance: Option<String>,
-    }
-
-    pub async fn find(predicate: impl Fn(&WorkerEnv) -> bool + Send + 'static) -> Vec<u32> {
-        find_with_env(predicate)
-            .await
-            .into_iter()
-            .map(|(pid, _)| pid)
-            .collect()
-    }
-
-    pub async fn find_with_env(
-        predicate: impl Fn(&WorkerEnv) -> bool + Send + 'static,
-    ) -> Vec<(u32, WorkerEnv)> {
-        tokio::task::spawn_blocking(move || scan(&predicate))
-            .await
-            .unwrap_or_default()
-    }
-
-    /// Alive and not a zombie.
-    pub fn is_running(pid: u32) -> bool {
-        match fs::read_to_string(format!("/proc/{pid}/stat")) {
-            // The state follows the parenthesised command name, which may contain spaces.
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next())
-                .is_some_and(|state| state != 'Z' && state != 'X'),
-            Err(_) => false,
-        }
-    }
-
-    fn scan(predicate: &dyn Fn(&WorkerEnv) -> bool) -> Vec<(u32, WorkerEnv)> {
-        let Ok(entries) = fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .filter_map(Result::ok)
-            .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-            .filter_map(|pid| {
-                let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
-                let env = parse_environ(&environ)?;
-                (predicate(&env) && is_running(pid)).then_some((pid, env))
-            })
-            .collect()
-    }
-
-    /// Some only for processes marked `HODEI_MANAGED_BY=hodei`.
-    fn parse_environ(environ: &[u8]) -> Option<WorkerEnv> {
-        let mut managed = false;
-        let mut worker_id = None;
-        let mut instance = None;
-        for var in environ.split(|&b| b == 0) {
-            let Ok(var) = std::str::from_utf8(var) else {
-                continue;
-            };
-            let Some((name, value)) = var.split_once('=') else {
-                continue;
-            };
-            match name {
-                ENV_MANAGED_BY => managed = value == MANAGED_BY_VALUE,
-                ENV_INSTANCE => instance = Some(value.to_string()),
-                env::WORKER_ID => worker_id = WorkerId::from_str(value).ok(),
-                _ => {}
-            }
-        }
-        managed.then_some(WorkerEnv {
-            worker_id,
-            instance,
-        })
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn only_managed_processes_are_recognised() {
-            let id = WorkerId::new();
-            let environ = format!(
-                "PATH=/bin\0HODEI_MANAGED_BY=hodei\0HODEI_INSTANCE=ci\0HODEI_WORKER_ID={id}\0"
-            );
-            let env = parse_environ(environ.as_bytes()).expect("managed");
-            assert_eq!(env.worker_id, Some(id));
-            assert_eq!(env.instance.as_deref(), Some("ci"));
-            assert!(parse_environ(b"PATH=/bin\0HODEI_INSTANCE=ci\0").is_none());
-        }
-
-        #[test]
-        fn our_own_process_is_running_and_pid_zero_is_not_a_process() {
-            assert!(is_running(std::process::id()));
-            assert!(!is_running(0));
-        }
     }
 }
 
@@ -482,16 +389,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_worker_gets_its_environment_and_is_listed_under_its_instance() {
+    async fn the_worker_gets_its_environment_its_token_on_stdin_and_is_listed_under_its_instance() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("env.txt");
-        let binary = script(&dir, &format!("env > {}; exec sleep 30", out.display()));
+        let token = dir.path().join("token.txt");
+        let args = dir.path().join("args.txt");
+        let binary = script(
+            &dir,
+            &format!(
+                "echo \"$@\" > {args}; cat > {token}; env > {out}.tmp; mv {out}.tmp {out}; \
+                 exec sleep 30",
+                args = args.display(),
+                token = token.display(),
+                out = out.display()
+            ),
+        );
         let provider = provider(binary);
         let spec = spec("local-test-list");
         provider.create_worker(&spec).await.unwrap();
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !std::fs::read_to_string(&out).is_ok_and(|s| s.contains("HODEI_WORKER_ID")) {
+        while !out.exists() {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "worker never wrote its env"
@@ -499,9 +417,26 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let env = std::fs::read_to_string(&out).unwrap();
-        assert!(env.contains(&format!("HODEI_TOKEN={}", spec.token.expose())));
         assert!(env.contains("HODEI_SERVER=http://127.0.0.1:1"));
         assert!(env.contains(&format!("HODEI_WORKER_ID={}", spec.worker_id)));
+        assert!(env.contains("HODEI_TOKEN_FILE=/proc/self/fd/0"));
+        assert!(
+            !env.contains(spec.token.expose()),
+            "the token is in the worker's environment: {env}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&token).unwrap(),
+            format!("{}\n", spec.token.expose()),
+            "the token arrives on stdin, which is then closed"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&args).unwrap(),
+            format!(
+                "--label=HODEI_MANAGED_BY=hodei --label=HODEI_INSTANCE=local-test-list \
+                 --label=HODEI_WORKER_ID={}\n",
+                spec.worker_id
+            )
+        );
 
         let listed = provider.list_managed("local-test-list").await.unwrap();
         assert_eq!(listed.len(), 1, "{listed:?}");
