@@ -12,6 +12,12 @@ use clap::Parser;
 use crate::config::{Command, Config};
 
 fn main() -> ExitCode {
+    // Before anything reads a secret: a process of this user (a local-provider job is one) may
+    // otherwise read the server's environment (`HODEI_DATABASE_URL`) and memory through /proc.
+    if let Err(e) = make_undumpable() {
+        eprintln!("error: cannot make hodei-server non-dumpable (prctl PR_SET_DUMPABLE): {e}");
+        return ExitCode::FAILURE;
+    }
     let config = Config::parse();
     config.init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -33,6 +39,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Makes this process non-dumpable: only `CAP_SYS_PTRACE` may then read its /proc files and
+/// memory, and it leaves no core dump (which would hold the database password too).
+fn make_undumpable() -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    nix::sys::prctl::set_dumpable(false)?;
+    Ok(())
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

@@ -172,3 +172,95 @@ async fn output(server: &ServerProcess, id: &str) -> anyhow::Result<Vec<String>>
         .into_inner();
     Ok(hodei_testkit::log_lines::texts(&page.lines))
 }
+
+/// The server's own process is the other place a local job could find the database URL: it
+/// runs as the same user, and /proc lets a user read the environment and memory of its own
+/// dumpable processes. The server makes itself non-dumpable before it reads its configuration.
+///
+/// The server is started as `nobody` when the test runs as root (root reads every process
+/// anyway), and as the test's own user otherwise; the reader runs as the same user. The
+/// "database" is a socket that accepts and never answers, so the server is caught mid start-up,
+/// holding the URL, for as long as its connect timeout.
+#[test]
+fn a_process_of_the_servers_own_user_cannot_read_the_servers_environment() -> anyhow::Result<()> {
+    use std::{
+        io::Read,
+        os::unix::process::CommandExt,
+        process::{Command, Stdio},
+    };
+
+    let silent_database = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = silent_database.local_addr()?.port();
+    let (connected, first_connection) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent_database.incoming().flatten() {
+            held.push(stream);
+            let _ = connected.send(());
+        }
+    });
+
+    let (uid, gid) = if nix::unistd::geteuid().is_root() {
+        (65534, 65534)
+    } else {
+        (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
+    };
+    let database_url = format!("postgres://hodei:{SOME_SECRET}@127.0.0.1:{port}/hodei");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_hodei-server"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .args(["--database-connect-timeout", "60s"])
+        .env("HODEI_DATABASE_URL", &database_url)
+        .env("SOME_SECRET", SOME_SECRET)
+        .uid(uid)
+        .gid(gid)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start hodei-server (as root: it must be executable by uid 65534)")?;
+    let pid = server.id();
+    let outcome = (|| -> anyhow::Result<()> {
+        first_connection
+            .recv_timeout(Duration::from_secs(30))
+            .context("waiting for hodei-server to dial its database")?;
+        // The reader is the server's user: same uid, no capability.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let server_uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().next())
+            .context("no Uid line in /proc/<server>/status")?;
+        assert_eq!(server_uid, uid.to_string(), "the server runs as uid {uid}");
+        for file in ["environ", "mem"] {
+            let read = Command::new("cat")
+                .arg(format!("/proc/{pid}/{file}"))
+                .uid(uid)
+                .gid(gid)
+                .output()?;
+            let stdout = String::from_utf8_lossy(&read.stdout);
+            let stderr = String::from_utf8_lossy(&read.stderr);
+            assert!(
+                !read.status.success() && stderr.contains("Permission denied"),
+                "/proc/<server>/{file} was readable by its own user: {} {stderr}",
+                read.status
+            );
+            assert!(
+                !stdout.contains(SOME_SECRET),
+                "/proc/<server>/{file} leaked the secret"
+            );
+        }
+        Ok(())
+    })();
+    let _ = server.kill();
+    let _ = server.wait();
+    if outcome.is_err() {
+        let mut stderr = String::new();
+        if let Some(mut pipe) = server.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr);
+        }
+        eprintln!("hodei-server's stderr:\n{stderr}");
+    }
+    outcome
+}
