@@ -1082,3 +1082,34 @@ async fn queued_to_pod_worker_registered_latency_over_20_jobs() -> anyhow::Resul
     cluster.assert_nothing_left(&instance).await?;
     server.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster; run scripts/e2e/run-kubernetes-e2e.sh"]
+async fn a_job_in_a_pod_cannot_use_the_api_to_cancel_read_or_queue_jobs() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await;
+    let mut settings = pod_settings()?;
+    settings.max_workers = 2;
+    let (server, _guard) = start_server(&cluster, settings, provider_config()).await?;
+    let victim = server.queue("echo victim; sleep 120").await?;
+    server.wait_running(&victim).await?;
+    // The attacker downloads the CLI from this machine, through the address Pods reach it at,
+    // and dials its own $HODEI_SERVER.
+    let cli = common::attack::serve_file(&hodei_testkit::cli_binary()?).await?;
+    let cli_url = format!("http://{}:{}/hodei", pod_reachable_host()?, cli.port);
+    let attacker = server
+        .queue(&common::attack::script(&cli_url, &victim))
+        .await?;
+    let finished = server.wait_finished(&attacker, JOB_TIMEOUT).await?;
+    let lines = texts(&server.follow_logs(&attacker, JOB_TIMEOUT).await?);
+    common::attack::assert_refused(&lines);
+    assert_state(&finished, pb::JobState::Succeeded);
+
+    // Nothing changed: the victim still runs, and no job was queued by the attacker.
+    assert_state(&server.get_job(&victim).await?, pb::JobState::Running);
+    let (jobs,): (i64,) = sqlx::query_as("SELECT count(*) FROM jobs")
+        .fetch_one(server.store.pool())
+        .await?;
+    assert_eq!(jobs, 2, "the job queued another job");
+    server.cancel(&victim, "test over").await?;
+    server.shutdown().await
+}

@@ -540,3 +540,108 @@ impl TestServer {
         .await
     }
 }
+
+/// What a job does to attack the client API from inside its worker, as an attacker would: fetch
+/// the `hodei` CLI, dial the server the worker was given (`$HODEI_SERVER`, in every job's
+/// environment), and try to cancel, read and follow another job and to queue one of its own.
+///
+/// Used where the worker image has no CLI (containers, Pods): the test serves it
+/// ([`attack::serve_file`]) and the job downloads it with busybox's `wget`.
+pub mod attack {
+    use std::path::Path;
+
+    use anyhow::Context;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    /// The calls the job tries; each must be refused.
+    pub const CALLS: usize = 4;
+
+    /// The job's command. Its output: the number of credential-like variables it sees (`0`),
+    /// then `refused: <call>: <why>` or `ALLOWED: <call>` per call. Exits 3 if it cannot fetch
+    /// the CLI and 4 if the CLI does not run in the image, so a broken test never passes.
+    pub fn script(cli_url: &str, victim: &str) -> String {
+        format!(
+            "cli=/tmp/hodei-cli-$$; \
+             wget -q -O $cli {cli_url} || {{ echo 'cannot fetch the CLI from {cli_url}'; exit 3; }}; \
+             chmod +x $cli; \
+             $cli --version >/dev/null 2>&1 || {{ echo 'the CLI does not run in this image'; exit 4; }}; \
+             env | grep -c -e HODEI_TOKEN -e HODEI_API_TOKEN -e HODEI_DATABASE_URL || true; \
+             err=$(mktemp); \
+             for call in 'jobs cancel {victim}' 'jobs get {victim}' 'jobs logs {victim}' \
+                         'run -- echo smuggled'; do \
+               if $cli --server \"$HODEI_SERVER\" $call >/dev/null 2>\"$err\"; then \
+                 echo \"ALLOWED: $call\"; \
+               else \
+                 echo \"refused: $call: $(grep -o -e 'needs an API token' \"$err\" | head -n 1)\"; \
+               fi; \
+             done; rm -f \"$err\" $cli"
+        )
+    }
+
+    /// Checks the attacking job's output lines: no credential in sight, every call refused
+    /// because the caller is not authenticated. The CLI says "needs an API token" only when
+    /// the server answered `UNAUTHENTICATED`: the calls reached it.
+    pub fn assert_refused(lines: &[String]) {
+        assert_eq!(
+            lines.first().map(String::as_str),
+            Some("0"),
+            "credentials in the job's environment (or no CLI): {lines:?}"
+        );
+        assert_eq!(lines.len(), 1 + CALLS, "{lines:?}");
+        for line in &lines[1..] {
+            assert!(
+                line.starts_with("refused: ") && line.ends_with(": needs an API token"),
+                "{lines:?}"
+            );
+        }
+    }
+
+    /// A file served over plain HTTP on every interface, for jobs to download; stops serving
+    /// when dropped.
+    pub struct FileServer {
+        pub port: u16,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for FileServer {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    /// Serves `path` as the answer to every request (HTTP/1.0, one request per connection).
+    pub async fn serve_file(path: &Path) -> anyhow::Result<FileServer> {
+        let body = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let listener = TcpListener::bind("0.0.0.0:0").await?;
+        let port = listener.local_addr()?.port();
+        let task = tokio::spawn(async move {
+            let body = std::sync::Arc::new(body);
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    // The request's head is read and ignored: there is one file.
+                    let mut head = Vec::new();
+                    let mut buffer = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let header = format!(
+                        "HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\
+                         Content-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(header.as_bytes()).await;
+                    let _ = stream.write_all(&body).await;
+                    let _ = stream.shutdown().await;
+                });
+            }
+        });
+        Ok(FileServer { port, task })
+    }
+}
