@@ -221,13 +221,20 @@ pub fn api_token_to_proto(token: &ApiTokenInfo) -> pb::ApiToken {
     }
 }
 
+/// What a worker's `JobFinished` means for the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerReport {
+    /// The attempt has a result: the job reaches this final state.
+    Ended(TerminalOutcome),
+    /// The worker's platform stopped it (SIGTERM) before the job ended on its own: not a result
+    /// of the job, which runs again. `message` says what the worker knows.
+    Interrupted { message: String },
+}
+
 /// How a worker says its job ended. `cancel_reason` is the reason the server gave when it asked
 /// for the cancel; it wins over the worker's message.
-pub fn outcome_from_proto(
-    finished: &pb::JobFinished,
-    cancel_reason: Option<&str>,
-) -> TerminalOutcome {
-    match pb::JobOutcome::try_from(finished.outcome) {
+pub fn report_from_proto(finished: &pb::JobFinished, cancel_reason: Option<&str>) -> WorkerReport {
+    let outcome = match pb::JobOutcome::try_from(finished.outcome) {
         Ok(pb::JobOutcome::Exited) => TerminalOutcome::Exited {
             exit_code: finished.exit_code.unwrap_or(-1),
         },
@@ -241,10 +248,16 @@ pub fn outcome_from_proto(
         Ok(pb::JobOutcome::SpawnFailed) => TerminalOutcome::SpawnFailed {
             message: finished.message.clone(),
         },
+        Ok(pb::JobOutcome::Interrupted) => {
+            return WorkerReport::Interrupted {
+                message: finished.message.clone(),
+            };
+        }
         Ok(pb::JobOutcome::Unspecified) | Err(_) => TerminalOutcome::SpawnFailed {
             message: format!("worker reported an unknown outcome {}", finished.outcome),
         },
-    }
+    };
+    WorkerReport::Ended(outcome)
 }
 
 #[cfg(test)]
@@ -316,23 +329,43 @@ mod tests {
             message: "terminated".into(),
         };
         assert_eq!(
-            outcome_from_proto(&finished, Some("by alice")),
-            TerminalOutcome::Cancelled {
+            report_from_proto(&finished, Some("by alice")),
+            WorkerReport::Ended(TerminalOutcome::Cancelled {
                 exit_code: Some(143),
                 reason: "by alice".into()
-            }
+            })
         );
         assert_eq!(
-            outcome_from_proto(&finished, None),
-            TerminalOutcome::Cancelled {
+            report_from_proto(&finished, None),
+            WorkerReport::Ended(TerminalOutcome::Cancelled {
                 exit_code: Some(143),
                 reason: "terminated".into()
-            }
+            })
         );
         let unknown = pb::JobFinished {
             outcome: 42,
             ..finished
         };
-        assert_eq!(outcome_from_proto(&unknown, None).state(), JobState::Failed);
+        assert!(matches!(
+            report_from_proto(&unknown, None),
+            WorkerReport::Ended(outcome) if outcome.state() == JobState::Failed
+        ));
+    }
+
+    #[test]
+    fn an_interrupted_job_is_not_a_result_whatever_the_server_asked() {
+        let finished = pb::JobFinished {
+            job_id: JobId::new().to_string(),
+            outcome: pb::JobOutcome::Interrupted.into(),
+            exit_code: Some(143),
+            signal: Some(15),
+            message: "worker terminated by its platform (SIGTERM)".into(),
+        };
+        assert_eq!(
+            report_from_proto(&finished, None),
+            WorkerReport::Interrupted {
+                message: "worker terminated by its platform (SIGTERM)".into()
+            }
+        );
     }
 }

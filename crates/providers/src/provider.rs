@@ -108,6 +108,12 @@ pub trait WorkerProvider: Send + Sync + 'static {
     /// Classifies the worker's current condition, for provisioning deadlines and diagnostics.
     async fn worker_status(&self, worker_id: &WorkerId) -> Result<WorkerStatus, ProviderError>;
 
+    /// Why the worker's platform stopped it (its Pod deleted, evicted or preempted), when the
+    /// platform says so; `None` when it does not (a signal to a process, `docker stop`).
+    async fn stop_cause(&self, _worker_id: &WorkerId) -> Result<Option<String>, ProviderError> {
+        Ok(None)
+    }
+
     /// Stops the worker and removes its resources; returns when they are gone.
     /// Idempotent: a worker that does not exist is already destroyed.
     async fn destroy_worker(&self, worker_id: &WorkerId) -> Result<(), ProviderError>;

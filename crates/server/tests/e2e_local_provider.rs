@@ -537,6 +537,42 @@ async fn a_worker_killed_mid_job_has_its_job_requeued_and_completed_by_another_w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_by_its_platform_mid_job_has_its_job_requeued_not_cancelled_and_it_succeeds_in_attempt_2()
+-> anyhow::Result<()> {
+    let server = TestServer::local(|_| {}).await?;
+    let id = server
+        .queue("echo attempt-$HODEI_JOB_ATTEMPT; [ $HODEI_JOB_ATTEMPT = 1 ] && sleep 60; echo done")
+        .await?;
+    let running = server.wait_running(&id).await?;
+    let first_worker = running.worker_id.clone();
+    // What a platform does to a worker it wants gone: SIGTERM (a Pod deleted, `docker stop`).
+    send_signal(worker_pid(&server, &first_worker).await?, Signal::SIGTERM)?;
+
+    let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
+    assert_state(&job, pb::JobState::Succeeded);
+    assert_eq!(job.attempts, 2, "{}", describe(&job));
+    assert_eq!(job.attempt_history[0].outcome, "requeued");
+    assert_eq!(job.attempt_history[0].worker_id, first_worker);
+    assert_eq!(
+        job.attempt_history[0].reason, "worker terminated by its platform (SIGTERM)",
+        "{:?}",
+        job.attempt_history[0]
+    );
+    assert_eq!(job.attempt_history[1].outcome, "succeeded");
+    let lines = texts(&server.follow_logs(&id, JOB_TIMEOUT).await?);
+    assert!(lines.contains(&"attempt-2".to_string()), "{lines:?}");
+    assert_eq!(lines.last().map(String::as_str), Some("done"));
+    // It said why it left: retired, not lost.
+    let rows = server.worker_rows().await?;
+    assert!(
+        rows.iter()
+            .any(|(w, state, _)| *w == first_worker && state == "terminated"),
+        "{rows:?}"
+    );
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_output_lines_are_paged_by_size_so_every_page_fits_in_a_message() -> anyhow::Result<()>
 {
     let server = TestServer::local(|_| {}).await?;

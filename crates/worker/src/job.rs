@@ -36,6 +36,9 @@ const DRAIN_AFTER_KILL: Duration = Duration::from_millis(500);
 pub enum Stop {
     /// SIGTERM, then SIGKILL after the grace; reported as `CANCELLED` with this message.
     Cancel(String),
+    /// The same stop, asked by the worker's platform rather than the server: reported as
+    /// `INTERRUPTED` with this message, so the server runs the job again instead of ending it.
+    Interrupt(String),
     /// SIGKILL now (the session is gone; nobody will read the report).
     Kill,
 }
@@ -93,6 +96,7 @@ impl Drop for RunningJob {
 enum Ending {
     Exited,
     Cancelled(String),
+    Interrupted(String),
     TimedOut(Duration),
 }
 
@@ -199,6 +203,7 @@ pub async fn run(
     let (outcome, message) = match &supervised.ending {
         Ending::Exited => (JobOutcome::Exited, String::new()),
         Ending::Cancelled(reason) => (JobOutcome::Cancelled, reason.clone()),
+        Ending::Interrupted(reason) => (JobOutcome::Interrupted, reason.clone()),
         Ending::TimedOut(limit) => (
             JobOutcome::TimedOut,
             format!("timed out after {}s", limit.as_secs()),
@@ -251,6 +256,14 @@ async fn supervise(
                     if !stopping {
                         tracing::info!(%job, reason, "cancelling the job");
                         ending = Ending::Cancelled(reason);
+                        group.terminate();
+                        kill_at = Some(Instant::now() + assignment.kill_grace);
+                    }
+                }
+                Some(Stop::Interrupt(reason)) => {
+                    if !stopping {
+                        tracing::info!(%job, reason, "interrupting the job");
+                        ending = Ending::Interrupted(reason);
                         group.terminate();
                         kill_at = Some(Instant::now() + assignment.kill_grace);
                     }

@@ -32,9 +32,13 @@ pub use error::WorkerError;
 
 use crate::{connection::ATTEMPT_TIMEOUT, session::Session};
 
-/// Runs the worker to its end. `terminate` resolves when the worker should stop (SIGTERM or
-/// SIGINT in the binary, see [`signals::termination`]). `Ok` means a clean exit (status 0).
-pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<(), WorkerError> {
+/// Runs the worker to its end. `terminate` resolves, with the signal's name, when the worker's
+/// platform asks it to stop (SIGTERM or SIGINT in the binary, see [`signals::termination`]).
+/// `Ok` means a clean exit (status 0).
+pub async fn run(
+    config: Config,
+    terminate: impl Future<Output = &'static str>,
+) -> Result<(), WorkerError> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         "hodei-worker starting: {config}"
@@ -55,7 +59,7 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
 
     let (client, registration) = tokio::select! {
         registered = connection::register(&config, &endpoint, deadline) => registered?,
-        () = &mut terminate => {
+        _ = &mut terminate => {
             tracing::info!("termination signal received before registration; exiting");
             return Ok(());
         }
@@ -69,7 +73,7 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
     let deadline = deadline.max(Instant::now() + ATTEMPT_TIMEOUT);
     let streams = tokio::select! {
         opened = connection::open_session(&client, &config.server, &registration.session_credential, deadline) => opened?,
-        () = &mut terminate => {
+        _ = &mut terminate => {
             tracing::info!("termination signal received before the session opened; exiting");
             return Ok(());
         }

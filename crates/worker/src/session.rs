@@ -3,7 +3,9 @@
 //!
 //! The session owns the queue of messages to the server. It ends in one of three ways:
 //! - the server says `Shutdown` (or the worker gets SIGTERM/SIGINT): the running job is
-//!   finished or stopped, reported, the stream is closed, and the worker exits 0;
+//!   finished or stopped, reported, the stream is closed, and the worker exits 0. A signal comes
+//!   from the worker's platform (Pod deleted or evicted, `docker stop`), not from the job's
+//!   owner: the job is reported `INTERRUPTED`, never `CANCELLED`, so the server runs it again;
 //! - the stream ends or fails: the running job is killed and the worker exits 1; there is no
 //!   reconnection, because the server treats a dropped stream as a lost worker.
 
@@ -36,8 +38,8 @@ const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 enum Leaving {
     /// The server's `Shutdown`.
     Shutdown(String),
-    /// SIGTERM or SIGINT.
-    Terminated,
+    /// SIGTERM or SIGINT (its name).
+    Terminated(&'static str),
 }
 
 /// What the session does after an event.
@@ -56,7 +58,7 @@ enum Event {
     Server(Result<Option<ServerMessage>, Status>),
     JobFinished(JobFinished),
     Heartbeat,
-    Terminate,
+    Terminate(&'static str),
 }
 
 pub struct Session {
@@ -82,7 +84,7 @@ impl Session {
     /// `terminate` resolves when the worker is asked to stop by a signal.
     pub async fn run(
         mut self,
-        mut terminate: Pin<&mut impl Future<Output = ()>>,
+        mut terminate: Pin<&mut impl Future<Output = &'static str>>,
     ) -> Result<(), WorkerError> {
         let mut heartbeat = heartbeat::ticker(self.heartbeat_interval);
         let mut terminate_pending = true;
@@ -91,9 +93,9 @@ impl Session {
                 message = self.inbound.message() => Event::Server(message),
                 finished = finished(&mut self.job) => Event::JobFinished(finished),
                 _ = heartbeat.tick() => Event::Heartbeat,
-                () = &mut terminate, if terminate_pending => {
+                signal = &mut terminate, if terminate_pending => {
                     terminate_pending = false;
-                    Event::Terminate
+                    Event::Terminate(signal)
                 }
             };
             let flow = match event {
@@ -114,12 +116,12 @@ impl Session {
                     }
                     self.beat()
                 }
-                Event::Terminate => {
-                    tracing::info!("termination signal received");
-                    self.leaving = Some(Leaving::Terminated);
+                Event::Terminate(signal) => {
+                    self.leaving = Some(Leaving::Terminated(signal));
                     match &self.job {
                         Some(job) => {
-                            job.stop(Stop::Cancel("worker terminated".into()));
+                            // Not a cancel: nobody who owns the job asked for it to end.
+                            job.stop(Stop::Interrupt(platform_stop(signal)));
                             Flow::Continue
                         }
                         None => Flow::Close,
@@ -180,7 +182,19 @@ impl Session {
                 "worker is already running job {}",
                 running.job_id()
             )),
-            (None, Some(_)) => Err("worker is shutting down".to_string()),
+            // The job did not fail: it met a worker on its way out, and must run elsewhere.
+            (None, Some(Leaving::Terminated(signal))) => {
+                return self
+                    .send(Msg::JobFinished(JobFinished {
+                        job_id,
+                        outcome: JobOutcome::Interrupted as i32,
+                        exit_code: None,
+                        signal: None,
+                        message: platform_stop(signal),
+                    }))
+                    .await;
+            }
+            (None, Some(Leaving::Shutdown(_))) => Err("worker is shutting down".to_string()),
             (None, None) => Assignment::from_wire(assign).map_err(|err| err.to_string()),
         };
         match refusal {
@@ -264,12 +278,17 @@ impl Session {
                 tracing::error!(job = %job.job_id(), "the killed job did not end in time");
             }
         }
-        if self.leaving == Some(Leaving::Terminated) {
+        if matches!(self.leaving, Some(Leaving::Terminated(_))) {
             tracing::info!(cause, "connection lost while terminating");
             return Ok(());
         }
         Err(WorkerError::LostConnection(cause))
     }
+}
+
+/// What the worker says of a job its platform's signal stopped.
+fn platform_stop(signal: &str) -> String {
+    format!("worker terminated by its platform ({signal})")
 }
 
 /// The running job's report, or never when no job runs.

@@ -7,15 +7,17 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::WorkerError;
 
 /// Installs the handlers now (so a signal arriving during registration is not lost, and the
-/// default action — dying without reporting — never applies) and resolves on the first signal.
-/// Must be called inside the Tokio runtime.
-pub fn termination() -> Result<impl Future<Output = ()>, WorkerError> {
+/// default action — dying without reporting — never applies) and resolves on the first signal,
+/// with its name. Must be called inside the Tokio runtime.
+pub fn termination() -> Result<impl Future<Output = &'static str>, WorkerError> {
     let mut term = signal(SignalKind::terminate()).map_err(WorkerError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(WorkerError::Signals)?;
     Ok(async move {
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = int.recv() => tracing::info!("SIGINT received"),
-        }
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "termination signal received");
+        name
     })
 }

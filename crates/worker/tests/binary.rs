@@ -224,7 +224,7 @@ async fn given_a_running_job_when_the_server_drops_the_stream_then_the_binary_ki
 }
 
 #[tokio::test]
-async fn given_a_running_job_when_the_binary_gets_sigterm_then_it_reports_the_job_cancelled_and_exits_0()
+async fn given_a_running_job_when_the_binary_gets_sigterm_then_it_reports_the_job_interrupted_and_exits_0()
  {
     let mut fake = FakeServer::start().await;
     let child = worker_for(&fake).spawn().expect("spawn");
@@ -239,8 +239,11 @@ async fn given_a_running_job_when_the_binary_gets_sigterm_then_it_reports_the_jo
     session.expect_close().await;
     let exit = wait(child).await;
 
-    assert_eq!(job.outcome(), JobOutcome::Cancelled);
-    assert_eq!(job.finished().message, "worker terminated");
+    assert_eq!(job.outcome(), JobOutcome::Interrupted);
+    assert_eq!(
+        job.finished().message,
+        "worker terminated by its platform (SIGTERM)"
+    );
     assert_eq!(exit.code, Some(0), "stderr: {}", exit.stderr);
     assert_eq!(survivors_of_group(started.pid).await, Vec::<u32>::new());
 }

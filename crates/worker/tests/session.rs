@@ -34,6 +34,7 @@ impl Worker {
             if signal.await.is_err() {
                 std::future::pending::<()>().await;
             }
+            "SIGTERM"
         };
         Self {
             task: tokio::spawn(hodei_worker::run(config, signal)),
@@ -317,7 +318,7 @@ async fn given_an_idle_worker_when_the_stream_fails_with_an_error_then_the_worke
 }
 
 #[tokio::test]
-async fn given_a_running_job_when_the_worker_is_terminated_then_the_job_is_cancelled_reported_and_the_exit_is_clean()
+async fn given_a_running_job_when_the_worker_is_terminated_then_the_job_is_reported_interrupted_not_cancelled_and_the_exit_is_clean()
  {
     let mut fake = FakeServer::start().await;
     let mut worker = Worker::start(config(&fake.url, TOKEN));
@@ -330,8 +331,11 @@ async fn given_a_running_job_when_the_worker_is_terminated_then_the_job_is_cance
     worker.terminate();
     let job = session.job_until_finished().await;
 
-    assert_eq!(job.outcome(), JobOutcome::Cancelled);
-    assert_eq!(job.finished().message, "worker terminated");
+    assert_eq!(job.outcome(), JobOutcome::Interrupted);
+    assert_eq!(
+        job.finished().message,
+        "worker terminated by its platform (SIGTERM)"
+    );
     session.expect_close().await;
     worker.result().await.expect("clean exit");
     assert_eq!(survivors_of_group(started.pid).await, Vec::<u32>::new());

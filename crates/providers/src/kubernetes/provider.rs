@@ -18,7 +18,7 @@ use super::{
     config::KubernetesProviderConfig,
     errors::{self, Request},
     pod::{build_pod, build_secret, owner_reference_patch, pod_name, secret_name},
-    status::{Graces, classify},
+    status::{Graces, classify, stop_cause},
 };
 use crate::{
     ManagedWorker, ProviderError, WorkerHandle, WorkerProvider, WorkerSpec, WorkerStatus, labels,
@@ -330,6 +330,17 @@ impl WorkerProvider for KubernetesProvider {
             unschedulable: self.config.unschedulable_grace,
         };
         Ok(classify(&pod, Timestamp::now(), &graces))
+    }
+
+    /// Read from the Pod while it terminates. A Pod already gone was deleted (with no grace, or
+    /// it ended before we asked); this server deletes a worker's Pod only after its session.
+    async fn stop_cause(&self, worker_id: &WorkerId) -> Result<Option<String>, ProviderError> {
+        let name = pod_name(worker_id);
+        let request = self.request("get", "pods", Some(&name));
+        match self.call_opt(&request, self.pods.get(&name)).await? {
+            Some(pod) => Ok(stop_cause(&pod)),
+            None => Ok(Some("Pod deleted".into())),
+        }
     }
 
     /// Deletes the Pod (in the background, with the configured grace) and its Secret, then

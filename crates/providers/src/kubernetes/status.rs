@@ -124,6 +124,43 @@ pub fn classify(pod: &Pod, now: Timestamp, graces: &Graces) -> WorkerStatus {
     }
 }
 
+/// Why Kubernetes is stopping (or stopped) a worker Pod whose agent got SIGTERM, in the words an
+/// operator would use: `evicted`, `preempted` or `deleted`, with what the API says. The
+/// `DisruptionTarget` condition (Kubernetes 1.26+) names the cause of a disruption; a kubelet's
+/// node-pressure eviction sets the Pod's reason `Evicted`; any other stop of a Pod we have not
+/// deleted ourselves is a deletion (`kubectl delete`, a controller, the autoscaler) and shows
+/// only as a deletion timestamp. `None`: the Pod is not being stopped.
+pub fn stop_cause(pod: &Pod) -> Option<String> {
+    let status = pod.status.as_ref();
+    if status.and_then(|s| s.reason.as_deref()) == Some("Evicted") {
+        let message = status.and_then(|s| s.message.as_deref()).unwrap_or("");
+        return Some(join("Pod evicted", message));
+    }
+    let disruption = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|conditions| {
+            conditions
+                .iter()
+                .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+        });
+    if let Some(condition) = disruption {
+        let reason = condition.reason.as_deref().unwrap_or("");
+        let what = match reason {
+            "PreemptionByScheduler" | "PreemptionByKubeScheduler" => "Pod preempted",
+            "EvictionByEvictionAPI" | "TerminationByKubelet" | "DeletionByTaintManager" => {
+                "Pod evicted"
+            }
+            _ => "Pod deleted",
+        };
+        let detail = join(reason, condition.message.as_deref().unwrap_or(""));
+        return Some(join(what, &detail));
+    }
+    pod.metadata
+        .deletion_timestamp
+        .as_ref()
+        .map(|_| "Pod deleted".to_string())
+}
+
 /// Time since the Pod was created; a Pod without a creation time counts as old, so a failure
 /// is reported rather than waited on forever.
 fn age(pod: &Pod, now: Timestamp) -> Duration {
@@ -522,6 +559,68 @@ mod tests {
                 exit_code: Some(0),
                 detail: "exit code 0 (Completed)".into()
             }
+        );
+    }
+
+    fn with_disruption(mut pod: Pod, reason: &str, message: &str) -> Pod {
+        pod.status.as_mut().unwrap().conditions = Some(vec![PodCondition {
+            type_: "DisruptionTarget".into(),
+            status: "True".into(),
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            ..PodCondition::default()
+        }]);
+        pod
+    }
+
+    #[test]
+    fn a_running_pod_nobody_stops_has_no_stop_cause() {
+        assert_eq!(stop_cause(&pod("Running", running())), None);
+    }
+
+    #[test]
+    fn a_pod_with_a_deletion_timestamp_was_deleted() {
+        let mut pod = pod("Running", running());
+        pod.metadata.deletion_timestamp = Some(Time(after(3)));
+        assert_eq!(stop_cause(&pod), Some("Pod deleted".into()));
+    }
+
+    #[test]
+    fn a_disruption_target_says_evicted_or_preempted_over_a_plain_deletion() {
+        let mut drained = with_disruption(
+            pod("Running", running()),
+            "EvictionByEvictionAPI",
+            "Eviction API: evicting",
+        );
+        drained.metadata.deletion_timestamp = Some(Time(after(3)));
+        assert_eq!(
+            stop_cause(&drained),
+            Some("Pod evicted: EvictionByEvictionAPI: Eviction API: evicting".into())
+        );
+        let preempted = with_disruption(
+            pod("Running", running()),
+            "PreemptionByScheduler",
+            "default-scheduler: preempting to accommodate a higher priority pod",
+        );
+        assert_eq!(
+            stop_cause(&preempted),
+            Some(
+                "Pod preempted: PreemptionByScheduler: default-scheduler: preempting to \
+                 accommodate a higher priority pod"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn a_node_pressure_eviction_says_evicted_with_the_kubelets_message() {
+        let mut pod = pod("Failed", None);
+        let status = pod.status.as_mut().unwrap();
+        status.reason = Some("Evicted".into());
+        status.message = Some("The node was low on resource: memory.".into());
+        assert_eq!(
+            stop_cause(&pod),
+            Some("Pod evicted: The node was low on resource: memory.".into())
         );
     }
 

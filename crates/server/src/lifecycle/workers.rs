@@ -15,6 +15,9 @@ use crate::{
     registry::{AttachError, Phase},
 };
 
+/// How long the re-queue of an interrupted job waits for the provider to say why.
+const PLATFORM_STOP_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A worker recorded (`provisioning`) together with the job it claimed, to be created now.
 pub struct NewWorker {
     pub id: WorkerId,
@@ -257,6 +260,34 @@ impl Lifecycle {
                 .await;
         }
         self.retire(worker, state, reason);
+    }
+
+    /// Why `worker`'s platform stopped it, for the attempt's reason: the worker's own words
+    /// (`message`, e.g. "worker terminated by its platform (SIGTERM)"), and the provider's
+    /// when it knows better (Kubernetes: the Pod deleted, evicted or preempted).
+    pub async fn platform_stop_reason(&self, worker: WorkerId, message: String) -> String {
+        let message = if message.is_empty() {
+            "worker stopped by its platform".to_string()
+        } else {
+            message
+        };
+        let asked = tokio::time::timeout(
+            PLATFORM_STOP_QUERY_TIMEOUT,
+            self.core.provider.stop_cause(&worker),
+        )
+        .await;
+        match asked {
+            Ok(Ok(Some(cause))) => format!("{message}: {cause}"),
+            Ok(Ok(None)) => message,
+            Ok(Err(e)) => {
+                tracing::warn!(%worker, error = %e, "cannot learn why the platform stopped the worker");
+                message
+            }
+            Err(_) => {
+                tracing::warn!(%worker, "the provider did not say in time why the platform stopped the worker");
+                message
+            }
+        }
     }
 
     /// A worker nothing of this server can finish any more (its session panicked): the job it

@@ -12,7 +12,10 @@ mod output;
 
 use std::time::{Duration, Instant};
 
-use hodei_contract::{Assignment, convert::outcome_from_proto};
+use hodei_contract::{
+    Assignment,
+    convert::{WorkerReport, report_from_proto},
+};
 use hodei_domain::{Job, JobId, JobSecrets, JobState, WorkerId, WorkerState};
 use hodei_proto::v1::{self as pb, server_message, worker_message};
 use tonic::{Status, Streaming};
@@ -58,6 +61,9 @@ enum End {
     /// The worker was told to go.
     Retired(String),
     Lost(String),
+    /// The worker's platform stopped it (SIGTERM) while it held a job, with the worker's words:
+    /// an infrastructure failure, so the job is re-queued, not ended.
+    Interrupted(String),
     /// The server is being killed: leave everything as it is.
     Killed,
 }
@@ -448,7 +454,12 @@ impl Session {
             tracing::warn!(%worker, job = finished.job_id, "finish reported for a job the worker does not hold");
             return Ok(());
         };
-        let outcome = outcome_from_proto(&finished, current.cancel_reason.as_deref());
+        let outcome = match report_from_proto(&finished, current.cancel_reason.as_deref()) {
+            WorkerReport::Ended(outcome) => outcome,
+            // The job is still `current`, so the session ends holding it: re-queued, or
+            // `cancelled` if its owner had asked for that meanwhile.
+            WorkerReport::Interrupted { message } => return Err(End::Interrupted(message)),
+        };
         let reason = outcome.reason(current.job.spec.timeout);
         let recorded_idle = self
             .end_current(outcome.state(), outcome.exit_code(), &reason)
@@ -494,6 +505,12 @@ impl Session {
             End::Killed => return,
             End::Retired(reason) => (WorkerState::Terminated, reason),
             End::Lost(reason) => (WorkerState::Lost, format!("worker lost: {reason}")),
+            End::Interrupted(message) => (
+                WorkerState::Terminated,
+                self.lifecycle
+                    .platform_stop_reason(self.worker, message)
+                    .await,
+            ),
         };
         commands.close();
         let mut unsent = Vec::new();
