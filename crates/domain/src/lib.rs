@@ -26,4 +26,4 @@ pub use token::{MalformedToken, OneTimeToken, SecretHash, SessionCredential};
 pub use transitions::{
     JOB_TRANSITIONS, JobStep, JobTransition, WORKER_TRANSITIONS, WorkerStep, WorkerTransition,
 };
-pub use worker::{Worker, WorkerFailure, WorkerState};
+pub use worker::{Worker, WorkerFailure, WorkerState, image_pull_failure};

@@ -77,8 +77,16 @@ impl FromStr for WorkerState {
 /// (Pod conditions, container state, process exit) into one of these.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerFailure {
-    /// The image could not be pulled (ErrImagePull / ImagePullBackOff, or missing locally).
+    /// The image could not be pulled (ErrImagePull / ImagePullBackOff) for a reason that may
+    /// pass: a registry timing out, refusing for a while, rate limits.
     ImagePull {
+        image: String,
+        detail: String,
+    },
+    /// The image does not exist where the worker's platform looks for it (the registry says
+    /// `not found` / `manifest unknown`, its host never resolves, or it is not on the Docker
+    /// engine or node and must not be pulled). Permanent: no retry can succeed.
+    ImageNotFound {
         image: String,
         detail: String,
     },
@@ -124,6 +132,8 @@ impl fmt::Display for WorkerFailure {
             WorkerFailure::ImagePull { image, detail } => {
                 write!(f, "image pull failed for {image}: {detail}")
             }
+            // Short, for the job's reason; `detailed` adds what the platform said.
+            WorkerFailure::ImageNotFound { image, .. } => write!(f, "image not found: {image}"),
             WorkerFailure::InvalidImage { image, detail } => {
                 write!(f, "invalid image name {image}: {detail}")
             }
@@ -151,6 +161,52 @@ impl fmt::Display for WorkerFailure {
     }
 }
 
+impl WorkerFailure {
+    /// Whether another attempt cannot succeed, so the job fails in this one instead of being
+    /// retried: an image that does not exist or cannot even be named.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            WorkerFailure::ImageNotFound { .. } | WorkerFailure::InvalidImage { .. }
+        )
+    }
+
+    /// The sentence with everything the platform said, for the job's and the worker's reason;
+    /// `Display` alone names the class and the image, short enough for a list.
+    pub fn detailed(&self) -> String {
+        match self {
+            WorkerFailure::ImageNotFound { detail, .. } if !detail.is_empty() => {
+                format!("{self} ({detail})")
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// What a failed pull of `image` was, judged by the platform's message (`detail`): the image
+/// does not exist — permanent — or something that may pass. Messages come from container
+/// runtimes and registries (containerd, CRI-O, dockerd), so this matches the phrases they share
+/// rather than error codes, which the kubelet does not pass on.
+pub fn image_pull_failure(image: &str, detail: &str) -> WorkerFailure {
+    const MISSING: [&str; 8] = [
+        "not found",
+        "manifest unknown",
+        "no such host",
+        "name unknown",
+        "repository does not exist",
+        "no such image",
+        "errimageneverpull",
+        "not present",
+    ];
+    let lower = detail.to_lowercase();
+    let (image, detail) = (image.to_string(), detail.to_string());
+    if MISSING.iter().any(|phrase| lower.contains(phrase)) {
+        WorkerFailure::ImageNotFound { image, detail }
+    } else {
+        WorkerFailure::ImagePull { image, detail }
+    }
+}
+
 /// A worker as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Worker {
@@ -175,6 +231,54 @@ mod tests {
         for state in WorkerState::ALL {
             assert_eq!(state.as_str().parse::<WorkerState>(), Ok(state));
         }
+    }
+
+    #[test]
+    fn a_pull_of_an_image_that_does_not_exist_is_permanent() {
+        for detail in [
+            "ErrImagePull: rpc error: code = NotFound desc = failed to pull and unpack image \
+             \"docker.io/library/nope:1\": failed to resolve reference \
+             \"docker.io/library/nope:1\": docker.io/library/nope:1: not found",
+            "ErrImagePull: initializing source docker://quay.io/x/nope:1: reading manifest 1 \
+             in quay.io/x/nope: manifest unknown",
+            "ErrImagePull: failed to do request: Head \"https://registry.invalid/v2/x/manifests/1\": \
+             dial tcp: lookup registry.invalid: no such host",
+            "ErrImageNeverPull: Container image \"x:1\" is not present with pull policy of Never",
+        ] {
+            let failure = image_pull_failure("x:1", detail);
+            assert!(
+                matches!(failure, WorkerFailure::ImageNotFound { .. }),
+                "{detail}: {failure:?}"
+            );
+            assert!(failure.is_permanent(), "{detail}");
+        }
+    }
+
+    #[test]
+    fn a_pull_that_may_succeed_later_is_not_permanent() {
+        for detail in [
+            "ErrImagePull: failed to do request: Head \"https://ghcr.io/v2/x/manifests/1\": \
+             dial tcp 140.82.121.34:443: i/o timeout",
+            "ErrImagePull: toomanyrequests: You have reached your pull rate limit",
+            "ImagePullBackOff: Back-off pulling image \"x:1\"",
+        ] {
+            let failure = image_pull_failure("x:1", detail);
+            assert!(
+                matches!(failure, WorkerFailure::ImagePull { .. }),
+                "{detail}: {failure:?}"
+            );
+            assert!(!failure.is_permanent(), "{detail}");
+        }
+    }
+
+    #[test]
+    fn a_missing_image_reads_short_with_the_detail_kept_apart() {
+        let failure = image_pull_failure("x:1", "ErrImagePull: x:1: not found");
+        assert_eq!(failure.to_string(), "image not found: x:1");
+        assert_eq!(
+            failure.detailed(),
+            "image not found: x:1 (ErrImagePull: x:1: not found)"
+        );
     }
 
     #[test]

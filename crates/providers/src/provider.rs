@@ -80,7 +80,7 @@ pub enum ProviderError {
     },
     /// The request reached the backend, which answered with a classified worker failure
     /// (e.g. the image does not exist).
-    #[error("{0}")]
+    #[error("{}", .0.detailed())]
     WorkerFailed(WorkerFailure),
 }
 

@@ -452,12 +452,12 @@ async fn a_missing_image_fails_fast_as_an_image_pull_failure_and_leaves_nothing(
         "took {:?}",
         started.elapsed()
     );
-    let ProviderError::WorkerFailed(WorkerFailure::ImagePull {
+    let ProviderError::WorkerFailed(WorkerFailure::ImageNotFound {
         image: failed_image,
         detail,
     }) = &err
     else {
-        panic!("expected an ImagePull failure, got {err:?}");
+        panic!("expected an ImageNotFound failure, got {err:?}");
     };
     assert_eq!(failed_image, image);
     assert_eq!(detail, IMAGE_NOT_PRESENT);

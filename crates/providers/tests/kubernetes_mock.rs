@@ -642,6 +642,103 @@ async fn worker_status_is_not_found_after_a_404_and_classifies_the_pod_otherwise
 }
 
 #[tokio::test]
+async fn an_image_the_registry_does_not_have_is_a_permanent_failure_at_once_despite_the_pull_grace()
+{
+    let mut config = config();
+    config.image_pull_grace = Duration::from_secs(3600);
+    let (provider, mut api) = mock_provider(config);
+    let id = WorkerId::new();
+    let name = pod_name(&id);
+    let task = run(provider, |p| async move { p.worker_status(&id).await });
+
+    let (_, respond) = api.expect(Method::GET, &format!("{PODS}/{name}")).await;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    respond_json(
+        respond,
+        200,
+        &pod_json(
+            &name,
+            json!({ "creationTimestamp": now }),
+            json!({ "phase": "Pending", "containerStatuses": [{
+                "name": "worker", "image": IMAGE, "imageID": "", "ready": false,
+                "restartCount": 0,
+                "state": { "waiting": { "reason": "ErrImagePull",
+                    "message": "rpc error: code = NotFound desc = failed to pull and unpack image \
+                                \"docker.io/library/hodei-worker:e2e-test\": not found" } },
+            }] }),
+        ),
+    );
+
+    let status = finish(task).await.unwrap();
+    let WorkerStatus::Failed(failure) = status else {
+        panic!("a missing image must fail at once, got {status:?}");
+    };
+    assert!(
+        matches!(&failure, WorkerFailure::ImageNotFound { image, .. } if image == IMAGE),
+        "{failure:?}"
+    );
+    assert!(failure.is_permanent());
+}
+
+#[tokio::test]
+async fn the_stop_cause_of_a_worker_is_read_from_its_pod_evicted_preempted_deleted_or_gone() {
+    let (provider, mut api) = mock_provider(config());
+    let id = WorkerId::new();
+    let name = pod_name(&id);
+    let task = run(provider, |p| async move {
+        let mut causes = Vec::new();
+        for _ in 0..5 {
+            causes.push(p.stop_cause(&id).await.unwrap());
+        }
+        causes
+    });
+
+    let created = json!({ "creationTimestamp": "2026-01-01T00:00:00Z" });
+    let deleting = json!({ "creationTimestamp": "2026-01-01T00:00:00Z",
+                           "deletionTimestamp": "2026-01-01T00:01:00Z" });
+    let running = json!({ "phase": "Running" });
+    let disrupted = |reason: &str, message: &str| {
+        json!({ "phase": "Running", "conditions": [{
+            "type": "DisruptionTarget", "status": "True", "reason": reason, "message": message }] })
+    };
+    for (metadata, status) in [
+        (created.clone(), running.clone()),
+        (deleting.clone(), running),
+        (
+            deleting.clone(),
+            disrupted("EvictionByEvictionAPI", "Eviction API: evicting"),
+        ),
+        (
+            deleting,
+            disrupted(
+                "PreemptionByScheduler",
+                "default-scheduler: preempting to accommodate a higher priority pod",
+            ),
+        ),
+    ] {
+        let (_, respond) = api.expect(Method::GET, &format!("{PODS}/{name}")).await;
+        respond_json(respond, 200, &pod_json(&name, metadata, status));
+    }
+    let (_, respond) = api.expect(Method::GET, &format!("{PODS}/{name}")).await;
+    respond_not_found(respond, "pod");
+
+    assert_eq!(
+        finish(task).await,
+        vec![
+            None,
+            Some("Pod deleted".into()),
+            Some("Pod evicted: EvictionByEvictionAPI: Eviction API: evicting".into()),
+            Some(
+                "Pod preempted: PreemptionByScheduler: default-scheduler: preempting to \
+                 accommodate a higher priority pod"
+                    .into()
+            ),
+            Some("Pod deleted".into()),
+        ]
+    );
+}
+
+#[tokio::test]
 async fn an_unreachable_api_is_unavailable_and_says_why() {
     let (provider, mut api) = mock_provider(config());
     let id = WorkerId::new();

@@ -83,6 +83,11 @@ pub struct Config {
     pub idle_timeout: Duration,
     #[arg(long, env = "HODEI_PROVISIONING_TIMEOUT", default_value = "120s", value_parser = duration::parse)]
     pub provisioning_timeout: Duration,
+    /// How long a failing image pull that may pass (a registry timing out, a rate limit) is
+    /// waited out before the attempt fails (Kubernetes); an image that does not exist fails at
+    /// once.
+    #[arg(long, env = "HODEI_IMAGE_PULL_GRACE", default_value = "30s", value_parser = duration::parse)]
+    pub image_pull_grace: Duration,
     #[arg(long, env = "HODEI_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = duration::parse)]
     pub heartbeat_interval: Duration,
     #[arg(long, env = "HODEI_HEARTBEAT_TIMEOUT", default_value = "20s", value_parser = duration::parse)]
@@ -247,6 +252,7 @@ impl Config {
             max_jobs_per_worker: self.max_jobs_per_worker,
             idle_timeout: self.idle_timeout,
             provisioning_timeout: self.provisioning_timeout,
+            image_pull_grace: self.image_pull_grace,
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
             kill_grace: self.kill_grace,
@@ -302,6 +308,7 @@ impl Config {
                     .parse::<RestartPolicy>()
                     .map_err(|e| anyhow::anyhow!("--k8s-restart-policy: {e}"))?;
                 config.service_account = self.k8s_service_account.clone();
+                config.image_pull_grace = self.image_pull_grace;
                 Ok(Arc::new(KubernetesProvider::connect(config).await?))
             }
         }
@@ -366,7 +373,31 @@ fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use clap::CommandFactory;
+
     use super::*;
+
+    #[test]
+    fn the_image_pull_grace_is_a_setting_from_its_flag_or_environment() {
+        let default = Config::try_parse_from(["hodei-server", "--database-url", "postgres://x/y"])
+            .expect("valid flags");
+        assert_eq!(default.image_pull_grace, Duration::from_secs(30));
+        let config = Config::try_parse_from([
+            "hodei-server",
+            "--database-url",
+            "postgres://x/y",
+            "--image-pull-grace",
+            "5s",
+        ])
+        .expect("valid flags");
+        let settings = config.settings().expect("valid settings");
+        assert_eq!(settings.image_pull_grace, Duration::from_secs(5));
+        let flag = Config::command()
+            .get_arguments()
+            .find(|arg| arg.get_id() == "image_pull_grace")
+            .and_then(|arg| arg.get_env().map(|env| env.to_os_string()));
+        assert_eq!(flag.as_deref(), Some("HODEI_IMAGE_PULL_GRACE".as_ref()));
+    }
 
     #[test]
     fn duration_flags_read_the_contracts_grammar() {

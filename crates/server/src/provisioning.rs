@@ -68,7 +68,12 @@ pub async fn provision(lifecycle: Lifecycle, new: NewWorker) {
                 tracing::warn!(%worker, error = %e, "cannot record worker resource");
             }
         }
-        Err(e) => return fail(e.to_worker_failure().to_string()).await,
+        Err(e) => {
+            let failure = e.to_worker_failure();
+            return lifecycle
+                .provisioning_failed_with(worker, job.id, &failure)
+                .await;
+        }
     }
 
     let Some(mut phase) = core.registry.watch(worker) else {
@@ -95,7 +100,11 @@ pub async fn provision(lifecycle: Lifecycle, new: NewWorker) {
         match core.provider.worker_status(&worker).await {
             Ok(WorkerStatus::Pending { detail }) => last_seen = format!("pending: {detail}"),
             Ok(WorkerStatus::Running) => last_seen = "running, not registered".into(),
-            Ok(WorkerStatus::Failed(failure)) => return fail(failure.to_string()).await,
+            Ok(WorkerStatus::Failed(failure)) => {
+                return lifecycle
+                    .provisioning_failed_with(worker, job.id, &failure)
+                    .await;
+            }
             // It may have exited right after registering: the lifecycle only fails a worker
             // still provisioning.
             Ok(WorkerStatus::Exited { exit_code, detail }) => {

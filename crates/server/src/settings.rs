@@ -37,6 +37,10 @@ pub struct Settings {
     pub provisioning_timeout: Duration,
     /// How often the provider is asked about workers that have not registered yet.
     pub provisioning_poll_interval: Duration,
+    /// How long a failing image pull that may pass (a registry timing out, a rate limit) is
+    /// waited out before the attempt fails (Kubernetes). An image that does not exist fails
+    /// at once, whatever this says.
+    pub image_pull_grace: Duration,
     pub heartbeat_interval: Duration,
     /// A connected worker silent for this long is lost.
     pub heartbeat_timeout: Duration,
@@ -119,6 +123,7 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(60),
             provisioning_timeout: Duration::from_secs(120),
             provisioning_poll_interval: Duration::from_secs(1),
+            image_pull_grace: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(20),
             kill_grace: Duration::from_secs(10),

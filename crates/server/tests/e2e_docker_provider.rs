@@ -557,41 +557,89 @@ async fn a_worker_container_killed_mid_job_is_removed_once_exited_and_its_job_co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Docker and the worker image; run scripts/e2e/run-docker-e2e.sh"]
-async fn a_job_whose_worker_image_is_missing_fails_as_image_pull_failed_after_its_attempts_and_leaves_nothing()
+async fn a_worker_container_stopped_mid_job_has_its_job_requeued_not_cancelled_and_it_completes_in_a_new_container()
+-> anyhow::Result<()> {
+    let server = DockerServer::start(|_| {}).await?;
+    let id = server
+        .queue("echo attempt-$HODEI_JOB_ATTEMPT; if [ \"$HODEI_JOB_ATTEMPT\" = 1 ]; then sleep 300; fi; echo done")
+        .await?;
+    let running = server.wait_running(&id).await?;
+    let first = container_name(&running.worker_id.parse()?);
+    // `docker stop`: SIGTERM to the worker, SIGKILL after the engine's grace.
+    let stopped = tokio::process::Command::new("docker")
+        .args(["stop", "--time", "10", &first])
+        .output()
+        .await?;
+    anyhow::ensure!(
+        stopped.status.success(),
+        "docker stop {first}: {}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+
+    let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
+    assert_state(&job, pb::JobState::Succeeded);
+    assert_eq!(job.attempts, 2, "{}", describe(&job));
+    assert_ne!(job.worker_id, running.worker_id);
+    assert_eq!(job.attempt_history[0].outcome, "requeued");
+    assert_eq!(
+        job.attempt_history[0].reason, "worker terminated by its platform (SIGTERM)",
+        "{:?}",
+        job.attempt_history[0]
+    );
+    let lines = texts(&server.follow_logs(&id, JOB_TIMEOUT).await?);
+    assert_eq!(lines.last().map(String::as_str), Some("done"), "{lines:?}");
+    assert!(lines.contains(&"attempt-2".to_string()), "{lines:?}");
+
+    wait_gone(server.docker(), &first).await?;
+    server.wait_no_workers(GONE_TIMEOUT).await?;
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the worker image; run scripts/e2e/run-docker-e2e.sh"]
+async fn a_job_whose_worker_image_is_missing_fails_in_its_first_attempt_within_seconds_and_leaves_nothing()
 -> anyhow::Result<()> {
     let missing = format!(
         "hodei-worker:missing-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let server = DockerServer::start_with(container_settings()?, &missing, false).await?;
+    let queued = std::time::Instant::now();
     let id = server
         .queue_spec(pb::JobSpec {
-            max_attempts: Some(2),
+            max_attempts: Some(3),
             ..spec("echo never")
         })
         .await?;
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
+    let took = queued.elapsed();
     assert_state(&job, pb::JobState::Failed);
-    assert_eq!(job.attempts, 2, "{}", describe(&job));
+    // Permanent: retrying cannot make the image appear.
+    assert_eq!(job.attempts, 1, "{}", describe(&job));
+    assert!(took < Duration::from_secs(15), "failed after {took:?}");
     assert_eq!(job.exit_code, None);
-    let expected = format!("image pull failed for {missing}");
-    assert!(job.reason.contains(&expected), "{}", job.reason);
+    let expected = format!("image not found: {missing}");
+    assert!(job.reason.starts_with(&expected), "{}", job.reason);
+    assert_eq!(job.reason.matches(&missing).count(), 1, "{}", job.reason);
     assert!(
         job.reason.contains("scripts/build-worker-image.sh"),
         "the reason should say how to get the image: {}",
         job.reason
     );
-    assert_eq!(job.attempt_history.len(), 2, "{:?}", job.attempt_history);
-    for attempt in &job.attempt_history {
-        assert!(attempt.reason.contains(&expected), "{attempt:?}");
-    }
+    assert_eq!(job.attempt_history.len(), 1, "{:?}", job.attempt_history);
+    assert_eq!(job.attempt_history[0].outcome, "failed");
+    assert!(
+        job.attempt_history[0].reason.starts_with(&expected),
+        "{:?}",
+        job.attempt_history[0]
+    );
 
     server.wait_no_workers(GONE_TIMEOUT).await?;
     let rows = server.worker_rows().await?;
-    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.len(), 1, "{rows:?}");
     assert!(
         rows.iter()
-            .all(|(_, state, reason)| state == "failed" && reason.contains(&expected)),
+            .all(|(_, state, reason)| state == "failed" && reason.starts_with(&expected)),
         "{rows:?}"
     );
     assert!(server.containers().await?.is_empty());

@@ -73,7 +73,8 @@ pub(super) fn create_failed(
     let message = message_of(&error);
     match status_of(&error) {
         Some(404) if message.contains("No such image") => {
-            ProviderError::WorkerFailed(WorkerFailure::ImagePull {
+            // Permanent: the provider never pulls, so retrying cannot make it appear.
+            ProviderError::WorkerFailed(WorkerFailure::ImageNotFound {
                 image: image.to_string(),
                 detail: IMAGE_NOT_PRESENT.to_string(),
             })
@@ -108,16 +109,19 @@ mod tests {
     const T: Duration = Duration::from_secs(30);
 
     #[test]
-    fn a_missing_image_is_an_image_pull_failure_that_says_how_to_build_it() {
+    fn a_missing_image_is_a_permanent_image_failure_that_says_how_to_build_it() {
         let err = create_failed(
             "hodei-worker:x",
             "c",
             engine(404, "No such image: hodei-worker:x"),
             T,
         );
-        let ProviderError::WorkerFailed(WorkerFailure::ImagePull { image, detail }) = err else {
+        let ProviderError::WorkerFailed(failure @ WorkerFailure::ImageNotFound { image, detail }) =
+            &err
+        else {
             panic!("{err:?}")
         };
+        assert!(failure.is_permanent());
         assert_eq!(image, "hodei-worker:x");
         assert!(detail.contains("scripts/build-worker-image.sh"), "{detail}");
     }

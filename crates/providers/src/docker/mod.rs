@@ -3,7 +3,7 @@
 //! One container per worker, named [`container_name`] and labelled with [`crate::labels`].
 //! The provider never pulls: the worker image must already be on the engine (see
 //! `scripts/build-worker-image.sh`), and a missing image is reported at once as a
-//! [`WorkerFailure::ImagePull`](hodei_domain::WorkerFailure::ImagePull).
+//! [`WorkerFailure::ImageNotFound`](hodei_domain::WorkerFailure::ImageNotFound), a permanent failure.
 //! Containers are not auto-removed, so an early exit keeps its code, its OOM flag and its log
 //! until [`WorkerProvider::destroy_worker`] removes it.
 //!

@@ -6,7 +6,8 @@
 //! | container terminated `OOMKilled` (now or before a restart) | `Failed(OomKilled)` |
 //! | phase Failed, reason `Evicted` | `Failed(Evicted)` |
 //! | waiting `InvalidImageName` | `Failed(InvalidImage)` at once |
-//! | waiting `ErrImagePull` / `ImagePullBackOff` | `Pending` during the pull grace, then `Failed(ImagePull)` |
+//! | waiting `ErrImageNeverPull`, or `ErrImagePull` / `ImagePullBackOff` saying the image does not exist (`not found`, `manifest unknown`, `no such host`) | `Failed(ImageNotFound)` at once |
+//! | waiting `ErrImagePull` / `ImagePullBackOff` otherwise | `Pending` during the pull grace, then `Failed(ImagePull)` |
 //! | waiting `CrashLoopBackOff` | `Failed(CrashLoop)` with the last termination |
 //! | condition PodScheduled=False, reason `Unschedulable` | `Pending` during the unschedulable grace, then `Failed(Unschedulable)` |
 //! | phase Succeeded or Failed (also `DeadlineExceeded`) | `Exited` with the exit code and reason |
@@ -14,12 +15,13 @@
 //! | anything else (scheduling, ContainerCreating, …) | `Pending` with what is known |
 //!
 //! Both graces count from the Pod's creation. The kubelet keeps retrying a pull, so a brief
-//! registry hiccup must not fail the worker; the scheduler keeps retrying too, and an
+//! registry hiccup must not fail the worker (an image that does not exist will not appear by
+//! retrying, so it does not wait); the scheduler keeps retrying too, and an
 //! autoscaler may add a node, so Unschedulable is only final after its grace.
 
 use std::time::Duration;
 
-use hodei_domain::WorkerFailure;
+use hodei_domain::{WorkerFailure, image_pull_failure};
 use k8s_openapi::{
     api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus, Pod},
     jiff::Timestamp,
@@ -70,9 +72,13 @@ pub fn classify(pod: &Pod, now: Timestamp, graces: &Graces) -> WorkerStatus {
             "InvalidImageName" => {
                 return WorkerStatus::Failed(WorkerFailure::InvalidImage { image, detail });
             }
+            "ErrImageNeverPull" => {
+                return WorkerStatus::Failed(WorkerFailure::ImageNotFound { image, detail });
+            }
             "ErrImagePull" | "ImagePullBackOff" => {
-                return if age >= graces.image_pull {
-                    WorkerStatus::Failed(WorkerFailure::ImagePull { image, detail })
+                let failure = image_pull_failure(&image, &detail);
+                return if failure.is_permanent() || age >= graces.image_pull {
+                    WorkerStatus::Failed(failure)
                 } else {
                     WorkerStatus::Pending { detail }
                 };
@@ -403,10 +409,42 @@ mod tests {
 
     #[test]
     fn err_image_pull_counts_like_image_pull_backoff() {
-        let pod = pod("Pending", waiting("ErrImagePull", "not found"));
+        let pod = pod("Pending", waiting("ErrImagePull", "i/o timeout"));
+        assert!(matches!(
+            classify(&pod, after(29), &GRACES),
+            WorkerStatus::Pending { .. }
+        ));
         assert!(matches!(
             classify(&pod, after(31), &GRACES),
-            WorkerStatus::Failed(WorkerFailure::ImagePull { detail, .. }) if detail == "ErrImagePull: not found"
+            WorkerStatus::Failed(WorkerFailure::ImagePull { detail, .. }) if detail == "ErrImagePull: i/o timeout"
+        ));
+    }
+
+    #[test]
+    fn an_image_the_registry_does_not_have_fails_at_once_without_waiting_out_the_grace() {
+        let message = "rpc error: code = NotFound desc = failed to pull and unpack image \
+                       \"docker.io/library/hodei-worker:e2e-test\": not found";
+        for reason in ["ErrImagePull", "ImagePullBackOff"] {
+            let pod = pod("Pending", waiting(reason, message));
+            assert_eq!(
+                classify(&pod, after(1), &GRACES),
+                WorkerStatus::Failed(WorkerFailure::ImageNotFound {
+                    image: IMAGE.into(),
+                    detail: format!("{reason}: {message}"),
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn an_image_that_must_not_be_pulled_and_is_absent_fails_at_once() {
+        let pod = pod(
+            "Pending",
+            waiting("ErrImageNeverPull", "Container image is not present"),
+        );
+        assert!(matches!(
+            classify(&pod, after(0), &GRACES),
+            WorkerStatus::Failed(WorkerFailure::ImageNotFound { .. })
         ));
     }
 

@@ -5,7 +5,9 @@ use std::{future::Future, panic::AssertUnwindSafe};
 
 use chrono::Utc;
 use futures::FutureExt;
-use hodei_domain::{Job, JobId, OneTimeToken, SessionCredential, WorkerId, WorkerState};
+use hodei_domain::{
+    Job, JobId, JobState, OneTimeToken, SessionCredential, WorkerFailure, WorkerId, WorkerState,
+};
 use hodei_store::{StoreError, TokenRejection};
 
 use super::Lifecycle;
@@ -101,18 +103,39 @@ impl Lifecycle {
     /// Pod being deleted still holds its node's resources. Nothing happens if it registered
     /// meanwhile: its session owns it then.
     pub async fn provisioning_failed(&self, worker: WorkerId, job: JobId, reason: String) {
+        self.fail_provisioning(worker, job, &reason, false).await;
+    }
+
+    /// The same, for a failure the provider classified: a permanent one (the image does not
+    /// exist) ends the job `failed` in this attempt, since another cannot succeed.
+    pub async fn provisioning_failed_with(
+        &self,
+        worker: WorkerId,
+        job: JobId,
+        failure: &WorkerFailure,
+    ) {
+        self.fail_provisioning(worker, job, &failure.detailed(), failure.is_permanent())
+            .await;
+    }
+
+    async fn fail_provisioning(&self, worker: WorkerId, job: JobId, reason: &str, permanent: bool) {
         let core = &self.core;
         if !core.registry.retire_if_provisioning(worker) {
             return;
         }
-        tracing::warn!(%worker, %job, reason, "provisioning failed");
+        tracing::warn!(%worker, %job, reason, permanent, "provisioning failed");
         let _ = core
             .retry_db("recording a failed worker", || {
                 self.db
-                    .set_worker_state(worker, WorkerState::Failed, &reason)
+                    .set_worker_state(worker, WorkerState::Failed, reason)
             })
             .await;
-        self.requeue(job, worker, &reason).await;
+        if permanent {
+            self.job_ended(job, worker, JobState::Failed, None, reason)
+                .await;
+        } else {
+            self.requeue(job, worker, reason).await;
+        }
         if let Err(e) = core.provider.destroy_worker(&worker).await {
             tracing::warn!(%worker, error = %e, "cleaning up a failed worker failed; the orphan sweep will retry");
         }
