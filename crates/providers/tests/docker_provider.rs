@@ -435,7 +435,7 @@ async fn a_worker_over_its_memory_limit_is_failed_as_oom_killed() {
 
 #[tokio::test]
 #[ignore = "needs a Docker engine; run scripts/e2e/run-docker-e2e.sh"]
-async fn a_missing_image_fails_fast_as_an_image_pull_failure_and_leaves_nothing() {
+async fn a_missing_image_fails_fast_as_a_permanent_image_not_found_failure_and_leaves_nothing() {
     let instance = Instance::new("noimage");
     let image = "hodei-provider-test:does-not-exist";
     assert!(!image_exists(image), "{image} must not exist for this test");
