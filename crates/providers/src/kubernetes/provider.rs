@@ -10,7 +10,9 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy},
+    api::{
+        DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
+    },
 };
 
 use super::{
@@ -198,6 +200,41 @@ impl KubernetesProvider {
             .is_some())
     }
 
+    /// Deletes the object of `kind` named `name` only while it is the one with `uid`: a 409
+    /// (the precondition failed: another object took the name since it was listed) and a 404
+    /// both mean the listed one is gone.
+    async fn delete_listed<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        name: &str,
+        uid: &str,
+        grace_seconds: Option<u32>,
+    ) -> Result<(), ProviderError>
+    where
+        K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let params = DeleteParams {
+            grace_period_seconds: grace_seconds,
+            propagation_policy: Some(PropagationPolicy::Background),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        let request = self.request("delete", kind, Some(name));
+        let deleted = self.bounded(&request, api.delete(name, &params)).await?;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(e) if errors::is_not_found(&e) || errors::is_conflict(&e) => {
+                tracing::debug!(kind, name, uid, "listed object already gone");
+                Ok(())
+            }
+            Err(e) => Err(errors::from_kube(e, &request, &self.api)),
+        }
+    }
+
     async fn delete_secret(&self, name: &str) -> Result<(), ProviderError> {
         let request = self.request("delete", "secrets", Some(name));
         self.call_opt(
@@ -369,6 +406,7 @@ impl WorkerProvider for KubernetesProvider {
             managed.push(ManagedWorker {
                 worker_id,
                 resource: pod.metadata.name.clone().unwrap_or_default(),
+                uid: pod.metadata.uid.clone().unwrap_or_default(),
             });
         }
         for secret in &secrets.items {
@@ -378,12 +416,44 @@ impl WorkerProvider for KubernetesProvider {
             }
             managed.push(ManagedWorker {
                 worker_id,
-                resource: format!("secret/{}", secret.metadata.name.as_deref().unwrap_or("")),
+                resource: format!(
+                    "{SECRET_PREFIX}{}",
+                    secret.metadata.name.as_deref().unwrap_or("")
+                ),
+                uid: secret.metadata.uid.clone().unwrap_or_default(),
             });
         }
         Ok(managed)
     }
+
+    /// Deletes the Pod (or `secret/<name>`) by the name listed, with a UID precondition. A
+    /// Pod's token Secret goes with it through its owner reference; one that never got the
+    /// reference is listed on its own at the next sweep.
+    async fn remove_managed(&self, found: &ManagedWorker) -> Result<(), ProviderError> {
+        if found.resource.is_empty() || found.uid.is_empty() {
+            // Every object the API lists has both; without them nothing can be deleted safely.
+            return Err(ProviderError::Rejected {
+                provider: PROVIDER,
+                detail: format!("cannot remove {found:?}: the listing gave no name or uid"),
+            });
+        }
+        match found.resource.strip_prefix(SECRET_PREFIX) {
+            Some(secret) => {
+                self.delete_listed(&self.secrets, "secrets", secret, &found.uid, None)
+                    .await
+            }
+            None => {
+                let grace =
+                    u32::try_from(self.config.termination_grace.as_secs()).unwrap_or(u32::MAX);
+                self.delete_listed(&self.pods, "pods", &found.resource, &found.uid, Some(grace))
+                    .await
+            }
+        }
+    }
 }
+
+/// How [`KubernetesProvider::list_managed`] names a Secret listed without its Pod.
+const SECRET_PREFIX: &str = "secret/";
 
 fn worker_id_label(
     labels: Option<&std::collections::BTreeMap<String, String>>,
