@@ -724,6 +724,90 @@ async fn worker_status_is_not_found_after_a_404_and_classifies_the_pod_otherwise
     );
 }
 
+/// A worker Pod scheduled to a node whose container is still being created, as it stays when
+/// the node cannot create its sandbox.
+fn pod_creating_its_sandbox(name: &str) -> Value {
+    let mut pod = pod_json(
+        name,
+        json!({ "creationTimestamp": "2026-01-01T00:00:00Z" }),
+        json!({ "phase": "Pending", "containerStatuses": [{
+            "name": "worker", "image": IMAGE, "imageID": "", "ready": false, "restartCount": 0,
+            "state": { "waiting": { "reason": "ContainerCreating" } },
+        }] }),
+    );
+    pod["spec"]["nodeName"] = json!("kind-worker");
+    pod
+}
+
+#[tokio::test]
+async fn a_pod_whose_sandbox_cannot_be_created_fails_at_once_as_a_sandbox_creation_failure() {
+    let (provider, mut api) = mock_provider(config());
+    let id = WorkerId::new();
+    let name = pod_name(&id);
+    let task = run(provider, |p| async move { p.worker_status(&id).await });
+
+    let (_, respond) = api.expect(Method::GET, &format!("{PODS}/{name}")).await;
+    respond_json(respond, 200, &pod_creating_its_sandbox(&name));
+    // The Pod's status only says ContainerCreating; its events say why it never ends.
+    let (events, respond) = api
+        .expect(Method::GET, "/api/v1/namespaces/hodei-e2e/events")
+        .await;
+    assert_eq!(
+        events.query.get("fieldSelector").map(String::as_str),
+        Some("involvedObject.uid=pod-uid,reason=FailedCreatePodSandBox")
+    );
+    let message = "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to \
+                   start sandbox container task: cannot allocate memory";
+    respond_json(
+        respond,
+        200,
+        &json!({ "apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [{
+            "metadata": { "name": format!("{name}.1"), "namespace": NAMESPACE },
+            "involvedObject": { "kind": "Pod", "name": name, "uid": "pod-uid" },
+            "reason": "FailedCreatePodSandBox", "type": "Warning", "count": 3,
+            "message": message,
+            "lastTimestamp": "2026-01-01T00:00:05Z",
+        }] }),
+    );
+
+    assert_eq!(
+        finish(task).await.expect("worker_status"),
+        WorkerStatus::Failed(WorkerFailure::SandboxCreation {
+            detail: message.into()
+        })
+    );
+    api.expect_no_more_requests().await;
+}
+
+#[tokio::test]
+async fn events_the_provider_may_not_read_leave_a_pod_creating_its_sandbox_pending() {
+    let (provider, mut api) = mock_provider(config());
+    let id = WorkerId::new();
+    let name = pod_name(&id);
+    let task = run(provider, |p| async move { p.worker_status(&id).await });
+
+    let (_, respond) = api.expect(Method::GET, &format!("{PODS}/{name}")).await;
+    respond_json(respond, 200, &pod_creating_its_sandbox(&name));
+    let (_, respond) = api
+        .expect(Method::GET, "/api/v1/namespaces/hodei-e2e/events")
+        .await;
+    respond_status(
+        respond,
+        403,
+        "Forbidden",
+        "events is forbidden: User \"system:serviceaccount:hodei-e2e:old-role\" cannot list \
+         resource \"events\"",
+    );
+
+    assert_eq!(
+        finish(task).await.expect("worker_status"),
+        WorkerStatus::Pending {
+            detail: "ContainerCreating".into()
+        }
+    );
+    api.expect_no_more_requests().await;
+}
+
 #[tokio::test]
 async fn an_unreachable_api_is_unavailable_and_says_why() {
     let (provider, mut api) = mock_provider(config());

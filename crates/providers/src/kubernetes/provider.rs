@@ -3,9 +3,9 @@
 use std::{collections::HashSet, future::Future, str::FromStr};
 
 use async_trait::async_trait;
-use hodei_domain::WorkerId;
+use hodei_domain::{WorkerFailure, WorkerId};
 use k8s_openapi::{
-    api::core::v1::{Pod, Secret},
+    api::core::v1::{Event, Pod, Secret},
     jiff::Timestamp,
 };
 use kube::{
@@ -19,6 +19,7 @@ use super::{
     PROVIDER,
     config::KubernetesProviderConfig,
     errors::{self, Request},
+    events,
     pod::{build_pod, build_secret, owner_reference_patch, pod_name, secret_name},
     status::{Graces, classify},
 };
@@ -29,11 +30,13 @@ use crate::{
 /// Starts workers as Pods in one namespace.
 ///
 /// The API calls it makes are exactly those granted by `deploy/kubernetes/rbac-test.yaml`:
-/// pods `create`, `get`, `list`, `delete`; secrets `create`, `patch`, `list`, `delete`.
+/// pods `create`, `get`, `list`, `delete`; secrets `create`, `patch`, `list`, `delete`;
+/// events `list` (a Pod's sandbox failures).
 pub struct KubernetesProvider {
     config: KubernetesProviderConfig,
     pods: Api<Pod>,
     secrets: Api<Secret>,
+    events: Api<Event>,
     client: Client,
     /// How messages name the API: "the Kubernetes API at <url>" when the URL is known.
     api: String,
@@ -100,6 +103,7 @@ impl KubernetesProvider {
         Self {
             pods: Api::namespaced(client.clone(), &config.namespace),
             secrets: Api::namespaced(client.clone(), &config.namespace),
+            events: Api::namespaced(client.clone(), &config.namespace),
             client,
             config,
             api,
@@ -257,6 +261,23 @@ impl KubernetesProvider {
         }
     }
 
+    /// The sandbox failure the Pod's events report, if any. An error reading them (e.g. an
+    /// older Role without `events list`) is logged and read as "none": the Pod's status still
+    /// classifies everything else, and the provisioning deadline still ends the wait.
+    async fn sandbox_failure(&self, pod: &Pod) -> Option<WorkerFailure> {
+        let name = pod.metadata.name.as_deref().unwrap_or("");
+        let uid = pod.metadata.uid.as_deref()?;
+        let params = ListParams::default().fields(&events::sandbox_events_selector(uid));
+        let request = self.request("list", "events", None);
+        match self.call(&request, self.events.list(&params)).await {
+            Ok(list) => events::sandbox_failure(&list.items),
+            Err(e) => {
+                tracing::warn!(pod = name, error = %e, "cannot read the worker Pod's events");
+                None
+            }
+        }
+    }
+
     async fn wait_until_pod_gone(&self, name: &str) -> Result<(), ProviderError> {
         let deadline = tokio::time::Instant::now() + self.config.destroy_timeout;
         let request = self.request("get", "pods", Some(name));
@@ -366,7 +387,14 @@ impl WorkerProvider for KubernetesProvider {
             image_pull: self.config.image_pull_grace,
             unschedulable: self.config.unschedulable_grace,
         };
-        Ok(classify(&pod, Timestamp::now(), &graces))
+        let status = classify(&pod, Timestamp::now(), &graces);
+        if matches!(status, WorkerStatus::Pending { .. })
+            && events::may_be_creating_sandbox(&pod)
+            && let Some(failure) = self.sandbox_failure(&pod).await
+        {
+            return Ok(WorkerStatus::Failed(failure));
+        }
+        Ok(status)
     }
 
     /// Deletes the Pod (in the background, with the configured grace) and its Secret, then
