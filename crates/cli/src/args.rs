@@ -167,12 +167,14 @@ pub struct RunArgs {
     )]
     pub secrets: Vec<SecretArg>,
 
-    /// CPU limit in thousandths of a core (1000 = one core; `500m` also accepted)
+    /// CPU limit in thousandths of a core (1000 = one core; `500m` also accepted); at least
+    /// 100, 0 for none
     #[arg(long, value_name = "MILLIS", value_parser = units::parse_cpu_millis)]
     pub cpu: Option<u32>,
 
-    /// Memory limit: bytes, or with a unit: 512Mi, 1Gi (1024-based), 500M (1000-based)
-    #[arg(long, value_name = "SIZE", value_parser = units::parse_memory)]
+    /// Memory limit with a unit: 512Mi, 1Gi (1024-based), 500M (1000-based), 16777216B
+    /// (bytes); at least 16Mi, 0 for none
+    #[arg(long, value_name = "SIZE", value_parser = units::parse_memory_limit)]
     pub memory: Option<u64>,
 
     /// How many times an infrastructure failure (a lost worker) may re-queue the job;

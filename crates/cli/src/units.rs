@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use hodei_contract::duration;
+use hodei_domain::Resources;
 
 /// Bytes from `536870912`, `512Mi`, `1Gi`, `1.5Gi`, `500M`, `64k`, `2GiB`, `100MB`.
 ///
@@ -77,6 +78,36 @@ pub fn parse_memory(input: &str) -> Result<u64, String> {
     u64::try_from(bytes).map_err(|_| too_big())
 }
 
+/// `--memory`: a size with a unit (a bare number is refused: `--memory 512` once meant 512
+/// bytes, a limit no worker can start in), within the bounds every server applies
+/// ([`Resources::validate`]). `0` means no limit; `16777216B` spells bytes.
+pub fn parse_memory_limit(input: &str) -> Result<u64, String> {
+    let bytes = parse_memory(input)?;
+    let text = input.trim();
+    if bytes != 0 && text.ends_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!(
+            "{text:?} has no unit; write {text}Mi (mebibytes), {text}M (megabytes) or {text}B \
+             (bytes)"
+        ));
+    }
+    let min = Resources::MIN_MEMORY_BYTES;
+    if bytes != 0 && bytes < min {
+        return Err(format!(
+            "{text} is below the {} a worker needs to run in; ask for at least {}, or 0 for no \
+             limit",
+            format_memory(min),
+            format_memory(min)
+        ));
+    }
+    if bytes > Resources::MAX_MEMORY_BYTES {
+        return Err(format!(
+            "{text} is above the maximum of {}",
+            format_memory(Resources::MAX_MEMORY_BYTES)
+        ));
+    }
+    Ok(bytes)
+}
+
 /// `536870912` → `512Mi`; sizes that are not a whole number of KiB stay in bytes.
 pub fn format_memory(bytes: u64) -> String {
     const UNITS: [(&str, u32); 5] = [("Pi", 50), ("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)];
@@ -89,13 +120,28 @@ pub fn format_memory(bytes: u64) -> String {
     bytes.to_string()
 }
 
-/// Thousandths of a core from `500` or `500m`.
+/// Thousandths of a core from `500` or `500m`, within the bounds every server applies
+/// ([`Resources::validate`]); `0` means no limit.
 pub fn parse_cpu_millis(input: &str) -> Result<u32, String> {
     let text = input.trim();
     let digits = text.strip_suffix('m').unwrap_or(text);
-    digits.parse().map_err(|_| {
+    let millis: u32 = digits.parse().map_err(|_| {
         format!("{input:?} is not a CPU amount; write thousandths of a core, e.g. 500 or 500m")
-    })
+    })?;
+    let (min, max) = (Resources::MIN_CPU_MILLIS, Resources::MAX_CPU_MILLIS);
+    if millis != 0 && millis < min {
+        return Err(format!(
+            "{text} is {millis} thousandths of a core, below the {min} a worker needs; ask for \
+             at least {min} (1000 is one core), or 0 for no limit"
+        ));
+    }
+    if millis > max {
+        return Err(format!(
+            "{text} is above the maximum of {max} ({} cores)",
+            max / 1000
+        ));
+    }
+    Ok(millis)
 }
 
 /// Whole seconds, in the one duration grammar of [`hodei_contract::duration`] (`90`, `90s`,
@@ -189,6 +235,29 @@ mod tests {
     }
 
     #[test]
+    fn a_memory_limit_needs_a_unit_so_512_is_not_silently_bytes() {
+        let err = parse_memory_limit("512").unwrap_err();
+        assert!(err.contains("no unit") && err.contains("512Mi"), "{err}");
+        assert_eq!(parse_memory_limit("512Mi"), Ok(512 << 20));
+        assert_eq!(parse_memory_limit("0"), Ok(0), "0 means no limit");
+        assert_eq!(parse_memory_limit("16777216B"), Ok(16 << 20));
+    }
+
+    #[test]
+    fn a_memory_limit_below_what_a_worker_runs_in_is_refused_with_the_floor() {
+        for tiny in ["512B", "1Ki", "15Mi", "16M"] {
+            let err = parse_memory_limit(tiny).unwrap_err();
+            assert!(err.contains("at least 16Mi"), "{tiny}: {err}");
+        }
+        assert_eq!(parse_memory_limit("16Mi"), Ok(16 << 20));
+        assert!(
+            parse_memory_limit("5Ti")
+                .unwrap_err()
+                .contains("maximum of 4Ti")
+        );
+    }
+
+    #[test]
     fn memory_is_shown_in_the_largest_exact_binary_unit() {
         assert_eq!(format_memory(512 << 20), "512Mi");
         assert_eq!(format_memory(1 << 30), "1Gi");
@@ -201,8 +270,20 @@ mod tests {
     fn cpu_accepts_millis_with_or_without_m() {
         assert_eq!(parse_cpu_millis("500"), Ok(500));
         assert_eq!(parse_cpu_millis("1500m"), Ok(1500));
+        assert_eq!(parse_cpu_millis("0"), Ok(0), "0 means no limit");
         assert!(parse_cpu_millis("0.5").is_err());
         assert!(parse_cpu_millis("-1").is_err());
+    }
+
+    #[test]
+    fn cpu_below_a_tenth_of_a_core_is_refused_with_the_floor() {
+        let err = parse_cpu_millis("1").unwrap_err();
+        assert!(
+            err.contains("at least 100") && err.contains("1000 is one core"),
+            "{err}"
+        );
+        assert_eq!(parse_cpu_millis("100m"), Ok(100));
+        assert!(parse_cpu_millis("2000000").unwrap_err().contains("maximum"));
     }
 
     #[test]

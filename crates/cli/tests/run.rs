@@ -174,6 +174,28 @@ async fn given_a_bad_memory_size_when_run_then_it_is_a_usage_error_and_nothing_i
 }
 
 #[tokio::test]
+async fn given_a_memory_limit_without_a_unit_or_below_what_a_worker_runs_in_when_run_then_it_is_refused_before_calling_the_server()
+ {
+    let fake = FakeServer::start(vec![exits(0)]).await;
+
+    // `--memory 512` once queued a 512-byte limit that no Pod could start in.
+    let bare = finish(fake.hodei(&["run", "--memory", "512", "--", "true"])).await;
+    assert_eq!(bare.code, Some(2), "stderr: {}", bare.stderr);
+    assert!(bare.stderr.contains("--memory"), "{}", bare.stderr);
+    assert!(bare.stderr.contains("no unit"), "{}", bare.stderr);
+
+    let tiny = finish(fake.hodei(&["run", "--memory", "1Ki", "--", "true"])).await;
+    assert_eq!(tiny.code, Some(2), "stderr: {}", tiny.stderr);
+    assert!(tiny.stderr.contains("at least 16Mi"), "{}", tiny.stderr);
+
+    let cpu = finish(fake.hodei(&["run", "--cpu", "1", "--", "true"])).await;
+    assert_eq!(cpu.code, Some(2), "stderr: {}", cpu.stderr);
+    assert!(cpu.stderr.contains("at least 100"), "{}", cpu.stderr);
+
+    assert!(fake.queued_specs().is_empty());
+}
+
+#[tokio::test]
 async fn given_a_timeout_too_long_to_represent_when_run_then_one_sentence_names_the_flag_and_nothing_is_queued()
  {
     let fake = FakeServer::start(vec![exits(0)]).await;

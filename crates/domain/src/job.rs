@@ -7,12 +7,63 @@ use serde::{Deserialize, Serialize};
 
 use crate::{JobId, WorkerId};
 
-/// Requested resources. Zero means "no limit".
+/// Requested resources. Zero means "no limit"; any other value must lie within the bounds
+/// below, the same for every server and the CLI (see [`Resources::validate`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
     /// Thousandths of a CPU core.
     pub cpu_millis: u32,
     pub memory_bytes: u64,
+}
+
+impl Resources {
+    /// The least memory limit a worker runs in: the idle agent measures 5.8 MiB RSS, and the
+    /// job's `/bin/sh`, its command and the container runtime's own start share the same
+    /// cgroup. Below it a Pod's sandbox cannot even start (`FailedCreatePodSandBox … cannot
+    /// allocate memory`) and the job used to wait out the provisioning deadline, three times.
+    /// 16 MiB is Docker's own floor (6 MB) with room for the agent and a small command.
+    pub const MIN_MEMORY_BYTES: u64 = 16 << 20;
+    /// 4 TiB: more than any single node offers, so only a mistake (a unit typed twice, a
+    /// wrapped number) is refused; it also keeps the value inside the signed 64-bit integers
+    /// of PostgreSQL and the Docker API.
+    pub const MAX_MEMORY_BYTES: u64 = 4 << 40;
+    /// A tenth of a core. The quota is enforced per 100 ms period, so below it the agent gets
+    /// less than 10 ms in every 100 ms for its own start, TLS handshake and heartbeats, and a
+    /// job looks hung rather than slow. (Docker refuses less than 10m outright.)
+    pub const MIN_CPU_MILLIS: u32 = 100;
+    /// 1024 cores: more than any single node offers.
+    pub const MAX_CPU_MILLIS: u32 = 1024 * 1000;
+
+    /// Checks each limit that is set (non-zero) against the bounds above.
+    pub fn validate(self) -> Result<Self, JobSpecError> {
+        let memory = self.memory_bytes;
+        if memory != 0 && memory < Self::MIN_MEMORY_BYTES {
+            return Err(JobSpecError::MemoryTooSmall {
+                got: memory,
+                min: Self::MIN_MEMORY_BYTES,
+            });
+        }
+        if memory > Self::MAX_MEMORY_BYTES {
+            return Err(JobSpecError::MemoryTooLarge {
+                got: memory,
+                max: Self::MAX_MEMORY_BYTES,
+            });
+        }
+        let cpu = self.cpu_millis;
+        if cpu != 0 && cpu < Self::MIN_CPU_MILLIS {
+            return Err(JobSpecError::CpuTooSmall {
+                got: cpu,
+                min: Self::MIN_CPU_MILLIS,
+            });
+        }
+        if cpu > Self::MAX_CPU_MILLIS {
+            return Err(JobSpecError::CpuTooLarge {
+                got: cpu,
+                max: Self::MAX_CPU_MILLIS,
+            });
+        }
+        Ok(self)
+    }
 }
 
 /// Bounds applied to every submitted spec, and the defaults for omitted fields.
@@ -85,6 +136,29 @@ pub enum JobSpecError {
     TimeoutTooLong { secs: i64, max: u64 },
     #[error("max_attempts must be between 1 and {max}, got {got}")]
     InvalidMaxAttempts { got: u32, max: u32 },
+    #[error(
+        "resources.memory_bytes is {got} bytes, below the {min} bytes ({} MiB) a worker needs to \
+         run in; ask for at least {} MiB, or 0 for no limit",
+        .min >> 20,
+        .min >> 20
+    )]
+    MemoryTooSmall { got: u64, min: u64 },
+    #[error(
+        "resources.memory_bytes is {got} bytes, above the maximum of {max} bytes ({} TiB)",
+        .max >> 40
+    )]
+    MemoryTooLarge { got: u64, max: u64 },
+    #[error(
+        "resources.cpu_millis is {got} (thousandths of a core), below the minimum of {min} a \
+         worker needs; ask for at least {min}, or 0 for no limit"
+    )]
+    CpuTooSmall { got: u32, min: u32 },
+    #[error(
+        "resources.cpu_millis is {got} (thousandths of a core), above the maximum of {max} \
+         ({} cores)",
+        .max / 1000
+    )]
+    CpuTooLarge { got: u32, max: u32 },
 }
 
 impl JobSpec {
@@ -110,6 +184,7 @@ impl JobSpec {
             return Err(JobSpecError::CommandContainsNul);
         }
         validate_env(&env, limits)?;
+        let resources = resources.validate()?;
 
         let timeout = match timeout_seconds {
             None => limits.default_timeout,
@@ -433,6 +508,62 @@ mod tests {
             with_env("A", "a\0".into()),
             Err(JobSpecError::EnvValueContainsNul { .. })
         ));
+    }
+
+    fn with_resources(cpu_millis: u32, memory_bytes: u64) -> Result<JobSpec, JobSpecError> {
+        JobSpec::new(
+            "true".into(),
+            BTreeMap::new(),
+            None,
+            Resources {
+                cpu_millis,
+                memory_bytes,
+            },
+            None,
+            &JobSpecLimits::default(),
+        )
+    }
+
+    #[test]
+    fn a_memory_limit_below_what_a_worker_runs_in_is_refused_naming_the_field_and_the_floor() {
+        for tiny in [1, 512, (16 << 20) - 1] {
+            let err = with_resources(0, tiny).unwrap_err();
+            assert_eq!(
+                err,
+                JobSpecError::MemoryTooSmall {
+                    got: tiny,
+                    min: 16 << 20
+                }
+            );
+            let message = err.to_string();
+            assert!(message.contains("resources.memory_bytes"), "{message}");
+            assert!(message.contains("16 MiB"), "{message}");
+        }
+        assert!(with_resources(0, 16 << 20).is_ok());
+        assert!(with_resources(0, 0).is_ok(), "0 means no limit");
+    }
+
+    #[test]
+    fn a_cpu_limit_below_a_tenth_of_a_core_is_refused_naming_the_field_and_the_floor() {
+        let err = with_resources(1, 0).unwrap_err();
+        assert_eq!(err, JobSpecError::CpuTooSmall { got: 1, min: 100 });
+        assert!(err.to_string().contains("resources.cpu_millis"), "{err}");
+        assert!(err.to_string().contains("at least 100"), "{err}");
+        assert!(with_resources(100, 0).is_ok());
+    }
+
+    #[test]
+    fn limits_larger_than_any_node_are_refused() {
+        assert!(matches!(
+            with_resources(0, u64::MAX),
+            Err(JobSpecError::MemoryTooLarge { .. })
+        ));
+        assert!(with_resources(0, 4 << 40).is_ok());
+        assert!(matches!(
+            with_resources(u32::MAX, 0),
+            Err(JobSpecError::CpuTooLarge { .. })
+        ));
+        assert!(with_resources(1_024_000, 0).is_ok());
     }
 
     #[test]

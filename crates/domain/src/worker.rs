@@ -107,6 +107,11 @@ pub enum WorkerFailure {
     Evicted {
         detail: String,
     },
+    /// The node could not create the Pod's sandbox (event `FailedCreatePodSandBox`), e.g. a
+    /// memory limit too small for it; the container never starts.
+    SandboxCreation {
+        detail: String,
+    },
     /// The worker exited before it registered.
     ExitedEarly {
         exit_code: Option<i32>,
@@ -141,6 +146,9 @@ impl fmt::Display for WorkerFailure {
             WorkerFailure::Unschedulable { detail } => write!(f, "worker unschedulable: {detail}"),
             WorkerFailure::OomKilled => f.write_str("worker killed: out of memory"),
             WorkerFailure::Evicted { detail } => write!(f, "worker evicted: {detail}"),
+            WorkerFailure::SandboxCreation { detail } => {
+                write!(f, "worker Pod sandbox could not be created: {detail}")
+            }
             WorkerFailure::ExitedEarly {
                 exit_code: Some(code),
                 detail,

@@ -55,7 +55,13 @@ pub enum WorkerStatus {
 pub struct ManagedWorker {
     /// From the `hodei.io/worker-id` label; None when the label is missing or not a UUID.
     pub worker_id: Option<WorkerId>,
+    /// Its name, for people: Pod name (`secret/<name>` for a Secret), container name,
+    /// `pid/<pid>`. Not necessarily the name the provider would give this worker id.
     pub resource: String,
+    /// This very object as the backend identifies it: the Kubernetes UID, the Docker
+    /// container id, the process id. [`WorkerProvider::remove_managed`] removes by it, so an
+    /// object created since under the same name is never hit.
+    pub uid: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,4 +126,10 @@ pub trait WorkerProvider: Send + Sync + 'static {
 
     /// Every resource this provider can see with `instance`'s labels, for the reaper.
     async fn list_managed(&self, instance: &str) -> Result<Vec<ManagedWorker>, ProviderError>;
+
+    /// Removes exactly the resource `found` that [`Self::list_managed`] listed — by the name
+    /// and identity it was listed with, not by a name derived from its worker id, so one that
+    /// someone else named is removed too and one created since under the same name is left
+    /// alone. Idempotent: a resource already gone is removed. Does not wait for it to go.
+    async fn remove_managed(&self, found: &ManagedWorker) -> Result<(), ProviderError>;
 }

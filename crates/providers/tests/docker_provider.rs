@@ -293,6 +293,7 @@ async fn a_created_worker_container_has_our_name_labels_environment_and_limits()
         vec![ManagedWorker {
             worker_id: Some(spec.worker_id),
             resource: handle.resource.clone(),
+            uid: container_id(&handle.resource),
         }]
     );
 
@@ -634,10 +635,12 @@ async fn list_managed_sees_only_its_own_instance_including_stopped_containers() 
         ManagedWorker {
             worker_id: Some(running.worker_id),
             resource: container_name(&running.worker_id),
+            uid: container_id(&container_name(&running.worker_id)),
         },
         ManagedWorker {
             worker_id: Some(exited.worker_id),
             resource: container_name(&exited.worker_id),
+            uid: container_id(&container_name(&exited.worker_id)),
         },
     ];
     expected.sort_by(|a, b| a.resource.cmp(&b.resource));
@@ -647,8 +650,58 @@ async fn list_managed_sees_only_its_own_instance_including_stopped_containers() 
         vec![ManagedWorker {
             worker_id: Some(other.worker_id),
             resource: container_name(&other.worker_id),
+            uid: container_id(&container_name(&other.worker_id)),
         }]
     );
+}
+
+#[tokio::test]
+#[ignore = "needs a Docker engine; run scripts/e2e/run-docker-e2e.sh"]
+async fn removing_a_listed_container_removes_it_by_id_and_not_one_created_since_under_its_name() {
+    let instance = Instance::new("remove-listed");
+    let provider = provider().await;
+    let first = spec(&instance, "sleep 60");
+    provider.create_worker(&first).await.expect("create");
+    let name = container_name(&first.worker_id);
+    let listed = provider.list_managed(&instance.0).await.expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+
+    // Between the listing and the removal, the container goes and another takes its name,
+    // labelled with the same instance (so its drop guard removes it).
+    let removed = Command::new("docker")
+        .args(["rm", "--force", &name])
+        .output()
+        .expect("docker rm");
+    assert!(removed.status.success(), "{removed:?}");
+    let recreated = Command::new("docker")
+        .args(["create", "--name", &name, "--label"])
+        .arg(format!("{}={}", labels::INSTANCE, instance.0))
+        .args(["-e", "TEST_SCRIPT=sleep 60", test_image()])
+        .output()
+        .expect("docker create");
+    assert!(recreated.status.success(), "{recreated:?}");
+    let newcomer = container_id(&name);
+    assert_ne!(newcomer, listed[0].uid);
+
+    provider
+        .remove_managed(&listed[0])
+        .await
+        .expect("the listed container is already gone");
+    assert_eq!(
+        container_id(&name),
+        newcomer,
+        "the container created since under the name was removed"
+    );
+}
+
+/// The engine's id of the container named `name`, as `docker inspect` prints it.
+fn container_id(name: &str) -> String {
+    let output = Command::new("docker")
+        .args(["inspect", "--format", "{{.Id}}", name])
+        .output()
+        .expect("docker inspect");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -554,7 +554,7 @@ async fn list_managed_selects_by_manager_and_instance_and_reports_orphan_secrets
         200,
         &json!({ "apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [
             pod_json(&pod_name(&with_pod), json!({ "labels": labelled(with_pod.to_string()) }), json!({})),
-            pod_json("hodei-worker-odd", json!({ "labels": labelled("not-a-uuid".into()) }), json!({})),
+            pod_json("hodei-worker-odd", json!({ "labels": labelled("not-a-uuid".into()), "uid": "odd-uid" }), json!({})),
         ] }),
     );
 
@@ -573,7 +573,8 @@ async fn list_managed_selects_by_manager_and_instance_and_reports_orphan_secrets
     );
     let secret_meta = |id: &WorkerId| {
         json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                "metadata": { "name": secret_name(id), "labels": labelled(id.to_string()) } })
+                "metadata": { "name": secret_name(id), "uid": format!("uid-of-{}", secret_name(id)),
+                              "labels": labelled(id.to_string()) } })
     };
     respond_json(
         respond,
@@ -588,18 +589,100 @@ async fn list_managed_selects_by_manager_and_instance_and_reports_orphan_secrets
         vec![
             ManagedWorker {
                 worker_id: Some(with_pod),
-                resource: pod_name(&with_pod)
+                resource: pod_name(&with_pod),
+                uid: "pod-uid".into(),
             },
             ManagedWorker {
                 worker_id: None,
-                resource: "hodei-worker-odd".into()
+                resource: "hodei-worker-odd".into(),
+                uid: "odd-uid".into(),
             },
             ManagedWorker {
                 worker_id: Some(orphan),
-                resource: format!("secret/{}", secret_name(&orphan))
+                resource: format!("secret/{}", secret_name(&orphan)),
+                uid: format!("uid-of-{}", secret_name(&orphan)),
             },
         ]
     );
+    api.expect_no_more_requests().await;
+}
+
+#[tokio::test]
+async fn removing_a_listed_orphan_deletes_the_name_it_was_listed_with_under_a_uid_precondition() {
+    let (provider, mut api) = mock_provider(config());
+    let id = WorkerId::new();
+    // Labelled with a worker id, but not named `hodei-worker-<id>`: the sweep used to delete
+    // the derived name (a 404) and log "removing orphaned worker" forever.
+    let found = ManagedWorker {
+        worker_id: Some(id),
+        resource: "orphan-probe".into(),
+        uid: "1f6c0c52-probe-uid".into(),
+    };
+    let secret = ManagedWorker {
+        worker_id: Some(id),
+        resource: "secret/left-behind".into(),
+        uid: "secret-uid".into(),
+    };
+    let task = run(provider, {
+        let (found, secret) = (found.clone(), secret.clone());
+        |p| async move {
+            (
+                p.remove_managed(&found).await,
+                p.remove_managed(&found).await,
+                p.remove_managed(&secret).await,
+            )
+        }
+    });
+
+    let (delete, respond) = api
+        .expect(Method::DELETE, &format!("{PODS}/orphan-probe"))
+        .await;
+    assert_eq!(
+        delete.body,
+        json!({
+            "gracePeriodSeconds": 10,
+            "propagationPolicy": "Background",
+            "preconditions": { "uid": "1f6c0c52-probe-uid" },
+        })
+    );
+    respond_json(
+        respond,
+        200,
+        &pod_json(
+            "orphan-probe",
+            json!({ "uid": "1f6c0c52-probe-uid", "deletionTimestamp": "2026-01-01T00:00:10Z" }),
+            json!({ "phase": "Running" }),
+        ),
+    );
+    // Again, after someone re-created `orphan-probe`: the API refuses the precondition, and
+    // that newer Pod is not ours to delete.
+    let (again, respond) = api
+        .expect(Method::DELETE, &format!("{PODS}/orphan-probe"))
+        .await;
+    assert_eq!(
+        again.body["preconditions"],
+        json!({ "uid": "1f6c0c52-probe-uid" })
+    );
+    respond_status(
+        respond,
+        409,
+        "Conflict",
+        "Precondition failed: UID in precondition: 1f6c0c52-probe-uid, UID in object meta: \
+         0b9e-new",
+    );
+    let (delete_secret, respond) = api
+        .expect(Method::DELETE, &format!("{SECRETS}/left-behind"))
+        .await;
+    assert_eq!(
+        delete_secret.body["preconditions"],
+        json!({ "uid": "secret-uid" })
+    );
+    respond_not_found(respond, "secret");
+
+    let (first, second, third) = finish(task).await;
+    first.expect("the listed Pod is deleted");
+    second.expect("a Pod re-created under the name is left alone, and that is done");
+    third.expect("a Secret already gone is done");
     api.expect_no_more_requests().await;
 }
 
@@ -639,6 +722,90 @@ async fn worker_status_is_not_found_after_a_404_and_classifies_the_pod_otherwise
             detail: "InvalidImageName: Failed to apply default image tag".into(),
         })
     );
+}
+
+/// A worker Pod scheduled to a node whose container is still being created, as it stays when
+/// the node cannot create its sandbox.
+fn pod_creating_its_sandbox(name: &str) -> Value {
+    let mut pod = pod_json(
+        name,
+        json!({ "creationTimestamp": "2026-01-01T00:00:00Z" }),
+        json!({ "phase": "Pending", "containerStatuses": [{
+            "name": "worker", "image": IMAGE, "imageID": "", "ready": false, "restartCount": 0,
+            "state": { "waiting": { "reason": "ContainerCreating" } },
+        }] }),
+    );
+    pod["spec"]["nodeName"] = json!("kind-worker");
+    pod
+}
+
+#[tokio::test]
+async fn a_pod_whose_sandbox_cannot_be_created_fails_at_once_as_a_sandbox_creation_failure() {
+    let (provider, mut api) = mock_provider(config());
+    let id = WorkerId::new();
+    let name = pod_name(&id);
+    let task = run(provider, |p| async move { p.worker_status(&id).await });
+
+    let (_, respond) = api.expect(Method::GET, &format!("{PODS}/{name}")).await;
+    respond_json(respond, 200, &pod_creating_its_sandbox(&name));
+    // The Pod's status only says ContainerCreating; its events say why it never ends.
+    let (events, respond) = api
+        .expect(Method::GET, "/api/v1/namespaces/hodei-e2e/events")
+        .await;
+    assert_eq!(
+        events.query.get("fieldSelector").map(String::as_str),
+        Some("involvedObject.uid=pod-uid,reason=FailedCreatePodSandBox")
+    );
+    let message = "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to \
+                   start sandbox container task: cannot allocate memory";
+    respond_json(
+        respond,
+        200,
+        &json!({ "apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": [{
+            "metadata": { "name": format!("{name}.1"), "namespace": NAMESPACE },
+            "involvedObject": { "kind": "Pod", "name": name, "uid": "pod-uid" },
+            "reason": "FailedCreatePodSandBox", "type": "Warning", "count": 3,
+            "message": message,
+            "lastTimestamp": "2026-01-01T00:00:05Z",
+        }] }),
+    );
+
+    assert_eq!(
+        finish(task).await.expect("worker_status"),
+        WorkerStatus::Failed(WorkerFailure::SandboxCreation {
+            detail: message.into()
+        })
+    );
+    api.expect_no_more_requests().await;
+}
+
+#[tokio::test]
+async fn events_the_provider_may_not_read_leave_a_pod_creating_its_sandbox_pending() {
+    let (provider, mut api) = mock_provider(config());
+    let id = WorkerId::new();
+    let name = pod_name(&id);
+    let task = run(provider, |p| async move { p.worker_status(&id).await });
+
+    let (_, respond) = api.expect(Method::GET, &format!("{PODS}/{name}")).await;
+    respond_json(respond, 200, &pod_creating_its_sandbox(&name));
+    let (_, respond) = api
+        .expect(Method::GET, "/api/v1/namespaces/hodei-e2e/events")
+        .await;
+    respond_status(
+        respond,
+        403,
+        "Forbidden",
+        "events is forbidden: User \"system:serviceaccount:hodei-e2e:old-role\" cannot list \
+         resource \"events\"",
+    );
+
+    assert_eq!(
+        finish(task).await.expect("worker_status"),
+        WorkerStatus::Pending {
+            detail: "ContainerCreating".into()
+        }
+    );
+    api.expect_no_more_requests().await;
 }
 
 #[tokio::test]

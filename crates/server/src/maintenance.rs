@@ -28,9 +28,16 @@ pub async fn sweep_orphans(core: &Core) -> anyhow::Result<usize> {
             continue;
         }
         tracing::info!(%worker, resource = resource.resource, "removing orphaned worker");
-        match core.provider.destroy_worker(&worker).await {
+        // What was listed, not the name this worker id would be given: an orphan someone else
+        // named is removed too, and one re-created under its name since is left alone.
+        match core.provider.remove_managed(&resource).await {
             Ok(()) => removed += 1,
-            Err(e) => tracing::warn!(%worker, error = %e, "cannot remove orphaned worker"),
+            Err(e) => tracing::warn!(
+                %worker,
+                resource = resource.resource,
+                error = %e,
+                "cannot remove orphaned worker"
+            ),
         }
     }
     Ok(removed)

@@ -342,7 +342,17 @@ async fn create_labelled_container(
 ) -> anyhow::Result<String> {
     let worker = WorkerId::new();
     // Named like the provider names its workers: a server that crashed leaves exactly this.
-    let name = container_name(&worker);
+    create_labelled_container_named(docker, instance, worker, &container_name(&worker)).await
+}
+
+/// A running container with the labels of `worker` of `instance`, named `name`.
+async fn create_labelled_container_named(
+    docker: &bollard::Docker,
+    instance: &str,
+    worker: WorkerId,
+    name: &str,
+) -> anyhow::Result<String> {
+    let name = name.to_string();
     let body = ContainerCreateBody {
         image: Some(worker_image()),
         entrypoint: Some(vec!["/bin/sleep".into(), "300".into()]),
@@ -725,6 +735,22 @@ async fn orphaned_worker_containers_of_this_instance_are_removed_by_the_sweep_an
     let id = server.queue("echo still-fine").await?;
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
     assert_state(&job, pb::JobState::Succeeded);
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the worker image; run scripts/e2e/run-docker-e2e.sh"]
+async fn an_orphan_container_of_this_instance_that_someone_else_named_is_removed_by_the_sweep()
+-> anyhow::Result<()> {
+    let server = DockerServer::start(|_| {}).await?;
+    let worker = WorkerId::new();
+    // Labelled as a worker of this instance, named by hand: the sweep used to stop and remove
+    // `hodei-worker-<id>` (not there), report it removed, and find it again every sweep.
+    let name = format!("orphan-probe-{worker}");
+    create_labelled_container_named(server.docker(), &server.settings.instance, worker, &name)
+        .await?;
+    assert_ne!(name, container_name(&worker));
+    wait_gone(server.docker(), &name).await?;
     server.shutdown().await
 }
 

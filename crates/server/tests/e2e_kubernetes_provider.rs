@@ -32,7 +32,7 @@ use hodei_providers::{
     WorkerProvider, WorkerSpec, WorkerStatus,
     kubernetes::{
         CONTAINER_NAME, KubernetesProvider, KubernetesProviderConfig, RestartPolicy, TOKEN_KEY,
-        pod_name, secret_name, test_namespace,
+        build_pod, pod_name, secret_name, test_namespace,
     },
     labels,
 };
@@ -1071,6 +1071,48 @@ async fn the_orphan_sweep_removes_a_labelled_pod_the_database_does_not_know() ->
     provider.destroy_worker(&foreign.worker_id).await?;
     cluster.assert_nothing_left(&instance).await?;
     cluster.assert_nothing_left(&foreign_instance).await?;
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster; run scripts/e2e/run-kubernetes-e2e.sh"]
+async fn the_orphan_sweep_removes_a_labelled_pod_named_orphan_probe_by_the_name_it_listed()
+-> anyhow::Result<()> {
+    let cluster = Cluster::connect().await;
+    let settings = pod_settings()?;
+    let instance = settings.instance.clone();
+    let _guard = cluster.guard(&[&instance]);
+
+    // A worker Pod of this instance, labelled with a worker id the database does not know, but
+    // named by hand: the sweep used to delete `hodei-worker-<id>` (404) and log "removing
+    // orphaned worker" for it every sweep while it stayed.
+    let worker = bare_worker(&instance, &unanswered_address()?);
+    let mut pod = build_pod(&worker, &provider_config());
+    pod.metadata.name = Some("orphan-probe".into());
+    let created = cluster.pods.create(&PostParams::default(), &pod).await?;
+    let uid = created.metadata.uid.clone().unwrap_or_default();
+    assert_ne!(pod_name(&worker.worker_id), "orphan-probe");
+
+    let server = TestServer::start(settings, cluster.provider(provider_config()).await?).await?;
+    let pods = &cluster.pods;
+    wait_for("Pod orphan-probe of this run to be gone", GONE, || {
+        let uid = uid.clone();
+        async move {
+            Ok(match pods.get_opt("orphan-probe").await? {
+                // Another run's Pod of the same name is not this test's business.
+                Some(pod) if pod.metadata.uid.as_deref() == Some(uid.as_str()) => {
+                    Probe::Pending(pod_summary(&pod))
+                }
+                _ => Probe::Ready(()),
+            })
+        }
+    })
+    .await?;
+    assert!(
+        server.worker_rows().await?.is_empty(),
+        "the sweep records nothing"
+    );
+    cluster.assert_nothing_left(&instance).await?;
     server.shutdown().await
 }
 

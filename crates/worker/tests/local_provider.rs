@@ -116,6 +116,7 @@ async fn given_a_server_environment_holding_secrets_when_a_local_worker_runs_a_j
         vec![ManagedWorker {
             worker_id: Some(spec.worker_id),
             resource: handle.resource.clone(),
+            uid: pid.to_string(),
         }]
     );
 

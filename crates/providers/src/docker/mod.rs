@@ -176,6 +176,28 @@ impl DockerProvider {
         }
     }
 
+    /// Stops `container` (a name or an id) within the stop grace, removes it, and waits until
+    /// it is gone; a container already gone is done.
+    async fn stop_and_remove(&self, container: &str) -> Result<(), ProviderError> {
+        let grace = i32::try_from(self.config.stop_grace.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::default().t(grace).build();
+        // A stop may legitimately take the whole grace; the usual request timeout is shorter.
+        let stopper = self
+            .docker
+            .clone()
+            .with_timeout(self.config.stop_grace + STOP_SLACK);
+        // 304 (not running: created or exited) arrives as Ok.
+        match stopper.stop_container(container, Some(options)).await {
+            Ok(()) => {}
+            Err(e) if errors::is_not_found(&e) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(container, error = %e, "stopping worker container failed; removing it by force")
+            }
+        }
+        self.force_remove(container).await?;
+        self.wait_until_gone(container).await
+    }
+
     /// Polls until the engine no longer knows `name`, or `destroy_timeout` passes.
     async fn wait_until_gone(&self, name: &str) -> Result<(), ProviderError> {
         let deadline = tokio::time::Instant::now() + self.config.destroy_timeout;
@@ -311,23 +333,7 @@ impl WorkerProvider for DockerProvider {
 
     async fn destroy_worker(&self, worker_id: &WorkerId) -> Result<(), ProviderError> {
         let name = container_name(worker_id);
-        let grace = i32::try_from(self.config.stop_grace.as_secs()).unwrap_or(i32::MAX);
-        let options = StopContainerOptionsBuilder::default().t(grace).build();
-        // A stop may legitimately take the whole grace; the usual request timeout is shorter.
-        let stopper = self
-            .docker
-            .clone()
-            .with_timeout(self.config.stop_grace + STOP_SLACK);
-        // 304 (not running: created or exited) arrives as Ok.
-        match stopper.stop_container(&name, Some(options)).await {
-            Ok(()) => {}
-            Err(e) if errors::is_not_found(&e) => return Ok(()),
-            Err(e) => {
-                tracing::warn!(container = %name, error = %e, "stopping worker container failed; removing it by force")
-            }
-        }
-        self.force_remove(&name).await?;
-        self.wait_until_gone(&name).await?;
+        self.stop_and_remove(&name).await?;
         tracing::debug!(%worker_id, container = %name, "destroyed worker container");
         Ok(())
     }
@@ -357,19 +363,34 @@ impl WorkerProvider for DockerProvider {
                     .as_ref()
                     .and_then(|labels| labels.get(labels::WORKER_ID))
                     .and_then(|id| id.parse().ok());
+                let id = container.id.unwrap_or_default();
                 // Names come with a leading slash; fall back to the id for a nameless one.
                 let resource = container
                     .names
                     .and_then(|names| names.into_iter().next())
                     .map(|name| name.trim_start_matches('/').to_string())
-                    .or(container.id)
-                    .unwrap_or_default();
+                    .unwrap_or_else(|| id.clone());
                 ManagedWorker {
                     worker_id,
                     resource,
+                    uid: id,
                 }
             })
             .collect())
+    }
+
+    /// By the container id listed: ids are never reused, so a container created since under
+    /// the same name is not hit, and one someone else named is removed too.
+    async fn remove_managed(&self, found: &ManagedWorker) -> Result<(), ProviderError> {
+        if found.uid.is_empty() {
+            return Err(ProviderError::Rejected {
+                provider: PROVIDER,
+                detail: format!("cannot remove {found:?}: the listing gave no container id"),
+            });
+        }
+        self.stop_and_remove(&found.uid).await?;
+        tracing::debug!(worker_id = ?found.worker_id, container = %found.resource, id = %found.uid, "removed listed container");
+        Ok(())
     }
 }
 

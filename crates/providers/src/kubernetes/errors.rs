@@ -36,6 +36,11 @@ pub(super) fn is_not_found(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.is_not_found())
 }
 
+/// 409: for a delete with a precondition, the object by that name is not the one meant.
+pub(super) fn is_conflict(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.is_conflict())
+}
+
 pub(super) fn timed_out(request: &Request<'_>, after: Duration) -> ProviderError {
     ProviderError::Timeout {
         provider: PROVIDER,

@@ -33,6 +33,7 @@
 
 mod config;
 mod errors;
+mod events;
 mod pod;
 mod provider;
 pub mod status;

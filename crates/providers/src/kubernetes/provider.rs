@@ -3,20 +3,23 @@
 use std::{collections::HashSet, future::Future, str::FromStr};
 
 use async_trait::async_trait;
-use hodei_domain::WorkerId;
+use hodei_domain::{WorkerFailure, WorkerId};
 use k8s_openapi::{
-    api::core::v1::{Pod, Secret},
+    api::core::v1::{Event, Pod, Secret},
     jiff::Timestamp,
 };
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy},
+    api::{
+        DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
+    },
 };
 
 use super::{
     PROVIDER,
     config::KubernetesProviderConfig,
     errors::{self, Request},
+    events,
     pod::{build_pod, build_secret, owner_reference_patch, pod_name, secret_name},
     status::{Graces, classify, stop_cause},
 };
@@ -27,11 +30,13 @@ use crate::{
 /// Starts workers as Pods in one namespace.
 ///
 /// The API calls it makes are exactly those granted by `deploy/kubernetes/rbac-test.yaml`:
-/// pods `create`, `get`, `list`, `delete`; secrets `create`, `patch`, `list`, `delete`.
+/// pods `create`, `get`, `list`, `delete`; secrets `create`, `patch`, `list`, `delete`;
+/// events `list` (a Pod's sandbox failures).
 pub struct KubernetesProvider {
     config: KubernetesProviderConfig,
     pods: Api<Pod>,
     secrets: Api<Secret>,
+    events: Api<Event>,
     client: Client,
     /// How messages name the API: "the Kubernetes API at <url>" when the URL is known.
     api: String,
@@ -98,6 +103,7 @@ impl KubernetesProvider {
         Self {
             pods: Api::namespaced(client.clone(), &config.namespace),
             secrets: Api::namespaced(client.clone(), &config.namespace),
+            events: Api::namespaced(client.clone(), &config.namespace),
             client,
             config,
             api,
@@ -198,6 +204,41 @@ impl KubernetesProvider {
             .is_some())
     }
 
+    /// Deletes the object of `kind` named `name` only while it is the one with `uid`: a 409
+    /// (the precondition failed: another object took the name since it was listed) and a 404
+    /// both mean the listed one is gone.
+    async fn delete_listed<K>(
+        &self,
+        api: &Api<K>,
+        kind: &'static str,
+        name: &str,
+        uid: &str,
+        grace_seconds: Option<u32>,
+    ) -> Result<(), ProviderError>
+    where
+        K: kube::Resource + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let params = DeleteParams {
+            grace_period_seconds: grace_seconds,
+            propagation_policy: Some(PropagationPolicy::Background),
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_string()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        let request = self.request("delete", kind, Some(name));
+        let deleted = self.bounded(&request, api.delete(name, &params)).await?;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(e) if errors::is_not_found(&e) || errors::is_conflict(&e) => {
+                tracing::debug!(kind, name, uid, "listed object already gone");
+                Ok(())
+            }
+            Err(e) => Err(errors::from_kube(e, &request, &self.api)),
+        }
+    }
+
     async fn delete_secret(&self, name: &str) -> Result<(), ProviderError> {
         let request = self.request("delete", "secrets", Some(name));
         self.call_opt(
@@ -217,6 +258,23 @@ impl KubernetesProvider {
         }
         if let Err(e) = self.delete_secret(secret).await {
             tracing::warn!(%worker_id, error = %e, "rollback: could not delete the token Secret");
+        }
+    }
+
+    /// The sandbox failure the Pod's events report, if any. An error reading them (e.g. an
+    /// older Role without `events list`) is logged and read as "none": the Pod's status still
+    /// classifies everything else, and the provisioning deadline still ends the wait.
+    async fn sandbox_failure(&self, pod: &Pod) -> Option<WorkerFailure> {
+        let name = pod.metadata.name.as_deref().unwrap_or("");
+        let uid = pod.metadata.uid.as_deref()?;
+        let params = ListParams::default().fields(&events::sandbox_events_selector(uid));
+        let request = self.request("list", "events", None);
+        match self.call(&request, self.events.list(&params)).await {
+            Ok(list) => events::sandbox_failure(&list.items),
+            Err(e) => {
+                tracing::warn!(pod = name, error = %e, "cannot read the worker Pod's events");
+                None
+            }
         }
     }
 
@@ -329,7 +387,14 @@ impl WorkerProvider for KubernetesProvider {
             image_pull: self.config.image_pull_grace,
             unschedulable: self.config.unschedulable_grace,
         };
-        Ok(classify(&pod, Timestamp::now(), &graces))
+        let status = classify(&pod, Timestamp::now(), &graces);
+        if matches!(status, WorkerStatus::Pending { .. })
+            && events::may_be_creating_sandbox(&pod)
+            && let Some(failure) = self.sandbox_failure(&pod).await
+        {
+            return Ok(WorkerStatus::Failed(failure));
+        }
+        Ok(status)
     }
 
     /// Read from the Pod while it terminates. A Pod already gone was deleted (with no grace, or
@@ -380,6 +445,7 @@ impl WorkerProvider for KubernetesProvider {
             managed.push(ManagedWorker {
                 worker_id,
                 resource: pod.metadata.name.clone().unwrap_or_default(),
+                uid: pod.metadata.uid.clone().unwrap_or_default(),
             });
         }
         for secret in &secrets.items {
@@ -389,12 +455,44 @@ impl WorkerProvider for KubernetesProvider {
             }
             managed.push(ManagedWorker {
                 worker_id,
-                resource: format!("secret/{}", secret.metadata.name.as_deref().unwrap_or("")),
+                resource: format!(
+                    "{SECRET_PREFIX}{}",
+                    secret.metadata.name.as_deref().unwrap_or("")
+                ),
+                uid: secret.metadata.uid.clone().unwrap_or_default(),
             });
         }
         Ok(managed)
     }
+
+    /// Deletes the Pod (or `secret/<name>`) by the name listed, with a UID precondition. A
+    /// Pod's token Secret goes with it through its owner reference; one that never got the
+    /// reference is listed on its own at the next sweep.
+    async fn remove_managed(&self, found: &ManagedWorker) -> Result<(), ProviderError> {
+        if found.resource.is_empty() || found.uid.is_empty() {
+            // Every object the API lists has both; without them nothing can be deleted safely.
+            return Err(ProviderError::Rejected {
+                provider: PROVIDER,
+                detail: format!("cannot remove {found:?}: the listing gave no name or uid"),
+            });
+        }
+        match found.resource.strip_prefix(SECRET_PREFIX) {
+            Some(secret) => {
+                self.delete_listed(&self.secrets, "secrets", secret, &found.uid, None)
+                    .await
+            }
+            None => {
+                let grace =
+                    u32::try_from(self.config.termination_grace.as_secs()).unwrap_or(u32::MAX);
+                self.delete_listed(&self.pods, "pods", &found.resource, &found.uid, Some(grace))
+                    .await
+            }
+        }
+    }
 }
+
+/// How [`KubernetesProvider::list_managed`] names a Secret listed without its Pod.
+const SECRET_PREFIX: &str = "secret/";
 
 fn worker_id_label(
     labels: Option<&std::collections::BTreeMap<String, String>>,

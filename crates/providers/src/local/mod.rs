@@ -263,8 +263,35 @@ impl WorkerProvider for LocalProvider {
             .map(|(pid, labels)| ManagedWorker {
                 worker_id: labels.worker_id,
                 resource: format!("pid/{pid}"),
+                uid: pid.to_string(),
             })
             .collect())
+    }
+
+    /// Signals the process listed, if it still carries the worker id it was listed with (its
+    /// pid may have been reused since).
+    async fn remove_managed(&self, found: &ManagedWorker) -> Result<(), ProviderError> {
+        if let Some(worker_id) = found.worker_id
+            && self
+                .children
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(&worker_id)
+        {
+            return self.destroy_worker(&worker_id).await;
+        }
+        let Ok(pid) = found.uid.parse::<u32>() else {
+            return Err(ProviderError::Rejected {
+                provider: PROVIDER,
+                detail: format!("cannot remove {found:?}: the listing gave no process id"),
+            });
+        };
+        let worker_id = found.worker_id;
+        let still_listed = proc_scan::find(move |labels| labels.worker_id == worker_id).await;
+        if still_listed.contains(&pid) {
+            terminate_foreign(pid, self.config.kill_grace).await;
+        }
+        Ok(())
     }
 }
 
