@@ -8,6 +8,7 @@ mod access;
 mod commands;
 mod core;
 mod dispatcher;
+mod incoming;
 mod lifecycle;
 mod log_hub;
 mod maintenance;

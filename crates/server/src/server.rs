@@ -26,7 +26,6 @@ use hodei_proto::v1::{
 use hodei_providers::WorkerProvider;
 use hodei_store::Store;
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
@@ -34,7 +33,7 @@ use crate::{
     Settings,
     access::{Access, AccessLayer},
     core::Core,
-    dispatcher,
+    dispatcher, incoming,
     lifecycle::Lifecycle,
     maintenance, metrics,
     services::{AgentService, JobsService, LogsService, TokensService, WorkersService},
@@ -184,6 +183,7 @@ pub async fn start(
         // Bounds per connection, so one client cannot hold unbounded work.
         .concurrency_limit_per_connection(256)
         .max_concurrent_streams(Some(1024));
+    let serves_tls = tls.is_some();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).context("TLS configuration")?;
     }
@@ -216,7 +216,7 @@ pub async fn start(
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit),
         );
-    let incoming = TcpListenerStream::new(listener);
+    let incoming = incoming::connections(listener, serves_tls, stop_serving.clone());
     let shutdown = stop_serving.clone();
     let serve = tokio::spawn(async move {
         router
