@@ -9,7 +9,6 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use hodei_proto::v1 as pb;
 
 use crate::{
@@ -139,9 +138,7 @@ async fn stream_job(env: &Environment, n: u64, follow: bool) -> anyhow::Result<J
             }),
         })
         .await?
-        .into_inner()
-        .job
-        .context("QueueJob returned no job")?;
+        .into_inner();
     let delivered = if follow {
         Some(follow_output(env, &job.id, n, queued).await?)
     } else {

@@ -254,8 +254,8 @@ pub struct ListWorkersArgs {
     /// Also show terminated, failed and lost workers
     #[arg(long)]
     pub all: bool,
-    /// At most this many workers
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// At most this many workers (fetched a page of up to 1000 at a time)
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: u32,
 }
 

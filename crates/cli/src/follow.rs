@@ -112,6 +112,8 @@ impl LogFollower {
         }
         let request = pb::GetJobRequest {
             job_id: self.job_id.clone(),
+            // `hodei run` prints this job at the end, whole.
+            view: pb::JobView::Full as i32,
         };
         match self.clients.jobs.get_job(request).await {
             Ok(response) => {

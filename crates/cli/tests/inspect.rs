@@ -311,6 +311,51 @@ async fn given_workers_when_listed_then_all_asks_for_finished_ones_and_json_has_
 }
 
 #[tokio::test]
+async fn given_more_workers_than_a_page_when_listed_then_pages_are_followed_up_to_the_limit() {
+    let fake = FakeServer::start(vec![]).await; // the fake serves pages of two
+    fake.set_workers(
+        (1..=5)
+            .map(|i| pb::Worker {
+                id: format!("w-{i}"),
+                provider: "local".into(),
+                state: pb::WorkerState::Idle as i32,
+                ..Default::default()
+            })
+            .collect(),
+    );
+
+    let outcome = finish(fake.hodei(&["-o", "json", "workers", "list"])).await;
+    assert_eq!(outcome.code, Some(0), "stderr: {}", outcome.stderr);
+    let workers: Vec<serde_json::Value> = serde_json::from_slice(&outcome.stdout).expect("JSON");
+    let ids: Vec<&str> = workers.iter().map(|w| w["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        ["w-1", "w-2", "w-3", "w-4", "w-5"],
+        "every page, in order"
+    );
+    let outcome = finish(fake.hodei(&["-o", "json", "workers", "list", "--limit", "3"])).await;
+    let workers: Vec<serde_json::Value> = serde_json::from_slice(&outcome.stdout).expect("JSON");
+    assert_eq!(workers.len(), 3);
+
+    let requests: Vec<(u32, String)> = fake
+        .worker_requests()
+        .into_iter()
+        .map(|r| (r.limit, r.page_token))
+        .collect();
+    assert_eq!(
+        requests,
+        [
+            (100, String::new()),
+            (98, "2".to_owned()),
+            (96, "4".to_owned()),
+            (3, String::new()),
+            (1, "2".to_owned()),
+        ],
+        "each page asks only for what is missing and continues from the previous token"
+    );
+}
+
+#[tokio::test]
 async fn given_a_closed_stdout_when_logs_are_followed_then_it_stops_quietly_instead_of_following() {
     let fake = FakeServer::start(vec![]).await;
     let id = fake.add_job("x", vec![Step::Out(b"a"), Step::WaitForRelease, exits(0)]);

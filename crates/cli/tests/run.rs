@@ -442,7 +442,7 @@ async fn given_a_running_job_when_ctrl_c_is_pressed_then_it_is_cancelled_and_fol
         Step::Finish {
             state: pb::JobState::Cancelled,
             exit_code: Some(143),
-            reason: "cancelled: cancelled with Ctrl-C from the hodei CLI",
+            reason: "Ctrl-C in the hodei CLI",
         },
     ])
     .await;
@@ -466,11 +466,15 @@ async fn given_a_running_job_when_ctrl_c_is_pressed_then_it_is_cancelled_and_fol
         outcome.stderr,
         "hodei: cancelling job job-1; press Ctrl-C again to stop waiting\n\
          cleaning up\n\
-         hodei: job job-1 was cancelled: cancelled: cancelled with Ctrl-C from the hodei CLI\n"
+         hodei: job job-1 was cancelled: Ctrl-C in the hodei CLI\n"
     );
     let cancels = fake.cancels();
     assert_eq!(cancels.len(), 1);
     assert_eq!(cancels[0].job_id, "job-1");
+    assert_eq!(
+        cancels[0].reason, "Ctrl-C in the hodei CLI",
+        "the reason does not repeat \"cancelled\", which the job's state says"
+    );
 }
 
 #[tokio::test]

@@ -99,6 +99,25 @@ pub fn job_state_from_proto(raw: i32) -> Result<JobState, ContractError> {
     )
 }
 
+/// A `ListJobs` state filter: the states asked for, or none (any state) when the list is empty
+/// or holds `UNSPECIFIED` — the value a client sends when it sets no state. Values newer than
+/// this build are refused rather than silently widening the filter.
+pub fn job_state_filter_from_proto(raw: &[i32]) -> Result<Vec<JobState>, ContractError> {
+    if raw.contains(&(pb::JobState::Unspecified as i32)) {
+        // Still refuse garbage next to it.
+        for &value in raw
+            .iter()
+            .filter(|&&v| v != pb::JobState::Unspecified as i32)
+        {
+            job_state_from_proto(value)?;
+        }
+        return Ok(Vec::new());
+    }
+    raw.iter()
+        .map(|&value| job_state_from_proto(value))
+        .collect()
+}
+
 pub fn worker_state_to_proto(state: WorkerState) -> pb::WorkerState {
     match state {
         WorkerState::Provisioning => pb::WorkerState::Provisioning,
@@ -131,6 +150,17 @@ pub fn worker_state_from_proto(raw: i32) -> Result<WorkerState, ContractError> {
     )
 }
 
+/// The job in the BASIC view (`pb::JobView::Basic`): without its environment and attempt
+/// history, for listings.
+pub fn job_summary_to_proto(job: &Job) -> pb::Job {
+    let mut message = job_to_proto(job, &[]);
+    if let Some(spec) = message.spec.as_mut() {
+        spec.env.clear();
+    }
+    message
+}
+
+/// The job in the FULL view: everything but its secrets' values, which are never returned.
 pub fn job_to_proto(job: &Job, attempts: &[JobAttempt]) -> pb::Job {
     pb::Job {
         id: job.id.to_string(),
@@ -156,6 +186,7 @@ pub fn job_to_proto(job: &Job, attempts: &[JobAttempt]) -> pb::Job {
             .collect(),
         owner: job.owner.clone().unwrap_or_default(),
         secret_names: job.secret_names.clone(),
+        cancel_requested: job.cancel_requested,
     }
 }
 
@@ -284,6 +315,26 @@ mod tests {
             err.starts_with("invalid job spec: command is empty"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_state_filter_with_unspecified_means_any_state_and_unknown_values_are_refused() {
+        let unspecified = pb::JobState::Unspecified as i32;
+        let running = pb::JobState::Running as i32;
+        assert_eq!(job_state_filter_from_proto(&[]).unwrap(), vec![]);
+        assert_eq!(job_state_filter_from_proto(&[unspecified]).unwrap(), vec![]);
+        assert_eq!(
+            job_state_filter_from_proto(&[unspecified, running]).unwrap(),
+            vec![],
+            "UNSPECIFIED next to a state still means any state"
+        );
+        assert_eq!(
+            job_state_filter_from_proto(&[running]).unwrap(),
+            vec![JobState::Running]
+        );
+        let err = job_state_filter_from_proto(&[unspecified, 99]).unwrap_err();
+        assert!(err.to_string().contains("99"), "{err}");
+        assert!(job_state_filter_from_proto(&[99]).is_err());
     }
 
     #[test]

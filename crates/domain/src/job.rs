@@ -376,8 +376,11 @@ impl TerminalOutcome {
             TerminalOutcome::Exited { exit_code } => {
                 format!("command exited with code {exit_code}")
             }
-            TerminalOutcome::Cancelled { reason, .. } if reason.is_empty() => "cancelled".into(),
-            TerminalOutcome::Cancelled { reason, .. } => format!("cancelled: {reason}"),
+            // The state says "cancelled"; the reason says why, as the cancel gave it.
+            TerminalOutcome::Cancelled { reason, .. } if reason.is_empty() => {
+                "cancel requested".into()
+            }
+            TerminalOutcome::Cancelled { reason, .. } => reason.clone(),
             TerminalOutcome::TimedOut { .. } => {
                 format!("timed out after {}s", timeout.as_secs())
             }
@@ -417,6 +420,8 @@ pub struct Job {
     pub owner: Option<String>,
     /// Names of its secrets (their values are kept apart, see [`crate::JobSecrets`]).
     pub secret_names: Vec<String>,
+    /// A cancel was requested while it was assigned or running; the worker has been told.
+    pub cancel_requested: bool,
 }
 
 #[cfg(test)]

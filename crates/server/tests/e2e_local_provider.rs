@@ -920,6 +920,7 @@ async fn bad_input_gets_a_clear_grpc_error_and_the_server_stays_up() -> anyhow::
     let status = jobs
         .get_job(pb::GetJobRequest {
             job_id: unknown.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -936,6 +937,7 @@ async fn bad_input_gets_a_clear_grpc_error_and_the_server_stays_up() -> anyhow::
     let status = jobs
         .get_job(pb::GetJobRequest {
             job_id: "12; DROP TABLE jobs".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -89,8 +89,6 @@ async fn given_a_server_whose_environment_holds_its_database_url_and_a_secret_wh
         })
         .await?
         .into_inner()
-        .job
-        .context("no job")?
         .id;
     let job = wait_finished(&server, &id).await?;
     assert_state(&job, pb::JobState::Succeeded);
@@ -145,7 +143,10 @@ async fn wait_finished(server: &ServerProcess, id: &str) -> anyhow::Result<pb::J
         let job = server
             .jobs()
             .await?
-            .get_job(pb::GetJobRequest { job_id: id.into() })
+            .get_job(pb::GetJobRequest {
+                job_id: id.into(),
+                ..Default::default()
+            })
             .await?
             .into_inner();
         Ok(if is_final(job.state) {

@@ -76,9 +76,7 @@ async fn jobs_from_ten_concurrent_clients_on_eight_workers_each_end_exactly_once
                         spec: Some(spec(&format!("echo job-{i}"))),
                     })
                     .await?
-                    .into_inner()
-                    .job
-                    .context("no job")?;
+                    .into_inner();
                 queued.push((job.id, i));
             }
             anyhow::Ok(queued)
@@ -239,7 +237,7 @@ async fn postgresql_restarted_mid_run_the_server_reconnects_and_no_job_is_lost()
                     })
                     .await
                 {
-                    Ok(response) => Probe::Ready(response.into_inner().job.context("no job")?.id),
+                    Ok(response) => Probe::Ready(response.into_inner().id),
                     Err(status) => Probe::Pending(format!("{status:?}")),
                 },
             )
@@ -253,7 +251,7 @@ async fn postgresql_restarted_mid_run_the_server_reconnects_and_no_job_is_lost()
                 spec: Some(spec(&format!("echo after-{i}"))),
             })
             .await?;
-        ids.push(job.into_inner().job.context("no job")?.id);
+        ids.push(job.into_inner().id);
     }
 
     // Nothing is lost: every job queued before and after the outage succeeds.
@@ -794,9 +792,7 @@ impl RealServer {
                 spec: Some(spec(command)),
             })
             .await?
-            .into_inner()
-            .job
-            .context("no job")?;
+            .into_inner();
         Ok(job.id)
     }
 
@@ -804,7 +800,10 @@ impl RealServer {
         Ok(self
             .jobs()
             .await?
-            .get_job(pb::GetJobRequest { job_id: id.into() })
+            .get_job(pb::GetJobRequest {
+                job_id: id.into(),
+                ..Default::default()
+            })
             .await?
             .into_inner())
     }

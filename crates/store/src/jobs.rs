@@ -88,14 +88,38 @@ impl Store {
     }
 
     pub async fn job_attempts(&self, id: JobId) -> Result<Vec<JobAttempt>, StoreError> {
+        let mut attempts = self.attempts_of_jobs(&[id]).await?;
+        Ok(attempts.remove(&id).unwrap_or_default())
+    }
+
+    /// The attempts of each of `ids` (in attempt order), in one query; a job without attempts
+    /// has no entry.
+    pub async fn attempts_of_jobs(
+        &self,
+        ids: &[JobId],
+    ) -> Result<HashMap<JobId, Vec<JobAttempt>>, StoreError> {
+        let ids: Vec<Uuid> = ids.iter().map(|id| *id.as_uuid()).collect();
+        // An attempt in progress is stored as `running` from its claim on; until the command
+        // has started (the job is still `assigned`) it reads `assigned`, so that an attempt
+        // whose worker never came up does not claim to have run anything.
         let rows: Vec<AttemptRow> = sqlx::query_as(
-            "SELECT attempt, worker_id, started_at, finished_at, outcome, reason \
-             FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
+            "SELECT a.job_id, a.attempt, a.worker_id, a.started_at, a.finished_at, \
+                    CASE WHEN a.finished_at IS NULL AND j.state = 'assigned' \
+                              AND a.attempt = j.attempts \
+                         THEN 'assigned' ELSE a.outcome END AS outcome, \
+                    a.reason \
+             FROM job_attempts a JOIN jobs j ON j.id = a.job_id \
+             WHERE a.job_id = ANY($1) ORDER BY a.job_id, a.attempt",
         )
-        .bind(id.as_uuid())
+        .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(JobAttempt::from).collect())
+        let mut attempts: HashMap<JobId, Vec<JobAttempt>> = HashMap::new();
+        for row in rows {
+            let job = JobId::from_uuid(row.job_id);
+            attempts.entry(job).or_default().push(JobAttempt::from(row));
+        }
+        Ok(attempts)
     }
 
     /// Newest first. `before` continues a listing after the last id of the previous page.
@@ -330,7 +354,7 @@ impl Transitions {
                                         $4 * power(2, least(attempts - 1, 30)), $5))
                                     ELSE NULL END,
                     reason = CASE WHEN cancel_requested IS NOT NULL
-                                  THEN 'cancelled: ' || cancel_requested
+                                  THEN cancel_requested
                                        || ' (the attempt ended before confirming: ' || $3 || ')'
                                   WHEN attempts < max_attempts
                                   THEN 'attempt ' || attempts || ' interrupted: ' || $3

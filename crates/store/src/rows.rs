@@ -15,7 +15,8 @@ use crate::StoreError;
 macro_rules! job_columns {
     () => {
         "id, command, env, timeout_seconds, cpu_millis, memory_bytes, max_attempts, state, \
-         attempts, worker_id, exit_code, reason, created_at, started_at, finished_at, owner, secret_names"
+         attempts, worker_id, exit_code, reason, created_at, started_at, finished_at, owner, secret_names, \
+         (cancel_requested IS NOT NULL) AS cancel_requested"
     };
 }
 pub(crate) use job_columns;
@@ -39,6 +40,7 @@ pub(crate) struct JobRow {
     finished_at: Option<DateTime<Utc>>,
     owner: Option<String>,
     secret_names: Vec<String>,
+    cancel_requested: bool,
 }
 
 impl TryFrom<JobRow> for Job {
@@ -70,12 +72,14 @@ impl TryFrom<JobRow> for Job {
             finished_at: row.finished_at,
             owner: row.owner,
             secret_names: row.secret_names,
+            cancel_requested: row.cancel_requested,
         })
     }
 }
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct AttemptRow {
+    pub(crate) job_id: Uuid,
     attempt: i32,
     worker_id: Uuid,
     started_at: DateTime<Utc>,

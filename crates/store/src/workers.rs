@@ -48,19 +48,22 @@ impl Store {
     }
 
     /// Newest first.
+    /// Newest first. `before` continues a listing after the last id of the previous page.
     pub async fn list_workers(
         &self,
         include_finished: bool,
         limit: u32,
+        before: Option<WorkerId>,
     ) -> Result<Vec<Worker>, StoreError> {
         let rows: Vec<WorkerRow> = sqlx::query_as(concat!(
             "SELECT ",
             worker_columns!(),
-            " FROM workers WHERE $1 OR state IN ('provisioning', 'idle', 'busy', 'terminating') \
-              ORDER BY id DESC LIMIT $2"
+            " FROM workers WHERE ($1 OR state IN ('provisioning', 'idle', 'busy', 'terminating')) \
+              AND ($3::uuid IS NULL OR id < $3) ORDER BY id DESC LIMIT $2"
         ))
         .bind(include_finished)
         .bind(i64::from(limit))
+        .bind(before.map(|id| *id.as_uuid()))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(Worker::try_from).collect()

@@ -322,7 +322,9 @@ async fn a_job_whose_cancel_was_requested_ends_cancelled_instead_of_being_requeu
     assert_eq!(ended.state, JobState::Cancelled);
     assert!(ended.finished_at.is_some());
     assert!(
-        ended.reason.starts_with("cancelled: no longer needed")
+        ended
+            .reason
+            .starts_with("no longer needed (the attempt ended before confirming")
             && ended.reason.contains("worker lost"),
         "{}",
         ended.reason
@@ -581,6 +583,94 @@ async fn listing_pages_newest_first_and_filters_by_state() {
 }
 
 #[tokio::test]
+async fn an_attempt_reads_assigned_until_its_command_starts_then_running_then_its_outcome() {
+    let (_db, store, tx) = store().await;
+    let job = tx
+        .insert_job(&spec("true", 2), &JobSecrets::default(), None)
+        .await
+        .unwrap();
+    let (w, _) = worker(&tx).await;
+    tx.claim_next_job(w).await.unwrap().unwrap();
+    let outcomes = |attempts: Vec<hodei_domain::JobAttempt>| {
+        attempts.into_iter().map(|a| a.outcome).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        outcomes(store.job_attempts(job.id).await.unwrap()),
+        ["assigned"],
+        "bound to a worker, the command not started: not `running`"
+    );
+    // Its worker never came up: the attempt ends without having run anything.
+    tx.requeue_or_fail(job.id, w, "worker never registered", RetryBackoff::NONE)
+        .await
+        .unwrap();
+    let (w2, _) = worker(&tx).await;
+    tx.claim_next_job(w2).await.unwrap().unwrap();
+    assert_eq!(
+        outcomes(store.job_attempts(job.id).await.unwrap()),
+        ["requeued", "assigned"]
+    );
+    assert!(tx.mark_job_running(job.id, w2).await.unwrap());
+    assert_eq!(
+        outcomes(store.job_attempts(job.id).await.unwrap()),
+        ["requeued", "running"]
+    );
+    tx.finish_job(job.id, w2, JobState::Succeeded, Some(0), "")
+        .await
+        .unwrap();
+    let by_job = store.attempts_of_jobs(&[job.id]).await.unwrap();
+    assert_eq!(outcomes(by_job[&job.id].clone()), ["requeued", "succeeded"]);
+}
+
+#[tokio::test]
+async fn a_requested_cancel_shows_on_the_job_until_it_ends() {
+    let (_db, store, tx) = store().await;
+    let job = tx
+        .insert_job(&spec("sleep 60", 1), &JobSecrets::default(), None)
+        .await
+        .unwrap();
+    assert!(!job.cancel_requested);
+    let (w, _) = worker(&tx).await;
+    tx.claim_next_job(w).await.unwrap().unwrap();
+    assert!(tx.mark_job_running(job.id, w).await.unwrap());
+    assert!(
+        tx.request_cancel(job.id, "requested by alice")
+            .await
+            .unwrap()
+    );
+    let running = store.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(running.state, JobState::Running);
+    assert!(running.cancel_requested);
+    let ended = tx
+        .finish_job(
+            job.id,
+            w,
+            JobState::Cancelled,
+            Some(143),
+            "requested by alice",
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ended.reason, "requested by alice");
+}
+
+#[tokio::test]
+async fn workers_are_listed_newest_first_in_pages() {
+    let (_db, store, tx) = store().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(worker(&tx).await.0);
+    }
+    ids.reverse();
+    let first = store.list_workers(true, 2, None).await.unwrap();
+    assert_eq!(first.iter().map(|w| w.id).collect::<Vec<_>>(), ids[..2]);
+    let second = store.list_workers(true, 2, Some(ids[1])).await.unwrap();
+    assert_eq!(second.iter().map(|w| w.id).collect::<Vec<_>>(), ids[2..4]);
+    let last = store.list_workers(true, 2, Some(ids[3])).await.unwrap();
+    assert_eq!(last.iter().map(|w| w.id).collect::<Vec<_>>(), ids[4..]);
+}
+
+#[tokio::test]
 async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
     let (_db, store, tx) = store().await;
     let soon = Utc::now() + chrono::Duration::seconds(60);
@@ -596,7 +686,7 @@ async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
         .unwrap();
     assert!(empty.is_none());
     assert!(
-        store.list_workers(true, 10).await.unwrap().is_empty(),
+        store.list_workers(true, 10, None).await.unwrap().is_empty(),
         "no job, no worker row"
     );
 

@@ -46,6 +46,11 @@ async fn list(
             states: states.clone(),
             limit: wanted.min(MAX_PAGE),
             page_token: std::mem::take(&mut page_token),
+            // The table shows neither environment nor attempts; JSON shows the whole job.
+            view: match format {
+                OutputFormat::Json => pb::JobView::Full,
+                OutputFormat::Human => pb::JobView::Basic,
+            } as i32,
         };
         let page = clients
             .jobs
@@ -74,7 +79,10 @@ async fn list(
 async fn get(mut clients: Clients, format: OutputFormat, job_id: String) -> Result<u8, CliError> {
     let job = clients
         .jobs
-        .get_job(pb::GetJobRequest { job_id })
+        .get_job(pb::GetJobRequest {
+            job_id,
+            view: pb::JobView::Full as i32,
+        })
         .await
         .map_err(|status| clients.error(status))?
         .into_inner();

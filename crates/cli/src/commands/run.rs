@@ -22,7 +22,8 @@ pub const EXIT_TIMED_OUT: u8 = 124;
 pub const EXIT_CANCELLED: u8 = 130;
 const EXIT_FAILED: u8 = 1;
 
-const CANCEL_REASON: &str = "cancelled with Ctrl-C from the hodei CLI";
+/// The job's reason once cancelled (its state already says "cancelled").
+const CANCEL_REASON: &str = "Ctrl-C in the hodei CLI";
 
 /// Queues the job with `secrets` (already read from their sources), then follows it unless
 /// detached.
@@ -41,12 +42,7 @@ pub async fn run(
         .queue_job(request)
         .await
         .map_err(|status| clients.error(status))?
-        .into_inner()
-        .job
-        .ok_or_else(|| CliError::Server {
-            code: tonic::Code::Internal,
-            message: "the server accepted the job but did not say which it is".to_owned(),
-        })?;
+        .into_inner();
     if detach {
         match format {
             OutputFormat::Human => output::print(&format!("{}\n", job.id))?,
@@ -114,6 +110,7 @@ async fn follow_to_the_end(
             .jobs
             .get_job(pb::GetJobRequest {
                 job_id: job_id.clone(),
+                view: pb::JobView::Full as i32,
             })
             .await
             .map_err(|status| clients.error(status))?

@@ -10,23 +10,38 @@ use crate::{
     output::{self, human, json::WorkerView},
 };
 
+/// The server answers at most this many workers per page.
+const MAX_PAGE: u32 = 1000;
+
 pub async fn execute(
     mut clients: Clients,
     format: OutputFormat,
     command: WorkersCommand,
 ) -> Result<u8, CliError> {
     let WorkersCommand::List(args) = command;
-    let request = pb::ListWorkersRequest {
-        include_finished: args.all,
-        limit: args.limit,
-    };
-    let workers = clients
-        .workers
-        .list_workers(request)
-        .await
-        .map_err(|status| clients.error(status))?
-        .into_inner()
-        .workers;
+    let mut workers: Vec<pb::Worker> = Vec::new();
+    let mut page_token = String::new();
+    while (workers.len() as u64) < u64::from(args.limit) {
+        let wanted = args.limit - workers.len() as u32;
+        let request = pb::ListWorkersRequest {
+            include_finished: args.all,
+            limit: wanted.min(MAX_PAGE),
+            page_token: std::mem::take(&mut page_token),
+        };
+        let page = clients
+            .workers
+            .list_workers(request)
+            .await
+            .map_err(|status| clients.error(status))?
+            .into_inner();
+        let got = page.workers.len();
+        workers.extend(page.workers.into_iter().take(wanted as usize));
+        // An empty page with a token would loop forever; trust neither.
+        if page.next_page_token.is_empty() || got == 0 {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
     match format {
         OutputFormat::Json => {
             output::print_json(&workers.iter().map(WorkerView::from).collect::<Vec<_>>())?;

@@ -12,7 +12,7 @@ use super::{
     time::{age, instant, rfc3339_seconds},
 };
 use crate::{
-    states::{job_state_name, token_state_name, worker_state_name},
+    states::{job_state, job_state_name, token_state_name, worker_state_name},
     units::{format_memory, format_seconds},
 };
 
@@ -93,7 +93,15 @@ pub fn job_details(job: &pb::Job, now: DateTime<Utc>) -> String {
     let spec = job.spec.clone().unwrap_or_default();
     let mut block = Block::default();
     block.field("ID", &job.id);
-    block.field("State", job_state_name(job.state));
+    let terminal = job_state(job.state).is_some_and(|state| state.is_terminal());
+    if job.cancel_requested && !terminal {
+        block.field(
+            "State",
+            &format!("{} (cancel requested)", job_state_name(job.state)),
+        );
+    } else {
+        block.field("State", job_state_name(job.state));
+    }
     if !job.owner.is_empty() {
         block.field("Owner", &job.owner);
     }
@@ -335,6 +343,24 @@ mod tests {
             lines[2],
             "t-2  old   workers:read           expired  -    2024-05-01T12:00:00Z  -"
         );
+    }
+
+    #[test]
+    fn a_running_job_whose_cancel_was_requested_says_so_until_it_ends() {
+        let mut job = pb::Job {
+            id: "job-1".into(),
+            state: pb::JobState::Running as i32,
+            cancel_requested: true,
+            ..Default::default()
+        };
+        let text = job_details(&job, Utc::now());
+        assert!(
+            text.contains("State:        running (cancel requested)\n"),
+            "{text}"
+        );
+        job.state = pb::JobState::Cancelled as i32;
+        let text = job_details(&job, Utc::now());
+        assert!(text.contains("State:        cancelled\n"), "{text}");
     }
 
     #[test]

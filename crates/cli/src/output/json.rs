@@ -33,6 +33,8 @@ pub struct JobView {
     pub spec: SpecView,
     /// Names of the job's secrets, sorted; their values are never shown.
     pub secret_names: Vec<String>,
+    /// A cancel was requested; the job ends `cancelled` once its worker has stopped it.
+    pub cancel_requested: bool,
     pub attempt_history: Vec<AttemptView>,
 }
 
@@ -130,6 +132,7 @@ impl From<&pb::Job> for JobView {
                 max_attempts: spec.max_attempts,
             },
             secret_names: secret_names(job),
+            cancel_requested: job.cancel_requested,
             attempt_history: job.attempt_history.iter().map(AttemptView::from).collect(),
         }
     }

@@ -520,7 +520,7 @@ impl pb::job_service_server::JobService for Shared {
     async fn queue_job(
         &self,
         request: Request<pb::QueueJobRequest>,
-    ) -> Result<Response<pb::QueueJobResponse>, Status> {
+    ) -> Result<Response<pb::Job>, Status> {
         let spec = request.into_inner().spec.unwrap_or_default();
         if spec.command.trim().is_empty() {
             return Err(Status::invalid_argument(
@@ -533,7 +533,7 @@ impl pb::job_service_server::JobService for Shared {
             inner.program.clone()
         };
         let job = self.create_job(spec, program);
-        Ok(Response::new(pb::QueueJobResponse { job: Some(job) }))
+        Ok(Response::new(job))
     }
 
     async fn get_job(
@@ -707,14 +707,41 @@ impl pb::worker_query_service_server::WorkerQueryService for Shared {
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         let request = request.into_inner();
         let mut inner = self.inner.lock().unwrap();
-        inner.worker_requests.push(request);
-        let workers = inner
+        inner.worker_requests.push(request.clone());
+        let offset: usize = if request.page_token.is_empty() {
+            0
+        } else {
+            request
+                .page_token
+                .parse()
+                .map_err(|_| Status::invalid_argument("bad page token"))?
+        };
+        let limit = match request.limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let matching: Vec<pb::Worker> = inner
             .workers
             .iter()
             .filter(|w| request.include_finished || w.state <= pb::WorkerState::Terminating as i32)
             .cloned()
             .collect();
-        Ok(Response::new(pb::ListWorkersResponse { workers }))
+        let workers: Vec<pb::Worker> = matching
+            .iter()
+            .skip(offset)
+            .take(limit.min(inner.page_size))
+            .cloned()
+            .collect();
+        let end = offset + workers.len();
+        let next_page_token = if end < matching.len() {
+            end.to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListWorkersResponse {
+            workers,
+            next_page_token,
+        }))
     }
 }
 

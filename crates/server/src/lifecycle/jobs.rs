@@ -96,10 +96,9 @@ impl Lifecycle {
             }
             // Its worker has not started yet (or is gone): end the job here and drop the worker.
             _ => {
-                let reason = format!("cancelled: {reason}");
                 if let Some(job) = self
                     .db
-                    .finish_job(id, worker, JobState::Cancelled, None, &reason)
+                    .finish_job(id, worker, JobState::Cancelled, None, reason)
                     .await?
                 {
                     self.ended(job.id, job.state);

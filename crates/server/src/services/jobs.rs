@@ -1,6 +1,8 @@
 //! `JobService`: queue, inspect, list and cancel jobs.
 
-use hodei_contract::convert::{job_state_from_proto, job_to_proto, parse_job_id, spec_from_proto};
+use hodei_contract::convert::{
+    job_state_filter_from_proto, job_summary_to_proto, job_to_proto, parse_job_id, spec_from_proto,
+};
 use hodei_domain::JobId;
 use hodei_proto::v1::{self as pb, job_service_server::JobService};
 use tonic::{Request, Response, Status};
@@ -23,7 +25,12 @@ impl JobsService {
 
     /// The job as `caller` may see it: someone else's job is `NOT_FOUND`, exactly like a job
     /// that does not exist, so its existence is not revealed.
-    async fn job_message(&self, id: JobId, caller: &Caller) -> Result<pb::Job, Status> {
+    async fn job_message(
+        &self,
+        id: JobId,
+        caller: &Caller,
+        view: pb::JobView,
+    ) -> Result<pb::Job, Status> {
         let store = &self.lifecycle.core().store;
         let job = store
             .get_job(id)
@@ -31,8 +38,21 @@ impl JobsService {
             .map_err(store_status)?
             .filter(|job| caller.can_read_job_of(job.owner.as_deref()))
             .ok_or_else(|| Status::not_found(format!("no job {id}")))?;
+        if view == pb::JobView::Basic {
+            return Ok(job_summary_to_proto(&job));
+        }
         let attempts = store.job_attempts(id).await.map_err(store_status)?;
         Ok(job_to_proto(&job, &attempts))
+    }
+}
+
+/// The view a request asked for; `UNSPECIFIED` (and values newer than this build) give the
+/// method's `default`.
+fn view_or(raw: i32, default: pb::JobView) -> pb::JobView {
+    match pb::JobView::try_from(raw) {
+        Ok(pb::JobView::Basic) => pb::JobView::Basic,
+        Ok(pb::JobView::Full) => pb::JobView::Full,
+        Ok(pb::JobView::Unspecified) | Err(_) => default,
     }
 }
 
@@ -46,7 +66,7 @@ impl JobService for JobsService {
     async fn queue_job(
         &self,
         request: Request<pb::QueueJobRequest>,
-    ) -> Result<Response<pb::QueueJobResponse>, Status> {
+    ) -> Result<Response<pb::Job>, Status> {
         let caller = Caller::of(&request)?;
         let limits = &self.lifecycle.core().settings.job_limits;
         let (spec, secrets) =
@@ -56,9 +76,7 @@ impl JobService for JobsService {
             QueueError::Draining => Status::unavailable(e.to_string()),
             QueueError::Store(e) => store_status(e),
         })?;
-        Ok(Response::new(pb::QueueJobResponse {
-            job: Some(job_to_proto(&job, &[])),
-        }))
+        Ok(Response::new(job_to_proto(&job, &[])))
     }
 
     async fn get_job(
@@ -66,8 +84,10 @@ impl JobService for JobsService {
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::Job>, Status> {
         let caller = Caller::of(&request)?;
-        let id = parse_job_id(&request.into_inner().job_id).map_err(contract_status)?;
-        Ok(Response::new(self.job_message(id, &caller).await?))
+        let request = request.into_inner();
+        let id = parse_job_id(&request.job_id).map_err(contract_status)?;
+        let view = view_or(request.view, pb::JobView::Full);
+        Ok(Response::new(self.job_message(id, &caller, view).await?))
     }
 
     async fn list_jobs(
@@ -76,11 +96,7 @@ impl JobService for JobsService {
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        let states = request
-            .states
-            .iter()
-            .map(|&s| job_state_from_proto(s).map_err(contract_status))
-            .collect::<Result<Vec<_>, _>>()?;
+        let states = job_state_filter_from_proto(&request.states).map_err(contract_status)?;
         let limit = match request.limit {
             0 => DEFAULT_PAGE,
             n => n.min(MAX_PAGE),
@@ -95,10 +111,8 @@ impl JobService for JobsService {
                     .map_err(|_| Status::invalid_argument("invalid page_token"))?,
             )
         };
-        let jobs = self
-            .lifecycle
-            .core()
-            .store
+        let store = &self.lifecycle.core().store;
+        let jobs = store
             .list_jobs(&states, limit, before, caller.listing_owner())
             .await
             .map_err(store_status)?;
@@ -107,8 +121,18 @@ impl JobService for JobsService {
         } else {
             String::new()
         };
+        let jobs = match view_or(request.view, pb::JobView::Basic) {
+            pb::JobView::Full => {
+                let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+                let mut attempts = store.attempts_of_jobs(&ids).await.map_err(store_status)?;
+                jobs.iter()
+                    .map(|j| job_to_proto(j, &attempts.remove(&j.id).unwrap_or_default()))
+                    .collect()
+            }
+            _ => jobs.iter().map(job_summary_to_proto).collect(),
+        };
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: jobs.iter().map(|j| job_to_proto(j, &[])).collect(),
+            jobs,
             next_page_token,
         }))
     }
@@ -133,8 +157,9 @@ impl JobService for JobsService {
             // Not theirs: answered like a job that does not exist.
             _ => return Err(Status::not_found(format!("no job {id}"))),
         }
+        // The job's reason once cancelled; its state already says "cancelled".
         let reason = if request.reason.is_empty() {
-            "cancelled by request".to_string()
+            format!("requested by {}", caller.name())
         } else {
             request.reason.chars().take(MAX_REASON_CHARS).collect()
         };
@@ -148,6 +173,8 @@ impl JobService for JobsService {
                 CancelError::Store(e) => store_status(e),
             })?;
         tracing::info!(job = %id, by = caller.name(), "cancel requested");
-        Ok(Response::new(self.job_message(id, &caller).await?))
+        Ok(Response::new(
+            self.job_message(id, &caller, pb::JobView::Full).await?,
+        ))
     }
 }

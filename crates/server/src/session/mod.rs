@@ -253,7 +253,7 @@ impl Session {
             let (state, reason) = match &current.cancel_reason {
                 Some(reason) => (
                     JobState::Cancelled,
-                    format!("cancelled: {reason} (the worker did not confirm; worker destroyed)"),
+                    format!("{reason} (the worker did not confirm; worker destroyed)"),
                 ),
                 None => (
                     JobState::TimedOut,

@@ -257,14 +257,17 @@ impl TestServer {
             .queue_job(pb::QueueJobRequest { spec: Some(spec) })
             .await?
             .into_inner();
-        Ok(response.job.context("QueueJob returned no job")?.id)
+        Ok(response.id)
     }
 
     pub async fn get_job(&self, id: &str) -> anyhow::Result<pb::Job> {
         Ok(self
             .jobs()
             .await?
-            .get_job(pb::GetJobRequest { job_id: id.into() })
+            .get_job(pb::GetJobRequest {
+                job_id: id.into(),
+                ..Default::default()
+            })
             .await?
             .into_inner())
     }
@@ -288,7 +291,10 @@ impl TestServer {
             let mut client = client.clone();
             async move {
                 let job = client
-                    .get_job(pb::GetJobRequest { job_id: id.into() })
+                    .get_job(pb::GetJobRequest {
+                        job_id: id.into(),
+                        ..Default::default()
+                    })
                     .await?
                     .into_inner();
                 Ok(if done(&job) {
