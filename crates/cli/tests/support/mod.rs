@@ -553,18 +553,6 @@ impl pb::job_service_server::JobService for Shared {
         let request = request.into_inner();
         let mut inner = self.inner.lock().unwrap();
         inner.list_requests.push(request.clone());
-        let offset: usize = if request.page_token.is_empty() {
-            0
-        } else {
-            request
-                .page_token
-                .parse()
-                .map_err(|_| Status::invalid_argument("bad page token"))?
-        };
-        let limit = match request.limit {
-            0 => 100,
-            n => n as usize,
-        };
         let matching: Vec<pb::Job> = inner
             .jobs
             .iter()
@@ -572,20 +560,14 @@ impl pb::job_service_server::JobService for Shared {
             .map(|e| e.job.clone())
             .filter(|job| request.states.is_empty() || request.states.contains(&job.state))
             .collect();
-        let page: Vec<pb::Job> = matching
-            .iter()
-            .skip(offset)
-            .take(limit.min(inner.page_size))
-            .cloned()
-            .collect();
-        let end = offset + page.len();
-        let next_page_token = if end < matching.len() {
-            end.to_string()
-        } else {
-            String::new()
-        };
+        let (jobs, next_page_token) = page_of(
+            &matching,
+            &request.page_token,
+            request.limit,
+            inner.page_size,
+        )?;
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: page,
+            jobs,
             next_page_token,
         }))
     }
@@ -708,36 +690,18 @@ impl pb::worker_query_service_server::WorkerQueryService for Shared {
         let request = request.into_inner();
         let mut inner = self.inner.lock().unwrap();
         inner.worker_requests.push(request.clone());
-        let offset: usize = if request.page_token.is_empty() {
-            0
-        } else {
-            request
-                .page_token
-                .parse()
-                .map_err(|_| Status::invalid_argument("bad page token"))?
-        };
-        let limit = match request.limit {
-            0 => 100,
-            n => n as usize,
-        };
         let matching: Vec<pb::Worker> = inner
             .workers
             .iter()
             .filter(|w| request.include_finished || w.state <= pb::WorkerState::Terminating as i32)
             .cloned()
             .collect();
-        let workers: Vec<pb::Worker> = matching
-            .iter()
-            .skip(offset)
-            .take(limit.min(inner.page_size))
-            .cloned()
-            .collect();
-        let end = offset + workers.len();
-        let next_page_token = if end < matching.len() {
-            end.to_string()
-        } else {
-            String::new()
-        };
+        let (workers, next_page_token) = page_of(
+            &matching,
+            &request.page_token,
+            request.limit,
+            inner.page_size,
+        )?;
         Ok(Response::new(pb::ListWorkersResponse {
             workers,
             next_page_token,
@@ -856,4 +820,39 @@ impl CuttableProxy {
     pub fn cut(&self) {
         self.cut.send_modify(|n| *n += 1);
     }
+}
+
+/// One page of `items` as the fake serves listings: the token is the offset of the next page,
+/// and a page holds at most `page_size` items whatever the limit, so that clients must follow
+/// pages.
+fn page_of<T: Clone>(
+    items: &[T],
+    page_token: &str,
+    limit: u32,
+    page_size: usize,
+) -> Result<(Vec<T>, String), Status> {
+    let offset: usize = if page_token.is_empty() {
+        0
+    } else {
+        page_token
+            .parse()
+            .map_err(|_| Status::invalid_argument("bad page token"))?
+    };
+    let limit = match limit {
+        0 => 100,
+        n => n as usize,
+    };
+    let page: Vec<T> = items
+        .iter()
+        .skip(offset)
+        .take(limit.min(page_size))
+        .cloned()
+        .collect();
+    let end = offset + page.len();
+    let next = if end < items.len() {
+        end.to_string()
+    } else {
+        String::new()
+    };
+    Ok((page, next))
 }

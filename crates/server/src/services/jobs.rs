@@ -7,6 +7,7 @@ use hodei_domain::JobId;
 use hodei_proto::v1::{self as pb, job_service_server::JobService};
 use tonic::{Request, Response, Status};
 
+use super::paging;
 use crate::{
     access::Caller,
     contract_status,
@@ -56,8 +57,6 @@ fn view_or(raw: i32, default: pb::JobView) -> pb::JobView {
     }
 }
 
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 1000;
 /// Longest cancel reason kept, in characters.
 const MAX_REASON_CHARS: usize = 1024;
 
@@ -97,30 +96,14 @@ impl JobService for JobsService {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let states = job_state_filter_from_proto(&request.states).map_err(contract_status)?;
-        let limit = match request.limit {
-            0 => DEFAULT_PAGE,
-            n => n.min(MAX_PAGE),
-        };
-        let before = if request.page_token.is_empty() {
-            None
-        } else {
-            Some(
-                request
-                    .page_token
-                    .parse::<JobId>()
-                    .map_err(|_| Status::invalid_argument("invalid page_token"))?,
-            )
-        };
+        let limit = paging::page_size(request.limit);
+        let before = paging::continue_after::<JobId>(&request.page_token)?;
         let store = &self.lifecycle.core().store;
         let jobs = store
             .list_jobs(&states, limit, before, caller.listing_owner())
             .await
             .map_err(store_status)?;
-        let next_page_token = if jobs.len() == limit as usize {
-            jobs.last().map(|j| j.id.to_string()).unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let next_page_token = paging::next_page_token(&jobs, limit, |j| j.id);
         let jobs = match view_or(request.view, pb::JobView::Basic) {
             pb::JobView::Full => {
                 let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();

@@ -3,6 +3,7 @@
 mod agent;
 mod jobs;
 mod logs;
+mod paging;
 mod tokens;
 mod workers;
 
