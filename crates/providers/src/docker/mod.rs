@@ -233,7 +233,7 @@ impl DockerProvider {
         // go in the archive instead, as some engines (20.10) fail to resolve `uid:gid`.
         let copy_uidgid = if owner.is_some() { "false" } else { "true" };
         let options = UploadToContainerOptionsBuilder::default()
-            .path("/")
+            .path(token_archive::EXTRACT_AT)
             .copy_uidgid(copy_uidgid)
             .build();
         let archive = token_archive::token_archive(spec.token.expose(), owner.unwrap_or_default());
