@@ -128,7 +128,7 @@ impl Drop for Leftovers {
                 self.0
             );
             let _ = Command::new("docker")
-                .args(["rm", "-f"])
+                .args(["rm", "--force", "--volumes"])
                 .args(&ids)
                 .output();
         }
