@@ -971,9 +971,10 @@ async fn a_pod_for_a_job_without_limits_is_not_best_effort_has_a_read_only_root_
     let id = server
         .queue_spec(pb::JobSpec {
             timeout_seconds: Some(45),
+            // /home belongs to the image's user: only a read-only root refuses the touch.
             ..spec(
-                "if touch /etc/hodei-probe 2>/dev/null; then echo root-fs=writable; \
-                 else echo root-fs=read-only; fi; \
+                "if touch /home/probe 2>/tmp/err; then echo root-fs=writable; \
+                 else echo \"root-fs: $(cat /tmp/err)\"; fi; \
                  echo x > /tmp/probe && echo tmp=writable; \
                  echo x > \"$HOME/probe\" && echo home=$HOME writable; \
                  echo x > ./probe && echo cwd=$(pwd) writable; \
@@ -1022,7 +1023,7 @@ async fn a_pod_for_a_job_without_limits_is_not_best_effort_has_a_read_only_root_
     assert_eq!(
         texts(&server.follow_logs(&id, JOB_TIMEOUT).await?),
         [
-            "root-fs=read-only",
+            "root-fs: touch: /home/probe: Read-only file system",
             "tmp=writable",
             "home=/home/hodei writable",
             "cwd=/home/hodei writable",
