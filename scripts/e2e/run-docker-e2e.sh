@@ -66,9 +66,10 @@ remove_managed_containers() {
   ids="$(docker ps -aq --filter "label=${MANAGED_LABEL}" 2>/dev/null || true)"
   if [[ -n "${ids}" ]]; then
     info "removing $(wc -w <<<"${ids}") container(s) labelled ${MANAGED_LABEL}"
-    # Word splitting is intended: one argument per container id.
+    # Word splitting is intended: one argument per container id. --volumes: a worker's
+    # anonymous volume (where its token was uploaded) goes with it.
     # shellcheck disable=SC2086
-    docker rm -f ${ids} >/dev/null || printf 'WARNING: docker rm -f failed\n' >&2
+    docker rm -f --volumes ${ids} >/dev/null || printf 'WARNING: docker rm -f failed\n' >&2
   else
     info "no container labelled ${MANAGED_LABEL} left"
   fi

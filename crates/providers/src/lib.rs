@@ -12,5 +12,6 @@ pub mod local;
 mod provider;
 
 pub use provider::{
-    ManagedWorker, ProviderError, WorkerHandle, WorkerProvider, WorkerSpec, WorkerStatus,
+    ManagedWorker, ProviderError, WorkerDefaults, WorkerHandle, WorkerProvider, WorkerSpec,
+    WorkerStatus,
 };

@@ -23,6 +23,61 @@ pub struct WorkerSpec {
     pub extra_env: BTreeMap<String, String>,
 }
 
+/// The resources a worker gets for the limits its job leaves unset (zero), and the pieces of
+/// the worker image the hardening needs to know. One value for the Docker and Kubernetes
+/// providers, set from the server's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerDefaults {
+    /// CPU limit, in thousandths of a core, of a job that sets none; 0: no limit.
+    pub cpu_millis: u32,
+    /// Kubernetes: the CPU request of a job that sets no CPU; below the limit, so small nodes
+    /// still fit a few workers (Burstable, not BestEffort). 0: no request. Docker has none.
+    pub cpu_request_millis: u32,
+    /// Memory limit (and, on Kubernetes, request) of a job that sets none; 0: no limit.
+    pub memory_bytes: u64,
+    /// Docker: the container's PID limit (a fork bomb stops there); 0 or less: none.
+    /// Kubernetes sets PID limits per node (the kubelet's `podPidsLimit`), not per Pod.
+    pub pids_limit: i64,
+    /// The worker image's home directory, also its working directory: with the root file
+    /// system read-only, it and `/tmp` are the writable places (empty at every start).
+    pub home: String,
+}
+
+impl WorkerDefaults {
+    /// 1 CPU (100m requested), 512 MiB, 1024 processes, `/home/hodei` (the worker image's).
+    pub const DEFAULT_CPU_MILLIS: u32 = 1000;
+    pub const DEFAULT_CPU_REQUEST_MILLIS: u32 = 100;
+    pub const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
+    pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
+    pub const DEFAULT_HOME: &'static str = "/home/hodei";
+
+    /// `resources` with each unset (zero) limit taken from these defaults.
+    pub fn fill(&self, resources: Resources) -> Resources {
+        Resources {
+            cpu_millis: match resources.cpu_millis {
+                0 => self.cpu_millis,
+                set => set,
+            },
+            memory_bytes: match resources.memory_bytes {
+                0 => self.memory_bytes,
+                set => set,
+            },
+        }
+    }
+}
+
+impl Default for WorkerDefaults {
+    fn default() -> Self {
+        Self {
+            cpu_millis: Self::DEFAULT_CPU_MILLIS,
+            cpu_request_millis: Self::DEFAULT_CPU_REQUEST_MILLIS,
+            memory_bytes: Self::DEFAULT_MEMORY_BYTES,
+            pids_limit: Self::DEFAULT_PIDS_LIMIT,
+            home: Self::DEFAULT_HOME.to_string(),
+        }
+    }
+}
+
 /// What the provider created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerHandle {

@@ -667,9 +667,10 @@ async fn removing_a_listed_container_removes_it_by_id_and_not_one_created_since_
     assert_eq!(listed.len(), 1, "{listed:?}");
 
     // Between the listing and the removal, the container goes and another takes its name,
-    // labelled with the same instance (so its drop guard removes it).
+    // labelled with the same instance (so its drop guard removes it). `--volumes`: the
+    // worker's anonymous volume (its token's directory) goes with it.
     let removed = Command::new("docker")
-        .args(["rm", "--force", &name])
+        .args(["rm", "--force", "--volumes", &name])
         .output()
         .expect("docker rm");
     assert!(removed.status.success(), "{removed:?}");

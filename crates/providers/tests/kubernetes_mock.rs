@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use hodei_domain::{OneTimeToken, Resources, WorkerFailure, WorkerId};
 use hodei_providers::{
-    ManagedWorker, ProviderError, WorkerProvider, WorkerSpec, WorkerStatus,
+    ManagedWorker, ProviderError, WorkerDefaults, WorkerProvider, WorkerSpec, WorkerStatus,
     kubernetes::{KubernetesProvider, KubernetesProviderConfig, pod_name, secret_name},
 };
 use http::{Method, Request, Response, StatusCode};
@@ -25,7 +25,6 @@ const STEP: Duration = Duration::from_secs(10);
 struct Seen {
     path: String,
     query: BTreeMap<String, String>,
-    headers: http::HeaderMap,
     body: Value,
     raw_body: String,
 }
@@ -50,7 +49,6 @@ impl ApiServer {
         let seen = Seen {
             path: parts.uri.path().to_string(),
             query: parts.uri.query().map(parse_query).unwrap_or_default(),
-            headers: parts.headers,
             body: if raw_body.is_empty() {
                 Value::Null
             } else {
@@ -239,7 +237,7 @@ const SECRETS: &str = "/api/v1/namespaces/hodei-e2e/secrets";
 const PODS: &str = "/api/v1/namespaces/hodei-e2e/pods";
 
 #[tokio::test]
-async fn create_worker_creates_the_secret_then_the_pod_then_makes_the_pod_own_the_secret() {
+async fn create_worker_creates_the_hardened_pod_then_the_secret_owned_by_it() {
     let (provider, mut api) = mock_provider(config());
     let spec = spec();
     let id = spec.worker_id;
@@ -248,19 +246,7 @@ async fn create_worker_creates_the_secret_then_the_pod_then_makes_the_pod_own_th
         |p| async move { p.create_worker(&spec).await }
     });
 
-    // 1. The Secret: labels, the token under `token`, immutable.
-    let (secret, respond) = api.expect(Method::POST, SECRETS).await;
-    assert_eq!(secret.body["metadata"]["name"], secret_name(&id));
-    assert_eq!(secret.body["metadata"]["labels"], expected_labels(&spec));
-    assert_eq!(secret.body["type"], "Opaque");
-    assert_eq!(secret.body["immutable"], true);
-    assert_eq!(
-        secret.body["data"],
-        json!({ "token": base64(spec.token.expose().as_bytes()) })
-    );
-    respond_json(respond, 201, &created(secret.body.clone(), "secret-uid"));
-
-    // 2. The Pod.
+    // 1. The Pod, first: the Secret is created owned by it, so none exists without its Pod.
     let (pod, respond) = api.expect(Method::POST, PODS).await;
     let body = &pod.body;
     assert!(
@@ -284,6 +270,10 @@ async fn create_worker_creates_the_secret_then_the_pod_then_makes_the_pod_own_th
         pod_spec["securityContext"],
         json!({ "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
                 "seccompProfile": { "type": "RuntimeDefault" } })
+    );
+    assert_eq!(
+        pod_spec["volumes"],
+        json!([{ "name": "tmp", "emptyDir": {} }, { "name": "home", "emptyDir": {} }])
     );
     let container = &pod_spec["containers"][0];
     assert_eq!(pod_spec["containers"].as_array().unwrap().len(), 1);
@@ -312,26 +302,32 @@ async fn create_worker_creates_the_secret_then_the_pod_then_makes_the_pod_own_th
     assert_eq!(
         container["securityContext"],
         json!({ "allowPrivilegeEscalation": false, "privileged": false,
-                "capabilities": { "drop": ["ALL"] }, "readOnlyRootFilesystem": false })
+                "capabilities": { "drop": ["ALL"] }, "readOnlyRootFilesystem": true })
+    );
+    assert_eq!(
+        container["volumeMounts"],
+        json!([{ "name": "tmp", "mountPath": "/tmp" },
+               { "name": "home", "mountPath": "/home/hodei" }])
     );
     respond_json(respond, 201, &created(body.clone(), "pod-uid-42"));
 
-    // 3. The owner reference, as a JSON merge patch.
-    let (patch, respond) = api
-        .expect(Method::PATCH, &format!("{SECRETS}/{}", secret_name(&id)))
-        .await;
+    // 2. The Secret: labels, the token under `token`, immutable, owned by the Pod's uid.
+    let (secret, respond) = api.expect(Method::POST, SECRETS).await;
     assert_eq!(
-        patch.headers["content-type"],
-        "application/merge-patch+json"
+        secret.body["metadata"],
+        json!({ "name": secret_name(&id), "labels": expected_labels(&spec),
+                "ownerReferences": [{
+                    "apiVersion": "v1", "kind": "Pod", "name": pod_name(&id),
+                    "uid": "pod-uid-42", "controller": true, "blockOwnerDeletion": false,
+                }] })
     );
+    assert_eq!(secret.body["type"], "Opaque");
+    assert_eq!(secret.body["immutable"], true);
     assert_eq!(
-        patch.body,
-        json!({ "metadata": { "ownerReferences": [{
-            "apiVersion": "v1", "kind": "Pod", "name": pod_name(&id), "uid": "pod-uid-42",
-            "controller": true, "blockOwnerDeletion": false,
-        }] } })
+        secret.body["data"],
+        json!({ "token": base64(spec.token.expose().as_bytes()) })
     );
-    respond_json(respond, 200, &created(secret.body, "secret-uid"));
+    respond_json(respond, 201, &created(secret.body.clone(), "secret-uid"));
 
     let handle = finish(task).await.expect("create_worker");
     assert_eq!(handle.worker_id, id);
@@ -340,17 +336,49 @@ async fn create_worker_creates_the_secret_then_the_pod_then_makes_the_pod_own_th
 }
 
 #[tokio::test]
-async fn when_the_pod_cannot_be_created_the_secret_is_deleted_and_rbac_is_named() {
-    let (provider, mut api) = mock_provider(config());
-    let spec = spec();
-    let id = spec.worker_id;
+async fn a_pod_for_a_job_without_limits_gets_the_default_requests_and_limits_not_best_effort() {
+    let mut config = config();
+    config.defaults = WorkerDefaults {
+        cpu_millis: 1500,
+        cpu_request_millis: 200,
+        memory_bytes: 256 << 20,
+        pids_limit: 64,
+        home: "/work".into(),
+    };
+    let (provider, mut api) = mock_provider(config);
+    let mut spec = spec();
+    spec.resources = Resources::default();
     let task = run(provider, {
         let spec = spec.clone();
         |p| async move { p.create_worker(&spec).await }
     });
 
-    let (secret, respond) = api.expect(Method::POST, SECRETS).await;
-    respond_json(respond, 201, &created(secret.body, "secret-uid"));
+    let (pod, respond) = api.expect(Method::POST, PODS).await;
+    let container = &pod.body["spec"]["containers"][0];
+    // Burstable: memory requested as limited (no overcommit), a smaller CPU request.
+    assert_eq!(
+        container["resources"],
+        json!({ "requests": { "cpu": "200m", "memory": "268435456" },
+                "limits": { "cpu": "1500m", "memory": "268435456" } })
+    );
+    assert_eq!(
+        container["volumeMounts"],
+        json!([{ "name": "tmp", "mountPath": "/tmp" }, { "name": "home", "mountPath": "/work" }])
+    );
+    respond_status(respond, 403, "Forbidden", "cannot create pods");
+    finish(task).await.expect_err("the Pod was refused");
+    api.expect_no_more_requests().await;
+}
+
+#[tokio::test]
+async fn when_the_pod_cannot_be_created_nothing_else_is_and_rbac_is_named() {
+    let (provider, mut api) = mock_provider(config());
+    let spec = spec();
+    let task = run(provider, {
+        let spec = spec.clone();
+        |p| async move { p.create_worker(&spec).await }
+    });
+
     let (_, respond) = api.expect(Method::POST, PODS).await;
     respond_status(
         respond,
@@ -358,14 +386,6 @@ async fn when_the_pod_cannot_be_created_the_secret_is_deleted_and_rbac_is_named(
         "Forbidden",
         "pods is forbidden: User \"system:serviceaccount:hodei-e2e:x\" cannot create resource \
          \"pods\" in API group \"\" in the namespace \"hodei-e2e\"",
-    );
-    let (_, respond) = api
-        .expect(Method::DELETE, &format!("{SECRETS}/{}", secret_name(&id)))
-        .await;
-    respond_json(
-        respond,
-        200,
-        &json!({ "kind": "Status", "apiVersion": "v1", "status": "Success" }),
     );
 
     let err = finish(task).await.expect_err("must fail");
@@ -380,7 +400,7 @@ async fn when_the_pod_cannot_be_created_the_secret_is_deleted_and_rbac_is_named(
 }
 
 #[tokio::test]
-async fn when_the_owner_reference_cannot_be_set_the_pod_and_secret_are_deleted() {
+async fn when_the_secret_cannot_be_created_the_pod_is_deleted_at_once_and_the_secret_left_alone() {
     let (provider, mut api) = mock_provider(config());
     let spec = spec();
     let id = spec.worker_id;
@@ -389,15 +409,17 @@ async fn when_the_owner_reference_cannot_be_set_the_pod_and_secret_are_deleted()
         |p| async move { p.create_worker(&spec).await }
     });
 
-    let (secret, respond) = api.expect(Method::POST, SECRETS).await;
-    respond_json(respond, 201, &created(secret.body, "secret-uid"));
     let (pod, respond) = api.expect(Method::POST, PODS).await;
     respond_json(respond, 201, &created(pod.body, "pod-uid"));
-    let (_, respond) = api
-        .expect(Method::PATCH, &format!("{SECRETS}/{}", secret_name(&id)))
-        .await;
-    respond_status(respond, 403, "Forbidden", "cannot patch secrets");
-    // Rollback: the Pod at once (it never became usable), then the Secret.
+    let (_, respond) = api.expect(Method::POST, SECRETS).await;
+    // A Secret of that name that is not ours (a worker id is never reused): left alone.
+    respond_status(
+        respond,
+        409,
+        "AlreadyExists",
+        "secrets \"x\" already exists",
+    );
+    // Rollback: the Pod at once (it never became usable); nothing is deleted by Secret name.
     let (delete_pod, respond) = api
         .expect(Method::DELETE, &format!("{PODS}/{}", pod_name(&id)))
         .await;
@@ -407,35 +429,7 @@ async fn when_the_owner_reference_cannot_be_set_the_pod_and_secret_are_deleted()
         200,
         &pod_json(&pod_name(&id), json!({}), json!({})),
     );
-    let (_, respond) = api
-        .expect(Method::DELETE, &format!("{SECRETS}/{}", secret_name(&id)))
-        .await;
-    respond_not_found(respond, "secret");
 
-    let err = finish(task).await.expect_err("must fail");
-    assert!(
-        err.to_string()
-            .contains("forbidden: cannot patch secrets in namespace hodei-e2e"),
-        "{err}"
-    );
-    api.expect_no_more_requests().await;
-}
-
-#[tokio::test]
-async fn a_leftover_secret_is_a_conflict_and_is_left_alone() {
-    let (provider, mut api) = mock_provider(config());
-    let spec = spec();
-    let task = run(provider, {
-        let spec = spec.clone();
-        |p| async move { p.create_worker(&spec).await }
-    });
-    let (_, respond) = api.expect(Method::POST, SECRETS).await;
-    respond_status(
-        respond,
-        409,
-        "AlreadyExists",
-        "secrets \"x\" already exists",
-    );
     let err = finish(task).await.expect_err("must fail");
     assert!(matches!(err, ProviderError::Rejected { .. }), "{err:?}");
     assert!(err.to_string().contains("already exists"), "{err}");
@@ -536,10 +530,9 @@ async fn destroy_gives_up_with_a_timeout_when_the_pod_never_goes_away() {
 }
 
 #[tokio::test]
-async fn list_managed_selects_by_manager_and_instance_and_reports_orphan_secrets() {
+async fn list_managed_selects_pods_by_manager_and_instance_and_never_lists_secrets() {
     let (provider, mut api) = mock_provider(config());
     let with_pod = WorkerId::new();
-    let orphan = WorkerId::new();
     let task = run(provider, |p| async move { p.list_managed("ci-1").await });
     let selector = "app.kubernetes.io/managed-by=hodei,hodei.io/instance=ci-1";
 
@@ -558,31 +551,6 @@ async fn list_managed_selects_by_manager_and_instance_and_reports_orphan_secrets
         ] }),
     );
 
-    let (secrets, respond) = api.expect(Method::GET, SECRETS).await;
-    assert_eq!(
-        secrets.query.get("labelSelector").map(String::as_str),
-        Some(selector)
-    );
-    assert!(
-        secrets.headers["accept"]
-            .to_str()
-            .unwrap()
-            .contains("as=PartialObjectMetadataList"),
-        "Secrets must be listed as metadata only: {:?}",
-        secrets.headers
-    );
-    let secret_meta = |id: &WorkerId| {
-        json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
-                "metadata": { "name": secret_name(id), "uid": format!("uid-of-{}", secret_name(id)),
-                              "labels": labelled(id.to_string()) } })
-    };
-    respond_json(
-        respond,
-        200,
-        &json!({ "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
-                 "metadata": {}, "items": [secret_meta(&with_pod), secret_meta(&orphan)] }),
-    );
-
     let listed = finish(task).await.expect("list_managed");
     assert_eq!(
         listed,
@@ -597,13 +565,9 @@ async fn list_managed_selects_by_manager_and_instance_and_reports_orphan_secrets
                 resource: "hodei-worker-odd".into(),
                 uid: "odd-uid".into(),
             },
-            ManagedWorker {
-                worker_id: Some(orphan),
-                resource: format!("secret/{}", secret_name(&orphan)),
-                uid: format!("uid-of-{}", secret_name(&orphan)),
-            },
         ]
     );
+    // No GET of secrets: `list` on Secrets would return every worker's token.
     api.expect_no_more_requests().await;
 }
 
@@ -618,18 +582,12 @@ async fn removing_a_listed_orphan_deletes_the_name_it_was_listed_with_under_a_ui
         resource: "orphan-probe".into(),
         uid: "1f6c0c52-probe-uid".into(),
     };
-    let secret = ManagedWorker {
-        worker_id: Some(id),
-        resource: "secret/left-behind".into(),
-        uid: "secret-uid".into(),
-    };
     let task = run(provider, {
-        let (found, secret) = (found.clone(), secret.clone());
+        let found = found.clone();
         |p| async move {
             (
                 p.remove_managed(&found).await,
                 p.remove_managed(&found).await,
-                p.remove_managed(&secret).await,
             )
         }
     });
@@ -670,19 +628,10 @@ async fn removing_a_listed_orphan_deletes_the_name_it_was_listed_with_under_a_ui
         "Precondition failed: UID in precondition: 1f6c0c52-probe-uid, UID in object meta: \
          0b9e-new",
     );
-    let (delete_secret, respond) = api
-        .expect(Method::DELETE, &format!("{SECRETS}/left-behind"))
-        .await;
-    assert_eq!(
-        delete_secret.body["preconditions"],
-        json!({ "uid": "secret-uid" })
-    );
-    respond_not_found(respond, "secret");
 
-    let (first, second, third) = finish(task).await;
+    let (first, second) = finish(task).await;
     first.expect("the listed Pod is deleted");
     second.expect("a Pod re-created under the name is left alone, and that is done");
-    third.expect("a Secret already gone is done");
     api.expect_no_more_requests().await;
 }
 

@@ -5,9 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use hodei_contract::duration;
+use hodei_domain::Resources;
 use hodei_domain::{Scopes, TokenId};
 use hodei_providers::{
-    WorkerProvider,
+    WorkerDefaults, WorkerProvider,
     docker::{DockerProvider, DockerProviderConfig},
     kubernetes::{KubernetesProvider, KubernetesProviderConfig, RestartPolicy},
     local::{LocalProvider, LocalProviderConfig},
@@ -141,6 +142,24 @@ pub struct Config {
     /// Kubernetes provider: service account of worker Pods (its token is never mounted).
     #[arg(long, env = "HODEI_K8S_SERVICE_ACCOUNT")]
     pub k8s_service_account: Option<String>,
+    /// Docker and Kubernetes providers: CPU limit, in thousandths of a core, of a worker whose
+    /// job sets none (0: none; else 100 to 1024000, as a job's).
+    #[arg(long, env = "HODEI_WORKER_DEFAULT_CPU_MILLIS", default_value_t = WorkerDefaults::DEFAULT_CPU_MILLIS)]
+    pub worker_default_cpu_millis: u32,
+    /// Kubernetes provider: CPU request of a worker whose job sets no CPU (at most the limit).
+    #[arg(long, env = "HODEI_WORKER_DEFAULT_CPU_REQUEST_MILLIS", default_value_t = WorkerDefaults::DEFAULT_CPU_REQUEST_MILLIS)]
+    pub worker_default_cpu_request_millis: u32,
+    /// Docker and Kubernetes providers: memory limit (and request), in MiB, of a worker whose
+    /// job sets none (0: none; else 16 MiB to 4 TiB, as a job's).
+    #[arg(long, env = "HODEI_WORKER_DEFAULT_MEMORY_MIB", default_value_t = WorkerDefaults::DEFAULT_MEMORY_BYTES >> 20)]
+    pub worker_default_memory_mib: u64,
+    /// Docker provider: most processes a worker container may have (0: no limit).
+    #[arg(long, env = "HODEI_WORKER_PIDS_LIMIT", default_value_t = WorkerDefaults::DEFAULT_PIDS_LIMIT as u32)]
+    pub worker_pids_limit: u32,
+    /// Docker and Kubernetes providers: the worker image's home (and working) directory,
+    /// writable and empty at each start under the read-only root file system, as /tmp is.
+    #[arg(long, env = "HODEI_WORKER_HOME", default_value = WorkerDefaults::DEFAULT_HOME)]
+    pub worker_home: String,
 
     #[arg(long, env = "HODEI_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -229,6 +248,7 @@ impl Config {
             "--instance {:?} is not a valid label value (letters, digits, '-', '_', '.', at most 63)",
             self.instance
         );
+        self.worker_defaults()?;
         let metrics_listen = match self.metrics_listen.as_str() {
             "off" | "" => None,
             addr => Some(addr.parse().with_context(|| {
@@ -283,6 +303,56 @@ impl Config {
         Ok(settings)
     }
 
+    /// What Docker and Kubernetes workers get when their job sets no limits, within the bounds
+    /// a job's own limits have (`Resources::validate`).
+    pub fn worker_defaults(&self) -> anyhow::Result<WorkerDefaults> {
+        let memory_bytes = self
+            .worker_default_memory_mib
+            .checked_mul(1 << 20)
+            .filter(|&bytes| bytes <= Resources::MAX_MEMORY_BYTES)
+            .with_context(|| {
+                format!(
+                    "--worker-default-memory-mib {} is above the maximum of {} MiB",
+                    self.worker_default_memory_mib,
+                    Resources::MAX_MEMORY_BYTES >> 20
+                )
+            })?;
+        Resources {
+            cpu_millis: self.worker_default_cpu_millis,
+            memory_bytes,
+        }
+        .validate()
+        .map_err(|e| {
+            anyhow::anyhow!("--worker-default-cpu-millis / --worker-default-memory-mib: {e}")
+        })?;
+        let cpu_request_millis = self.worker_default_cpu_request_millis;
+        anyhow::ensure!(
+            self.worker_default_cpu_millis == 0
+                || cpu_request_millis <= self.worker_default_cpu_millis,
+            "--worker-default-cpu-request-millis {cpu_request_millis} is above \
+             --worker-default-cpu-millis {}",
+            self.worker_default_cpu_millis
+        );
+        anyhow::ensure!(
+            cpu_request_millis <= Resources::MAX_CPU_MILLIS,
+            "--worker-default-cpu-request-millis {cpu_request_millis} is above the maximum of {}",
+            Resources::MAX_CPU_MILLIS
+        );
+        let home = self.worker_home.trim_end_matches('/');
+        anyhow::ensure!(
+            home.starts_with('/') && !home.split('/').any(|part| part == ".."),
+            "--worker-home {:?} must be an absolute path other than /",
+            self.worker_home
+        );
+        Ok(WorkerDefaults {
+            cpu_millis: self.worker_default_cpu_millis,
+            cpu_request_millis,
+            memory_bytes,
+            pids_limit: i64::from(self.worker_pids_limit),
+            home: home.to_string(),
+        })
+    }
+
     pub async fn provider(&self) -> anyhow::Result<Arc<dyn WorkerProvider>> {
         match self.provider {
             ProviderKind::Local => {
@@ -298,6 +368,7 @@ impl Config {
                 let mut config = DockerProviderConfig::new(&self.worker_image);
                 config.network = self.docker_network.clone();
                 config.stop_grace = self.kill_grace;
+                config.defaults = self.worker_defaults()?;
                 Ok(Arc::new(DockerProvider::connect(config).await?))
             }
             ProviderKind::Kubernetes => {
@@ -309,6 +380,7 @@ impl Config {
                     .map_err(|e| anyhow::anyhow!("--k8s-restart-policy: {e}"))?;
                 config.service_account = self.k8s_service_account.clone();
                 config.image_pull_grace = self.image_pull_grace;
+                config.defaults = self.worker_defaults()?;
                 Ok(Arc::new(KubernetesProvider::connect(config).await?))
             }
         }
@@ -397,6 +469,94 @@ mod tests {
             .find(|arg| arg.get_id() == "image_pull_grace")
             .and_then(|arg| arg.get_env().map(|env| env.to_os_string()));
         assert_eq!(flag.as_deref(), Some("HODEI_IMAGE_PULL_GRACE".as_ref()));
+    }
+
+    fn parse(extra: &[&str]) -> Config {
+        let mut args = vec!["hodei-server", "--database-url", "postgres://x/y"];
+        args.extend_from_slice(extra);
+        Config::try_parse_from(args).expect("valid flags")
+    }
+
+    #[test]
+    fn workers_get_default_limits_a_pid_limit_and_a_home_from_flags_or_environment() {
+        assert_eq!(
+            parse(&[]).worker_defaults().expect("valid defaults"),
+            WorkerDefaults::default()
+        );
+        let config = parse(&[
+            "--worker-default-cpu-millis",
+            "2000",
+            "--worker-default-cpu-request-millis",
+            "250",
+            "--worker-default-memory-mib",
+            "1024",
+            "--worker-pids-limit",
+            "0",
+            "--worker-home",
+            "/work/",
+        ]);
+        assert_eq!(
+            config.worker_defaults().expect("valid defaults"),
+            WorkerDefaults {
+                cpu_millis: 2000,
+                cpu_request_millis: 250,
+                memory_bytes: 1 << 30,
+                pids_limit: 0,
+                home: "/work".into(),
+            }
+        );
+        let envs: Vec<_> = Config::command()
+            .get_arguments()
+            .filter(|arg| arg.get_id().as_str().starts_with("worker_"))
+            .filter_map(|arg| arg.get_env().map(|env| env.to_string_lossy().into_owned()))
+            .collect();
+        for env in [
+            "HODEI_WORKER_DEFAULT_CPU_MILLIS",
+            "HODEI_WORKER_DEFAULT_CPU_REQUEST_MILLIS",
+            "HODEI_WORKER_DEFAULT_MEMORY_MIB",
+            "HODEI_WORKER_PIDS_LIMIT",
+            "HODEI_WORKER_HOME",
+        ] {
+            assert!(envs.iter().any(|e| e == env), "{env} missing from {envs:?}");
+        }
+    }
+
+    #[test]
+    fn default_worker_limits_outside_a_jobs_bounds_are_refused_with_the_flag_named() {
+        for (args, flag) in [
+            (
+                &["--worker-default-memory-mib", "8"][..],
+                "--worker-default-memory-mib",
+            ),
+            (
+                &["--worker-default-memory-mib", "99999999999999"],
+                "--worker-default-memory-mib",
+            ),
+            (
+                &["--worker-default-cpu-millis", "50"],
+                "--worker-default-cpu-millis",
+            ),
+            (
+                &["--worker-default-cpu-request-millis", "1500"],
+                "--worker-default-cpu-request-millis",
+            ),
+            (&["--worker-home", "relative"], "--worker-home"),
+            (&["--worker-home", "/"], "--worker-home"),
+        ] {
+            let config = parse(args);
+            let err = config.worker_defaults().unwrap_err().to_string();
+            assert!(err.contains(flag), "{args:?}: {err}");
+            assert!(config.settings().is_err(), "{args:?}: settings accepted it");
+        }
+        // Zero turns a default off.
+        let config = parse(&[
+            "--worker-default-cpu-millis",
+            "0",
+            "--worker-default-memory-mib",
+            "0",
+        ]);
+        let defaults = config.worker_defaults().expect("zero is no default");
+        assert_eq!((defaults.cpu_millis, defaults.memory_bytes), (0, 0));
     }
 
     #[test]

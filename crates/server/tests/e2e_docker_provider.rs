@@ -70,8 +70,18 @@ fn container_settings() -> anyhow::Result<Settings> {
 
 /// A provider for `image`, which must exist unless `require_image` is false.
 async fn docker_provider(image: &str, require_image: bool) -> anyhow::Result<Arc<DockerProvider>> {
+    docker_provider_with(image, require_image, |_| {}).await
+}
+
+/// Like [`docker_provider`], with `tweak` applied to the provider's configuration.
+async fn docker_provider_with(
+    image: &str,
+    require_image: bool,
+    tweak: impl FnOnce(&mut DockerProviderConfig),
+) -> anyhow::Result<Arc<DockerProvider>> {
     let mut config = DockerProviderConfig::new(image);
     config.stop_grace = Duration::from_secs(3);
+    tweak(&mut config);
     let provider = DockerProvider::connect(config).await.context(
         "these tests need a Docker engine: start dockerd, or run scripts/e2e/run-docker-e2e.sh",
     )?;
@@ -118,7 +128,7 @@ impl Drop for Leftovers {
                 self.0
             );
             let _ = Command::new("docker")
-                .args(["rm", "-f"])
+                .args(["rm", "--force", "--volumes"])
                 .args(&ids)
                 .output();
         }
@@ -153,8 +163,18 @@ impl DockerServer {
         image: &str,
         require_image: bool,
     ) -> anyhow::Result<Self> {
+        Self::start_configured(settings, image, require_image, |_| {}).await
+    }
+
+    /// A server whose provider's configuration `tweak` adjusted.
+    async fn start_configured(
+        settings: Settings,
+        image: &str,
+        require_image: bool,
+        tweak: impl FnOnce(&mut DockerProviderConfig),
+    ) -> anyhow::Result<Self> {
         let leftovers = Leftovers(settings.instance.clone());
-        let provider = docker_provider(image, require_image).await?;
+        let provider = docker_provider_with(image, require_image, tweak).await?;
         let dyn_provider: Arc<dyn WorkerProvider> = provider.clone();
         let server = TestServer::start(settings, dyn_provider).await?;
         Ok(Self {
@@ -602,6 +622,103 @@ async fn a_worker_container_stopped_mid_job_has_its_job_requeued_not_cancelled_a
 
     wait_gone(server.docker(), &first).await?;
     server.wait_no_workers(GONE_TIMEOUT).await?;
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the worker image; run scripts/e2e/run-docker-e2e.sh"]
+async fn a_job_in_a_container_has_no_capabilities_no_new_privileges_a_read_only_root_and_writable_tmp_and_home()
+-> anyhow::Result<()> {
+    let server = DockerServer::start(|_| {}).await?;
+    // /home belongs to the image's user, so only a read-only root refuses the touch (/etc
+    // would refuse it anyway: permission denied). CapBnd is the engine's default set unless
+    // every capability is dropped; CapEff alone is 0 for any non-root user.
+    let id = server
+        .queue(
+            "grep -E '^(CapPrm|CapEff|CapBnd|NoNewPrivs):' /proc/self/status | tr '\\t' ' '; \
+             if touch /home/probe 2>/tmp/err; then echo root-fs=writable; \
+             else echo \"root-fs: $(cat /tmp/err)\"; fi; \
+             echo x > /tmp/probe && echo tmp=writable; \
+             echo x > \"$HOME/probe\" && echo home=$HOME writable; \
+             echo x > ./probe && echo cwd=$(pwd) writable; \
+             sleep 2",
+        )
+        .await?;
+    // While it runs: the engine holds the limits a job without any gets.
+    let containers = server.wait_containers(1).await?;
+    let host = containers[0].1.host_config.clone().unwrap_or_default();
+    assert_eq!(host.readonly_rootfs, Some(true));
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(
+        host.security_opt,
+        Some(vec!["no-new-privileges".to_string()])
+    );
+    assert_eq!(host.pids_limit, Some(1024));
+    assert_eq!(host.memory, Some(512 << 20), "the default memory limit");
+    assert_eq!(host.nano_cpus, Some(1_000_000_000), "the default CPU limit");
+
+    let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
+    assert_state(&job, pb::JobState::Succeeded);
+    assert_eq!(
+        texts(&server.follow_logs(&id, JOB_TIMEOUT).await?),
+        [
+            "CapPrm: 0000000000000000",
+            "CapEff: 0000000000000000",
+            "CapBnd: 0000000000000000",
+            "NoNewPrivs: 1",
+            "root-fs: touch: /home/probe: Read-only file system",
+            "tmp=writable",
+            "home=/home/hodei writable",
+            "cwd=/home/hodei writable",
+        ]
+    );
+    server.wait_no_workers(GONE_TIMEOUT).await?;
+    assert!(server.containers().await?.is_empty());
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Docker and the worker image; run scripts/e2e/run-docker-e2e.sh"]
+async fn a_fork_bomb_in_a_container_stops_at_the_pid_limit_and_fails_only_its_own_job()
+-> anyhow::Result<()> {
+    const PIDS: i64 = 48;
+    let server =
+        DockerServer::start_configured(container_settings()?, &worker_image(), true, |config| {
+            config.defaults.pids_limit = PIDS;
+        })
+        .await?;
+    // Bounded even without the limit: 200 sleeps, gone with the container.
+    let id = server
+        .queue("i=0; while [ $i -lt 200 ]; do sleep 60 & i=$((i+1)); echo started=$i; done; echo all-started")
+        .await?;
+    let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
+    // busybox sh exits 2 at the first fork the kernel refuses.
+    assert_state(&job, pb::JobState::Failed);
+    assert_eq!(job.exit_code, Some(2), "{}", describe(&job));
+    let lines = server.follow_logs(&id, JOB_TIMEOUT).await?;
+    let texts = texts(&lines);
+    assert!(!texts.contains(&"all-started".to_string()), "{texts:?}");
+    let started = texts
+        .iter()
+        .filter_map(|line| line.strip_prefix("started="))
+        .filter_map(|n| n.parse::<i64>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        (1..PIDS).contains(&started),
+        "{started} processes started under a limit of {PIDS}"
+    );
+    assert!(
+        texts.iter().any(|line| line.contains("can't fork")),
+        "{texts:?}"
+    );
+
+    // The worker itself reported the result, and the next job runs normally.
+    let id = server.queue("echo after").await?;
+    let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
+    assert_state(&job, pb::JobState::Succeeded);
+    server.wait_no_workers(GONE_TIMEOUT).await?;
+    assert!(server.containers().await?.is_empty());
     server.shutdown().await
 }
 

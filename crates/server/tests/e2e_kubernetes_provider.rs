@@ -909,13 +909,25 @@ async fn the_provider_works_with_only_the_permissions_of_rbac_test_yaml() -> any
         ..Default::default()
     };
 
-    // It is that account, with no more than its Role: no reading Secrets, no other namespace.
+    // It is that account, with no more than its Role: no reading Secrets (get, list and
+    // watch all return their data: live workers' tokens), no other namespace.
     let restricted = Client::try_from(config.clone())?;
     let secrets: Api<Secret> = Api::namespaced(restricted.clone(), &cluster.namespace);
-    let denied = secrets.get("anything").await.unwrap_err();
-    assert!(
-        matches!(&denied, kube::Error::Api(status) if status.code == 403),
-        "get secrets must be forbidden: {denied}"
+    let forbidden = |result: Result<(), kube::Error>, what: &str| match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => panic!("{what} must be forbidden: {other:?}"),
+    };
+    forbidden(secrets.get("anything").await.map(drop), "get secrets");
+    forbidden(
+        secrets.list(&ListParams::default()).await.map(drop),
+        "list secrets",
+    );
+    forbidden(
+        secrets
+            .list_metadata(&ListParams::default())
+            .await
+            .map(drop),
+        "list secrets (metadata only)",
     );
     let elsewhere: Api<Pod> = Api::namespaced(restricted, "kube-system");
     let denied = elsewhere.list(&ListParams::default()).await.unwrap_err();
@@ -949,6 +961,81 @@ async fn the_provider_works_with_only_the_permissions_of_rbac_test_yaml() -> any
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Kubernetes cluster; run scripts/e2e/run-kubernetes-e2e.sh"]
+async fn a_pod_for_a_job_without_limits_is_not_best_effort_has_a_read_only_root_and_a_deadline_and_its_job_writes_tmp_and_home()
+-> anyhow::Result<()> {
+    let cluster = Cluster::connect().await;
+    let settings = pod_settings()?;
+    let (provisioning, kill_grace) = (settings.provisioning_timeout, settings.kill_grace);
+    let (server, _guard) = start_server(&cluster, settings, provider_config()).await?;
+    let instance = server.settings.instance.clone();
+    let id = server
+        .queue_spec(pb::JobSpec {
+            timeout_seconds: Some(45),
+            // /home belongs to the image's user: only a read-only root refuses the touch.
+            ..spec(
+                "if touch /home/probe 2>/tmp/err; then echo root-fs=writable; \
+                 else echo \"root-fs: $(cat /tmp/err)\"; fi; \
+                 echo x > /tmp/probe && echo tmp=writable; \
+                 echo x > \"$HOME/probe\" && echo home=$HOME writable; \
+                 echo x > ./probe && echo cwd=$(pwd) writable; \
+                 sleep 4",
+            )
+        })
+        .await?;
+
+    let job = server
+        .wait_job(&id, "running", POD_START, |j| {
+            state_of(j) == pb::JobState::Running
+        })
+        .await?;
+    let worker: WorkerId = job.worker_id.parse()?;
+    let pod = cluster
+        .wait_pod(&worker, "given a QoS class", |pod| {
+            pod.status.as_ref().is_some_and(|s| s.qos_class.is_some())
+        })
+        .await?;
+    let qos = pod.status.as_ref().and_then(|s| s.qos_class.clone());
+    assert_eq!(qos.as_deref(), Some("Burstable"), "the job set no limits");
+    let pod_spec = pod.spec.as_ref().expect("a Pod has a spec");
+    let container = &pod_spec.containers[0];
+    assert_eq!(
+        container
+            .security_context
+            .as_ref()
+            .and_then(|c| c.read_only_root_filesystem),
+        Some(true)
+    );
+    let limits = container
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default();
+    assert_eq!(limits.keys().collect::<Vec<_>>(), ["cpu", "memory"]);
+    // The backstop: the job's timeout, plus registering, the kill grace and a minute.
+    let deadline = provisioning + Duration::from_secs(45) + kill_grace + Duration::from_secs(60);
+    assert_eq!(
+        pod_spec.active_deadline_seconds,
+        Some(i64::try_from(deadline.as_secs_f64().ceil() as u64)?)
+    );
+
+    let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
+    assert_state(&job, pb::JobState::Succeeded);
+    assert_eq!(
+        texts(&server.follow_logs(&id, JOB_TIMEOUT).await?),
+        [
+            "root-fs: touch: /home/probe: Read-only file system",
+            "tmp=writable",
+            "home=/home/hodei writable",
+            "cwd=/home/hodei writable",
+        ]
+    );
+    server.wait_no_workers(GONE).await?;
+    cluster.assert_nothing_left(&instance).await?;
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster; run scripts/e2e/run-kubernetes-e2e.sh"]
 async fn a_job_whose_worker_image_does_not_exist_fails_in_its_first_attempt_without_waiting_out_the_pull_grace()
 -> anyhow::Result<()> {
     // `.invalid` never resolves (RFC 6761): the kubelet's pull says `no such host`.
@@ -970,6 +1057,8 @@ async fn a_job_whose_worker_image_does_not_exist_fails_in_its_first_attempt_with
         .await?;
     let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
     let took = queued.elapsed();
+    // BENCHMARKS.md quotes it (--no-capture).
+    eprintln!("missing image {NOWHERE_IMAGE}: queued -> final state in {took:?}");
     assert_state(&job, pb::JobState::Failed);
     assert_eq!(job.attempts, 1, "{}", describe(&job));
     assert!(took < Duration::from_secs(15), "failed after {took:?}");
@@ -986,6 +1075,50 @@ async fn a_job_whose_worker_image_does_not_exist_fails_in_its_first_attempt_with
     assert!(rows[0].2.starts_with(&expected), "{rows:?}");
     cluster.assert_nothing_left(&instance).await?;
     server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster; run scripts/e2e/run-kubernetes-e2e.sh"]
+async fn a_pod_whose_sandbox_cannot_be_created_is_a_sandbox_creation_failure_within_seconds()
+-> anyhow::Result<()> {
+    let cluster = Cluster::connect().await;
+    let instance = unique_instance("sandbox");
+    let _guard = cluster.guard(&[&instance]);
+    let provider = cluster.provider(provider_config()).await?;
+    // A memory limit of one byte (QueueJob refuses it; the provider is asked directly): the
+    // runtime cannot even create the sandbox's cgroup, and the kubelet says so in an event.
+    let mut worker = bare_worker(&instance, &unanswered_address()?);
+    worker.resources = Resources {
+        cpu_millis: 0,
+        memory_bytes: 1,
+    };
+    let created = Instant::now();
+    provider.create_worker(&worker).await?;
+    let id = worker.worker_id;
+    let failure = wait_for(
+        "the worker to fail as a sandbox creation failure",
+        POD_START,
+        || {
+            let provider = provider.clone();
+            async move {
+                Ok(match provider.worker_status(&id).await? {
+                    WorkerStatus::Failed(failure) => Probe::Ready(failure),
+                    other => Probe::Pending(format!("{other:?}")),
+                })
+            }
+        },
+    )
+    .await?;
+    let took = created.elapsed();
+    // BENCHMARKS.md quotes it (--no-capture).
+    eprintln!("sandbox cannot be created: Pod created -> failure classified in {took:?}");
+    assert!(
+        matches!(&failure, WorkerFailure::SandboxCreation { detail } if detail.contains("sandbox")),
+        "{failure:?}"
+    );
+    assert!(took < Duration::from_secs(15), "classified after {took:?}");
+    provider.destroy_worker(&id).await?;
+    cluster.assert_nothing_left(&instance).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

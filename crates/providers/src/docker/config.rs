@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::WorkerDefaults;
+
 /// The worker image used when neither the configuration nor `HODEI_WORKER_IMAGE` names one.
 /// Built locally by `scripts/build-worker-image.sh`; never `:latest`, so tests cannot silently
 /// run a stale image.
@@ -34,6 +36,9 @@ pub struct DockerProviderConfig {
     /// Run the engine's init (tini) as PID 1, so the worker gets SIGTERM forwarded and
     /// orphaned job processes are reaped even though the worker is not written to be PID 1.
     pub init: bool,
+    /// Limits of jobs that set none, the PID limit, and the image's home directory (a tmpfs,
+    /// as `/tmp` is, under the read-only root file system).
+    pub defaults: WorkerDefaults,
 }
 
 impl DockerProviderConfig {
@@ -49,6 +54,7 @@ impl DockerProviderConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             init: true,
+            defaults: WorkerDefaults::default(),
         }
     }
 

@@ -6,7 +6,10 @@ use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPol
 use hodei_contract::env;
 use hodei_domain::{Resources, WorkerId};
 
-use super::{DockerProviderConfig, token_archive::TOKEN_PATH};
+use super::{
+    DockerProviderConfig,
+    token_archive::{EXTRACT_AT, Owner, TOKEN_PATH},
+};
 use crate::{WorkerSpec, labels};
 
 /// `hodei-worker-<worker id>`: one container per worker, found again by name alone.
@@ -16,16 +19,39 @@ pub fn container_name(worker_id: &WorkerId) -> String {
 
 /// The create request for `spec`'s container. It does not hold the token, which is uploaded
 /// into the container as a file before it starts (see `token_archive`).
-pub(super) fn create_body(config: &DockerProviderConfig, spec: &WorkerSpec) -> ContainerCreateBody {
-    let (nano_cpus, memory) = limits(spec.resources);
+/// `owner`: the image's user as numbers, when it names them; it owns the writable tmpfs mounts.
+pub(super) fn create_body(
+    config: &DockerProviderConfig,
+    spec: &WorkerSpec,
+    owner: Option<Owner>,
+) -> ContainerCreateBody {
+    let defaults = &config.defaults;
+    let (nano_cpus, memory) = limits(defaults.fill(spec.resources));
     ContainerCreateBody {
         image: Some(config.image.clone()),
         env: Some(environment(spec)),
         labels: Some(container_labels(spec)),
         stop_timeout: Some(seconds(config.stop_grace)),
+        // An anonymous volume, removed with the container (`v`): the token is uploaded into it
+        // before the start, which the read-only root file system would refuse.
+        volumes: Some(vec![EXTRACT_AT.to_string()]),
         host_config: Some(HostConfig {
             nano_cpus,
             memory,
+            // No capabilities even for a root user, and no gaining privileges (setuid
+            // binaries, file capabilities) from inside.
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            // A fork bomb in a job stops at this many processes instead of exhausting the host.
+            pids_limit: (defaults.pids_limit > 0).then_some(defaults.pids_limit),
+            // Nothing a job does outlives it in the image's files; /tmp and the home (working)
+            // directory are writable, empty at every start, and count against the memory limit.
+            readonly_rootfs: Some(true),
+            tmpfs: Some(
+                writable_dirs(&defaults.home)
+                    .map(|dir| (dir.to_string(), tmpfs_options(owner)))
+                    .collect(),
+            ),
             // No swap beyond the limit: a worker over its memory is OOM-killed, as on Kubernetes,
             // instead of slowing down on swap.
             memory_swap: memory,
@@ -42,6 +68,23 @@ pub(super) fn create_body(config: &DockerProviderConfig, spec: &WorkerSpec) -> C
         }),
         ..Default::default()
     }
+}
+
+/// The options of the writable tmpfs mounts: `exec` explicitly (the engine's default for a
+/// tmpfs is `noexec`, and jobs run what they download or build), owned by the image's user. The
+/// engine gives the mount the mode of the image's directory (1777 for `/tmp`, 0755 for a home),
+/// so without a numeric owner a non-root user could not write to a home owned by root.
+fn tmpfs_options(owner: Option<Owner>) -> String {
+    let base = "rw,nosuid,nodev,exec,mode=1777";
+    match owner {
+        Some(Owner { uid, gid }) => format!("{base},uid={uid},gid={gid}"),
+        None => base.to_string(),
+    }
+}
+
+/// `/tmp` and the home directory, once if they are the same.
+fn writable_dirs(home: &str) -> impl Iterator<Item = &str> {
+    std::iter::once("/tmp").chain((home != "/tmp").then_some(home))
 }
 
 /// `extra_env` first, then the three worker variables, which a caller cannot override. The
@@ -120,7 +163,7 @@ mod tests {
     #[test]
     fn the_container_carries_all_four_labels() {
         let spec = spec();
-        let body = create_body(&DockerProviderConfig::new("img:1"), &spec);
+        let body = create_body(&DockerProviderConfig::new("img:1"), &spec, None);
         let labels = body.labels.unwrap();
         assert_eq!(labels[labels::MANAGED_BY], "hodei");
         assert_eq!(labels[labels::NAME], "hodei-worker");
@@ -132,7 +175,7 @@ mod tests {
     #[test]
     fn the_worker_variables_are_set_and_extra_env_cannot_override_them() {
         let spec = spec();
-        let env = create_body(&DockerProviderConfig::new("img:1"), &spec)
+        let env = create_body(&DockerProviderConfig::new("img:1"), &spec, None)
             .env
             .unwrap();
         assert!(env.contains(&"HODEI_TOKEN_FILE=/run/hodei/token".to_string()));
@@ -149,7 +192,7 @@ mod tests {
     #[test]
     fn the_create_request_holds_no_token() {
         let spec = spec();
-        let body = create_body(&DockerProviderConfig::new("img:1"), &spec);
+        let body = create_body(&DockerProviderConfig::new("img:1"), &spec, None);
         let request = serde_json::to_string(&body).unwrap();
         assert!(
             !request.contains(spec.token.expose()),
@@ -162,7 +205,7 @@ mod tests {
         let mut config = DockerProviderConfig::new("img:1");
         config.network = Some("hodei-net".into());
         config.extra_hosts = vec!["host.docker.internal:host-gateway".into()];
-        let body = create_body(&config, &spec());
+        let body = create_body(&config, &spec(), None);
         assert_eq!(body.image.as_deref(), Some("img:1"));
         let host = body.host_config.unwrap();
         assert_eq!(host.nano_cpus, Some(1_500_000_000));
@@ -181,17 +224,75 @@ mod tests {
     }
 
     #[test]
-    fn zero_resources_mean_no_limits() {
+    fn limits_the_job_leaves_unset_come_from_the_defaults_and_zero_defaults_mean_none() {
         let mut spec = spec();
         spec.resources = Resources::default();
-        let host = create_body(&DockerProviderConfig::new("img:1"), &spec)
-            .host_config
-            .unwrap();
+        let mut config = DockerProviderConfig::new("img:1");
+        let host = create_body(&config, &spec, None).host_config.unwrap();
+        assert_eq!(
+            (host.nano_cpus, host.memory, host.memory_swap),
+            (Some(1_000_000_000), Some(512 << 20), Some(512 << 20))
+        );
+        assert_eq!(host.network_mode, None);
+        assert_eq!(host.extra_hosts, None);
+
+        config.defaults.cpu_millis = 0;
+        config.defaults.memory_bytes = 0;
+        let host = create_body(&config, &spec, None).host_config.unwrap();
         assert_eq!(
             (host.nano_cpus, host.memory, host.memory_swap),
             (None, None, None)
         );
-        assert_eq!(host.network_mode, None);
-        assert_eq!(host.extra_hosts, None);
+    }
+
+    #[test]
+    fn the_container_drops_every_capability_cannot_gain_privileges_and_has_a_pid_limit() {
+        let mut config = DockerProviderConfig::new("img:1");
+        let host = create_body(&config, &spec(), None).host_config.unwrap();
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(host.cap_add, None);
+        assert_eq!(host.privileged, None);
+        assert_eq!(
+            host.security_opt,
+            Some(vec!["no-new-privileges".to_string()])
+        );
+        assert_eq!(host.pids_limit, Some(1024));
+
+        config.defaults.pids_limit = 0;
+        let host = create_body(&config, &spec(), None).host_config.unwrap();
+        assert_eq!(host.pids_limit, None);
+    }
+
+    #[test]
+    fn the_root_filesystem_is_read_only_with_tmpfs_for_tmp_and_home_and_a_volume_for_the_token() {
+        let mut config = DockerProviderConfig::new("img:1");
+        let owner = Owner {
+            uid: 65532,
+            gid: 65533,
+        };
+        let body = create_body(&config, &spec(), Some(owner));
+        let host = body.host_config.unwrap();
+        assert_eq!(host.readonly_rootfs, Some(true));
+        let options = "rw,nosuid,nodev,exec,mode=1777,uid=65532,gid=65533".to_string();
+        assert_eq!(
+            host.tmpfs,
+            Some(HashMap::from([
+                ("/tmp".to_string(), options.clone()),
+                ("/home/hodei".to_string(), options.clone()),
+            ]))
+        );
+        assert_eq!(body.volumes, Some(vec!["/run".to_string()]));
+        assert!(TOKEN_PATH.starts_with("/run/"));
+
+        // A home of /tmp is mounted once; without a numeric user, the mounts keep root's.
+        config.defaults.home = "/tmp".into();
+        let host = create_body(&config, &spec(), None).host_config.unwrap();
+        assert_eq!(
+            host.tmpfs,
+            Some(HashMap::from([(
+                "/tmp".to_string(),
+                "rw,nosuid,nodev,exec,mode=1777".to_string()
+            )]))
+        );
     }
 }

@@ -217,6 +217,22 @@ impl DockerProvider {
         }
     }
 
+    /// The image's user as numbers, for the owner of the writable mounts. None when the image
+    /// names a user (only its passwd file resolves it) or cannot be inspected: a missing image
+    /// is reported by the create that follows, classified.
+    async fn image_owner(&self) -> Option<token_archive::Owner> {
+        match self.docker.inspect_image(&self.config.image).await {
+            Ok(image) => {
+                let user = image.config.and_then(|c| c.user).unwrap_or_default();
+                token_archive::Owner::of_user(&user)
+            }
+            Err(e) => {
+                tracing::debug!(image = %self.config.image, error = %e, "cannot inspect the worker image");
+                None
+            }
+        }
+    }
+
     /// Uploads the token into the created container, owned by the container's user, where the
     /// worker reads it ([`TOKEN_PATH`]).
     async fn hand_over_token(&self, name: &str, spec: &WorkerSpec) -> Result<(), ProviderError> {
@@ -233,7 +249,7 @@ impl DockerProvider {
         // go in the archive instead, as some engines (20.10) fail to resolve `uid:gid`.
         let copy_uidgid = if owner.is_some() { "false" } else { "true" };
         let options = UploadToContainerOptionsBuilder::default()
-            .path("/")
+            .path(token_archive::EXTRACT_AT)
             .copy_uidgid(copy_uidgid)
             .build();
         let archive = token_archive::token_archive(spec.token.expose(), owner.unwrap_or_default());
@@ -272,7 +288,7 @@ impl WorkerProvider for DockerProvider {
     async fn create_worker(&self, spec: &WorkerSpec) -> Result<WorkerHandle, ProviderError> {
         let name = container_name(&spec.worker_id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let body = container::create_body(&self.config, spec);
+        let body = container::create_body(&self.config, spec, self.image_owner().await);
         let created = self
             .docker
             .create_container(Some(options), body)

@@ -1,5 +1,5 @@
-//! The tar archive that carries a worker's one-time token into its container before it starts:
-//! `run/hodei/` (mode 0700) holding `token` (mode 0400), both owned by the container's user
+//! The tar archive that carries a worker's one-time token into its container before it starts,
+//! extracted at [`EXTRACT_AT`]: `hodei/` (mode 0700) holding `token` (mode 0400), both owned by the container's user
 //! (numeric ids in the archive, or a name the engine resolves with `copyUIDGID`), so the worker
 //! can read the token and then remove it, and no other user in the container can read it
 //! meanwhile. The container's configuration (what `docker inspect` shows) never holds the token.
@@ -8,8 +8,11 @@
 
 /// Where the worker finds its token ([`hodei_contract::env::TOKEN_FILE`]).
 pub const TOKEN_PATH: &str = "/run/hodei/token";
-const DIRECTORY: &str = "run/hodei/";
-const FILE: &str = "run/hodei/token";
+/// Where the archive is extracted: a volume of the container's own (the engine refuses to
+/// extract into a read-only root file system; a tmpfs would only be mounted at start, over it).
+pub const EXTRACT_AT: &str = "/run";
+const DIRECTORY: &str = "hodei/";
+const FILE: &str = "hodei/token";
 const BLOCK: usize = 512;
 
 /// Numeric owner of the archive's entries.
@@ -36,7 +39,8 @@ impl Owner {
     }
 }
 
-/// The archive holding `token` at [`TOKEN_PATH`], owned by `owner`, to be extracted at `/`.
+/// The archive holding `token` at [`TOKEN_PATH`], owned by `owner`, to be extracted at
+/// [`EXTRACT_AT`].
 pub(super) fn token_archive(token: &str, owner: Owner) -> Vec<u8> {
     let mut archive = Vec::with_capacity(6 * BLOCK);
     archive.extend_from_slice(&header(DIRECTORY, 0o700, 0, b'5', owner));
@@ -126,8 +130,8 @@ mod tests {
         assert_eq!(
             entries,
             vec![
-                ("drwx------", "65532/65533", "run/hodei/"),
-                ("-r--------", "65532/65533", "run/hodei/token")
+                ("drwx------", "65532/65533", "hodei/"),
+                ("-r--------", "65532/65533", "hodei/token")
             ],
             "{listing}"
         );
@@ -135,7 +139,7 @@ mod tests {
             tar(&archive, &["--extract", "--to-stdout", "--file=-", FILE]),
             "0123456789abcdef"
         );
-        assert_eq!(TOKEN_PATH, format!("/{FILE}"));
+        assert_eq!(TOKEN_PATH, format!("{EXTRACT_AT}/{FILE}"));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::{fmt, time::Duration};
 
+use crate::WorkerDefaults;
+
 /// Namespace of worker Pods in production when the configuration names none.
 pub const DEFAULT_NAMESPACE: &str = "hodei-workers";
 /// The worker image used when neither the configuration nor `HODEI_WORKER_IMAGE` names one.
@@ -94,6 +96,9 @@ pub struct KubernetesProviderConfig {
     pub poll_interval: Duration,
     /// Upper bound on every single API request.
     pub request_timeout: Duration,
+    /// Requests and limits of jobs that set none, and the image's home directory (an
+    /// `emptyDir`, as `/tmp` is, under the read-only root file system).
+    pub defaults: WorkerDefaults,
 }
 
 impl KubernetesProviderConfig {
@@ -111,6 +116,7 @@ impl KubernetesProviderConfig {
             destroy_timeout: Duration::from_secs(60),
             poll_interval: Duration::from_millis(500),
             request_timeout: Duration::from_secs(30),
+            defaults: WorkerDefaults::default(),
         }
     }
 

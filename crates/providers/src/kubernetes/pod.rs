@@ -1,9 +1,12 @@
-//! The objects one worker consists of: a Secret holding its token and the Pod that runs it.
+//! The objects one worker consists of: the Pod that runs it and a Secret holding its token.
 //!
 //! The token reaches the agent through `env.valueFrom.secretKeyRef`, so it never appears in the
-//! Pod spec (which anyone with `get pods` can read). After the Pod exists, the Secret gets the
-//! Pod as its owner ([`owner_reference_patch`]), so Kubernetes' garbage collector deletes the
-//! Secret with the Pod even if Hodei never gets to.
+//! Pod spec (which anyone with `get pods` can read). The Pod is created first; the Secret is
+//! created already owned by it ([`owner_reference`]), so Kubernetes' garbage collector deletes
+//! the Secret with the Pod even if Hodei never gets to, and no Secret can exist without its
+//! Pod: the provider never needs to list Secrets, a permission that would return their data.
+//! Until the Secret exists the kubelet holds the container back (`CreateContainerConfigError`,
+//! a Pending state) and retries.
 
 use std::collections::BTreeMap;
 
@@ -12,14 +15,18 @@ use hodei_domain::WorkerId;
 use k8s_openapi::{
     ByteString,
     api::core::v1::{
-        Capabilities, Container, EnvVar, EnvVarSource, Pod, PodSecurityContext, PodSpec,
-        ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext,
+        Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, Pod,
+        PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, Secret,
+        SecretKeySelector, SecurityContext, Volume, VolumeMount,
     },
-    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
+    apimachinery::pkg::{
+        api::resource::Quantity,
+        apis::meta::v1::{ObjectMeta, OwnerReference},
+    },
 };
 
 use super::config::KubernetesProviderConfig;
-use crate::{WorkerSpec, labels};
+use crate::{WorkerDefaults, WorkerSpec, labels};
 
 /// Name of the worker's only container.
 pub const CONTAINER_NAME: &str = "worker";
@@ -53,13 +60,14 @@ pub fn worker_labels(spec: &WorkerSpec) -> BTreeMap<String, String> {
     ])
 }
 
-/// The Secret holding the worker's one-time token. Immutable: nothing ever needs to change it,
-/// and the kubelet does not have to watch it.
-pub fn build_secret(spec: &WorkerSpec) -> Secret {
+/// The Secret holding the worker's one-time token, owned by its Pod (`pod_name`, `pod_uid`).
+/// Immutable: nothing ever needs to change it, and the kubelet does not have to watch it.
+pub fn build_secret(spec: &WorkerSpec, pod_name: &str, pod_uid: &str) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(secret_name(&spec.worker_id)),
             labels: Some(worker_labels(spec)),
+            owner_references: Some(vec![owner_reference(pod_name, pod_uid)]),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
@@ -82,6 +90,15 @@ pub fn build_pod(spec: &WorkerSpec, config: &KubernetesProviderConfig) -> Pod {
         },
         spec: Some(PodSpec {
             containers: vec![container(spec, config)],
+            volumes: Some(
+                writable_dirs(&config.defaults.home)
+                    .map(|(volume, _)| Volume {
+                        name: volume.into(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Volume::default()
+                    })
+                    .collect(),
+            ),
             restart_policy: Some(config.restart_policy.as_str().into()),
             active_deadline_seconds: spec
                 .lifetime
@@ -119,7 +136,16 @@ fn container(spec: &WorkerSpec, config: &KubernetesProviderConfig) -> Container 
         // Images loaded with `kind load` exist only on the nodes; `Always` would try a registry.
         image_pull_policy: Some("IfNotPresent".into()),
         env: Some(environment(spec)),
-        resources: resources(spec),
+        resources: resources(spec, &config.defaults),
+        volume_mounts: Some(
+            writable_dirs(&config.defaults.home)
+                .map(|(volume, path)| VolumeMount {
+                    name: volume.into(),
+                    mount_path: path.into(),
+                    ..VolumeMount::default()
+                })
+                .collect(),
+        ),
         // When the agent exits with an error and wrote no termination message, the kubelet
         // keeps the tail of its log as the message: status can then say why it failed
         // without `pods/log` access.
@@ -131,8 +157,9 @@ fn container(spec: &WorkerSpec, config: &KubernetesProviderConfig) -> Container 
                 drop: Some(vec!["ALL".into()]),
                 ..Capabilities::default()
             }),
-            // Jobs write to /tmp and their working directory.
-            read_only_root_filesystem: Some(false),
+            // Nothing a job does outlives it in the image's files; jobs write to the
+            // emptyDir volumes of /tmp and the home (working) directory.
+            read_only_root_filesystem: Some(true),
             ..SecurityContext::default()
         }),
         ..Container::default()
@@ -178,25 +205,48 @@ fn plain_var(name: &str, value: &str) -> EnvVar {
     }
 }
 
-/// Requests equal to limits (Guaranteed QoS when both are set): a worker gets exactly what its
-/// job asked for. A zero means "not specified" and is left out.
-fn resources(spec: &WorkerSpec) -> Option<ResourceRequirements> {
-    let mut quantities = BTreeMap::new();
-    if spec.resources.cpu_millis > 0 {
-        quantities.insert(
-            "cpu".to_string(),
-            Quantity(format!("{}m", spec.resources.cpu_millis)),
-        );
+/// The writable places under the read-only root file system: `(volume name, mount path)` of
+/// `/tmp` and the home directory (once, if they are the same).
+fn writable_dirs(home: &str) -> impl Iterator<Item = (&'static str, &str)> {
+    [("tmp", "/tmp"), ("home", home)]
+        .into_iter()
+        .filter(move |&(volume, path)| volume == "tmp" || path != "/tmp")
+}
+
+/// What the job asked for, requests equal to limits (Guaranteed QoS when it set both): a
+/// worker gets exactly that. A limit it left unset (zero) comes from `defaults`, memory
+/// requested as limited, CPU requested at the smaller default request (Burstable QoS, so
+/// small nodes fit several workers), never BestEffort unless the defaults are zero too.
+fn resources(spec: &WorkerSpec, defaults: &WorkerDefaults) -> Option<ResourceRequirements> {
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    let job = spec.resources;
+    let (cpu_request, cpu_limit) = match job.cpu_millis {
+        0 => (
+            defaults.cpu_request_millis.min(match defaults.cpu_millis {
+                0 => u32::MAX,
+                limit => limit,
+            }),
+            defaults.cpu_millis,
+        ),
+        set => (set, set),
+    };
+    let cpu = |millis: u32| Quantity(format!("{millis}m"));
+    if cpu_request > 0 {
+        requests.insert("cpu".to_string(), cpu(cpu_request));
     }
-    if spec.resources.memory_bytes > 0 {
-        quantities.insert(
-            "memory".to_string(),
-            Quantity(spec.resources.memory_bytes.to_string()),
-        );
+    if cpu_limit > 0 {
+        limits.insert("cpu".to_string(), cpu(cpu_limit));
     }
-    (!quantities.is_empty()).then(|| ResourceRequirements {
-        requests: Some(quantities.clone()),
-        limits: Some(quantities),
+    let memory = defaults.fill(job).memory_bytes;
+    if memory > 0 {
+        let quantity = Quantity(memory.to_string());
+        requests.insert("memory".to_string(), quantity.clone());
+        limits.insert("memory".to_string(), quantity);
+    }
+    (!requests.is_empty() || !limits.is_empty()).then(|| ResourceRequirements {
+        requests: (!requests.is_empty()).then_some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
         ..ResourceRequirements::default()
     })
 }
@@ -212,24 +262,20 @@ fn whole_seconds_at_least_one(seconds: f64) -> i64 {
     }
 }
 
-/// JSON merge patch making the Pod (`pod_name`, `pod_uid`) the controller owner of its Secret.
+/// The Pod (`pod_name`, `pod_uid`) as the controller owner of its Secret.
 ///
 /// `blockOwnerDeletion` stays false: the Pod is deleted in the background, so nothing waits
 /// for the Secret, and setting it true would need `update` on `pods/finalizers` in clusters that
 /// enable the OwnerReferencesPermissionEnforcement admission plugin.
-pub fn owner_reference_patch(pod_name: &str, pod_uid: &str) -> serde_json::Value {
-    serde_json::json!({
-        "metadata": {
-            "ownerReferences": [{
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": pod_name,
-                "uid": pod_uid,
-                "controller": true,
-                "blockOwnerDeletion": false,
-            }]
-        }
-    })
+pub fn owner_reference(pod_name: &str, pod_uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: "v1".into(),
+        kind: "Pod".into(),
+        name: pod_name.into(),
+        uid: pod_uid.into(),
+        controller: Some(true),
+        block_owner_deletion: Some(false),
+    }
 }
 
 #[cfg(test)]
@@ -275,12 +321,16 @@ mod tests {
     #[test]
     fn the_token_is_in_the_secret_and_only_referenced_by_the_pod() {
         let spec = spec();
-        let secret = build_secret(&spec);
+        let secret = build_secret(&spec, &pod_name(&spec.worker_id), "pod-uid");
         assert_eq!(
             secret.data.as_ref().unwrap()[TOKEN_KEY].0,
             spec.token.expose().as_bytes()
         );
         assert_eq!(secret.immutable, Some(true));
+        assert_eq!(
+            secret.metadata.owner_references,
+            Some(vec![owner_reference(&pod_name(&spec.worker_id), "pod-uid")])
+        );
 
         let pod = serde_json::to_string(&build_pod(&spec, &config())).unwrap();
         assert!(
@@ -330,6 +380,7 @@ mod tests {
             security.capabilities.as_ref().unwrap().drop,
             Some(vec!["ALL".to_string()])
         );
+        assert_eq!(security.read_only_root_filesystem, Some(true));
         let names: Vec<_> = container
             .env
             .as_ref()
@@ -348,23 +399,107 @@ mod tests {
         );
     }
 
+    fn quantities(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, Quantity>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(name, value)| (name.to_string(), Quantity(value.to_string())))
+                .collect(),
+        )
+    }
+
     #[test]
-    fn unspecified_resources_and_lifetime_are_left_out() {
+    fn limits_the_job_leaves_unset_come_from_the_defaults_so_the_pod_is_never_best_effort() {
         let mut spec = spec();
         spec.resources = Resources::default();
-        spec.lifetime = None;
-        let pod_spec = build_pod(&spec, &config()).spec.unwrap();
-        assert_eq!(pod_spec.active_deadline_seconds, None);
-        assert_eq!(pod_spec.containers[0].resources, None);
-
-        spec.resources.memory_bytes = 1024;
         let resources = build_pod(&spec, &config()).spec.unwrap().containers[0]
             .resources
             .clone()
             .unwrap();
         assert_eq!(
-            resources.limits.unwrap().keys().collect::<Vec<_>>(),
-            ["memory"]
+            resources.requests,
+            quantities(&[("cpu", "100m"), ("memory", "536870912")])
+        );
+        assert_eq!(
+            resources.limits,
+            quantities(&[("cpu", "1000m"), ("memory", "536870912")])
+        );
+
+        // Only memory set: the CPU still gets its default request and limit.
+        spec.resources.memory_bytes = 64 << 20;
+        let resources = build_pod(&spec, &config()).spec.unwrap().containers[0]
+            .resources
+            .clone()
+            .unwrap();
+        assert_eq!(
+            resources.requests,
+            quantities(&[("cpu", "100m"), ("memory", "67108864")])
+        );
+        assert_eq!(
+            resources.limits,
+            quantities(&[("cpu", "1000m"), ("memory", "67108864")])
+        );
+    }
+
+    #[test]
+    fn a_default_cpu_request_above_the_default_limit_is_lowered_to_it() {
+        let mut spec = spec();
+        spec.resources = Resources::default();
+        let mut config = config();
+        config.defaults.cpu_millis = 150;
+        config.defaults.cpu_request_millis = 500;
+        let resources = build_pod(&spec, &config).spec.unwrap().containers[0]
+            .resources
+            .clone()
+            .unwrap();
+        assert_eq!(resources.requests.unwrap()["cpu"], Quantity("150m".into()));
+    }
+
+    #[test]
+    fn zero_defaults_and_no_lifetime_leave_resources_and_deadline_out() {
+        let mut spec = spec();
+        spec.resources = Resources::default();
+        spec.lifetime = None;
+        let mut config = config();
+        config.defaults.cpu_millis = 0;
+        config.defaults.cpu_request_millis = 0;
+        config.defaults.memory_bytes = 0;
+        let pod_spec = build_pod(&spec, &config).spec.unwrap();
+        assert_eq!(pod_spec.active_deadline_seconds, None);
+        assert_eq!(pod_spec.containers[0].resources, None);
+    }
+
+    #[test]
+    fn the_root_filesystem_is_read_only_with_empty_dirs_for_tmp_and_the_home_directory() {
+        let mut config = config();
+        let pod_spec = build_pod(&spec(), &config).spec.unwrap();
+        let container = &pod_spec.containers[0];
+        assert_eq!(
+            container
+                .security_context
+                .as_ref()
+                .unwrap()
+                .read_only_root_filesystem,
+            Some(true)
+        );
+        let mounts: Vec<_> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+            .collect();
+        assert_eq!(mounts, [("tmp", "/tmp"), ("home", "/home/hodei")]);
+        let volumes = pod_spec.volumes.unwrap();
+        assert_eq!(volumes.len(), 2);
+        assert!(volumes.iter().all(|v| v.empty_dir.is_some()), "{volumes:?}");
+
+        // A home of /tmp is mounted once: two mounts on one path are refused by the API.
+        config.defaults.home = "/tmp".into();
+        let pod_spec = build_pod(&spec(), &config).spec.unwrap();
+        assert_eq!(pod_spec.volumes.unwrap().len(), 1);
+        assert_eq!(
+            pod_spec.containers[0].volume_mounts.as_ref().unwrap().len(),
+            1
         );
     }
 

@@ -1,6 +1,6 @@
 //! [`KubernetesProvider`]: the API calls behind each [`WorkerProvider`] operation.
 
-use std::{collections::HashSet, future::Future, str::FromStr};
+use std::{future::Future, str::FromStr};
 
 use async_trait::async_trait;
 use hodei_domain::{WorkerFailure, WorkerId};
@@ -10,9 +10,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client,
-    api::{
-        DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions, PropagationPolicy,
-    },
+    api::{DeleteParams, ListParams, PostParams, Preconditions, PropagationPolicy},
 };
 
 use super::{
@@ -20,7 +18,7 @@ use super::{
     config::KubernetesProviderConfig,
     errors::{self, Request},
     events,
-    pod::{build_pod, build_secret, owner_reference_patch, pod_name, secret_name},
+    pod::{build_pod, build_secret, pod_name, secret_name},
     status::{Graces, classify, stop_cause},
 };
 use crate::{
@@ -30,8 +28,9 @@ use crate::{
 /// Starts workers as Pods in one namespace.
 ///
 /// The API calls it makes are exactly those granted by `deploy/kubernetes/rbac-test.yaml`:
-/// pods `create`, `get`, `list`, `delete`; secrets `create`, `patch`, `list`, `delete`;
-/// events `list` (a Pod's sandbox failures).
+/// pods `create`, `get`, `list`, `delete`; secrets `create`, `delete` (never `get`, `list` or
+/// `watch`, which return a Secret's data: another worker's token); events `list` (a Pod's
+/// sandbox failures).
 pub struct KubernetesProvider {
     config: KubernetesProviderConfig,
     pods: Api<Pod>,
@@ -249,15 +248,12 @@ impl KubernetesProvider {
         Ok(())
     }
 
-    /// Undoes a half-done `create_worker`; failures are logged, the original error matters.
-    async fn roll_back(&self, worker_id: &WorkerId, pod: Option<&str>, secret: &str) {
-        if let Some(pod) = pod
-            && let Err(e) = self.delete_pod(pod, 0).await
-        {
+    /// Undoes a half-done `create_worker` by deleting its Pod; a Secret created for it (even
+    /// by a request that timed out) is owned by the Pod and goes with it. Failures are logged,
+    /// the original error matters; the orphan sweep lists a Pod left behind.
+    async fn roll_back(&self, worker_id: &WorkerId, pod: &str) {
+        if let Err(e) = self.delete_pod(pod, 0).await {
             tracing::warn!(%worker_id, error = %e, "rollback: could not delete the worker Pod");
-        }
-        if let Err(e) = self.delete_secret(secret).await {
-            tracing::warn!(%worker_id, error = %e, "rollback: could not delete the token Secret");
         }
     }
 
@@ -310,57 +306,40 @@ impl WorkerProvider for KubernetesProvider {
         PROVIDER
     }
 
-    /// Creates the token Secret, then the Pod, then makes the Pod the Secret's owner. Any
-    /// failure removes what was created, so an error leaves nothing behind.
+    /// Creates the Pod, then the token Secret owned by it (the kubelet waits for the Secret).
+    /// Any failure deletes the Pod, and with it anything created for it, so an error leaves
+    /// nothing behind.
     async fn create_worker(&self, spec: &WorkerSpec) -> Result<WorkerHandle, ProviderError> {
         let worker_id = spec.worker_id;
         let pod_name = pod_name(&worker_id);
         let secret_name = secret_name(&worker_id);
 
-        let request = self.request("create", "secrets", Some(&secret_name));
-        self.call(
-            &request,
-            self.secrets
-                .create(&PostParams::default(), &build_secret(spec)),
-        )
-        .await?;
-
         let request = self.request("create", "pods", Some(&pod_name));
-        let created = match self
+        let created = self
             .call(
                 &request,
                 self.pods
                     .create(&PostParams::default(), &build_pod(spec, &self.config)),
             )
-            .await
-        {
-            Ok(pod) => pod,
-            Err(e) => {
-                self.roll_back(&worker_id, None, &secret_name).await;
-                return Err(e);
-            }
-        };
-
+            .await?;
         let Some(uid) = created.metadata.uid.as_deref() else {
-            self.roll_back(&worker_id, Some(&pod_name), &secret_name)
-                .await;
+            self.roll_back(&worker_id, &pod_name).await;
             return Err(ProviderError::Unavailable {
                 provider: PROVIDER,
                 detail: format!("the API returned Pod {pod_name} without a uid"),
             });
         };
-        let request = self.request("patch", "secrets", Some(&secret_name));
-        let patch = Patch::Merge(owner_reference_patch(&pod_name, uid));
+
+        let request = self.request("create", "secrets", Some(&secret_name));
+        let secret = build_secret(spec, &pod_name, uid);
         if let Err(e) = self
             .call(
                 &request,
-                self.secrets
-                    .patch(&secret_name, &PatchParams::default(), &patch),
+                self.secrets.create(&PostParams::default(), &secret),
             )
             .await
         {
-            self.roll_back(&worker_id, Some(&pod_name), &secret_name)
-                .await;
+            self.roll_back(&worker_id, &pod_name).await;
             return Err(e);
         }
 
@@ -414,8 +393,8 @@ impl WorkerProvider for KubernetesProvider {
         let pod_name = pod_name(worker_id);
         let grace = u32::try_from(self.config.termination_grace.as_secs()).unwrap_or(u32::MAX);
         let existed = self.delete_pod(&pod_name, grace).await?;
-        // Explicitly, not only through the owner reference: the Secret may predate its Pod
-        // (a crash between the two creates) or the garbage collector may lag.
+        // Explicitly, not only through the owner reference: the garbage collector may lag,
+        // and the Secret is gone when this returns.
         self.delete_secret(&secret_name(worker_id)).await?;
         if existed {
             self.wait_until_pod_gone(&pod_name).await?;
@@ -424,50 +403,25 @@ impl WorkerProvider for KubernetesProvider {
         Ok(())
     }
 
-    /// The instance's Pods, plus token Secrets whose Pod does not exist (left by a crash
-    /// between creating the Secret and the Pod), reported as `secret/<name>` so the reaper can
-    /// destroy them too.
+    /// The instance's Pods. Their token Secrets are not listed (that would need `list` on
+    /// Secrets, which returns their data): each is owned by its Pod and goes with it.
     async fn list_managed(&self, instance: &str) -> Result<Vec<ManagedWorker>, ProviderError> {
         let params = ListParams::default().labels(&labels::instance_selector(instance));
         let request = self.request("list", "pods", None);
         let pods = self.call(&request, self.pods.list(&params)).await?;
-        let request = self.request("list", "secrets", None);
-        // Metadata only: the reaper needs names and labels, not the tokens.
-        let secrets = self
-            .call(&request, self.secrets.list_metadata(&params))
-            .await?;
-
-        let mut managed = Vec::new();
-        let mut with_pod = HashSet::new();
-        for pod in &pods.items {
-            let worker_id = worker_id_label(pod.metadata.labels.as_ref());
-            with_pod.insert(worker_id);
-            managed.push(ManagedWorker {
-                worker_id,
+        Ok(pods
+            .items
+            .iter()
+            .map(|pod| ManagedWorker {
+                worker_id: worker_id_label(pod.metadata.labels.as_ref()),
                 resource: pod.metadata.name.clone().unwrap_or_default(),
                 uid: pod.metadata.uid.clone().unwrap_or_default(),
-            });
-        }
-        for secret in &secrets.items {
-            let worker_id = worker_id_label(secret.metadata.labels.as_ref());
-            if worker_id.is_some() && with_pod.contains(&worker_id) {
-                continue;
-            }
-            managed.push(ManagedWorker {
-                worker_id,
-                resource: format!(
-                    "{SECRET_PREFIX}{}",
-                    secret.metadata.name.as_deref().unwrap_or("")
-                ),
-                uid: secret.metadata.uid.clone().unwrap_or_default(),
-            });
-        }
-        Ok(managed)
+            })
+            .collect())
     }
 
-    /// Deletes the Pod (or `secret/<name>`) by the name listed, with a UID precondition. A
-    /// Pod's token Secret goes with it through its owner reference; one that never got the
-    /// reference is listed on its own at the next sweep.
+    /// Deletes the Pod by the name listed, with a UID precondition. Its token Secret goes with
+    /// it through its owner reference.
     async fn remove_managed(&self, found: &ManagedWorker) -> Result<(), ProviderError> {
         if found.resource.is_empty() || found.uid.is_empty() {
             // Every object the API lists has both; without them nothing can be deleted safely.
@@ -476,23 +430,11 @@ impl WorkerProvider for KubernetesProvider {
                 detail: format!("cannot remove {found:?}: the listing gave no name or uid"),
             });
         }
-        match found.resource.strip_prefix(SECRET_PREFIX) {
-            Some(secret) => {
-                self.delete_listed(&self.secrets, "secrets", secret, &found.uid, None)
-                    .await
-            }
-            None => {
-                let grace =
-                    u32::try_from(self.config.termination_grace.as_secs()).unwrap_or(u32::MAX);
-                self.delete_listed(&self.pods, "pods", &found.resource, &found.uid, Some(grace))
-                    .await
-            }
-        }
+        let grace = u32::try_from(self.config.termination_grace.as_secs()).unwrap_or(u32::MAX);
+        self.delete_listed(&self.pods, "pods", &found.resource, &found.uid, Some(grace))
+            .await
     }
 }
-
-/// How [`KubernetesProvider::list_managed`] names a Secret listed without its Pod.
-const SECRET_PREFIX: &str = "secret/";
 
 fn worker_id_label(
     labels: Option<&std::collections::BTreeMap<String, String>>,
