@@ -41,7 +41,8 @@ async fn browser(width: u32, height: u32) -> anyhow::Result<Client> {
                      "--disable-dev-shm-usage", format!("--window-size={width},{height}")],
         }),
     );
-    let client = ClientBuilder::rustls()?
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = ClientBuilder::new(connector)
         .capabilities(capabilities)
         .connect(&driver)
         .await
@@ -354,7 +355,7 @@ async fn markup_and_ansi_colour_codes_in_a_log_render_as_text_and_no_script_runs
     let injected = browser
         .execute(
             "return [document.querySelectorAll('#log script, #log img').length, window.__xss ?? null,
-                     Array.from(document.querySelectorAll('#log .l:nth-child(3) span'), s => s.className)];",
+                     Array.from(document.querySelectorAll('#log .l')[2].querySelectorAll('span'), s => s.className)];",
             vec![],
         )
         .await?;

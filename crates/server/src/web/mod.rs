@@ -143,7 +143,9 @@ async fn security_headers(mut response: Response) -> Response {
         ("content-security-policy", CONTENT_SECURITY_POLICY),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
+        // Not `no-referrer`: with it Chromium sends `Origin: null` on form posts, which the
+        // same-origin check must refuse.
+        ("referrer-policy", "same-origin"),
         ("cross-origin-opener-policy", "same-origin"),
     ] {
         headers.insert(name, HeaderValue::from_static(value));

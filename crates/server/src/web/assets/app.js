@@ -110,28 +110,45 @@
       status.textContent = text;
     }
 
+    // Each batch becomes one chunk that the browser lays out only while it is on screen
+    // (content-visibility), so a log of 100,000 lines costs what is visible, not all of it.
+    let scrollPending = false;
+    let ownScroll = false;
     function append(batch) {
-      const stick = followBox.checked;
-      const fragment = document.createDocumentFragment();
+      const chunk = document.createElement('div');
+      chunk.className = 'chunk';
+      let added = 0;
       for (const [sequence, stream, text] of batch) {
         if (sequence < next) continue; // already shown
         const line = document.createElement('div');
         line.className = stream === 2 ? 'l err' : 'l out';
         line.dataset.n = String(sequence);
         appendText(line, text);
-        fragment.appendChild(line);
+        chunk.appendChild(line);
         next = sequence + 1;
         count += 1;
+        added += 1;
         if (stream === 2) stderr += 1;
       }
-      if (count > 0 && !box.dataset.firstLineMs) {
+      if (added === 0) return;
+      // A first guess of the chunk's height until it has been rendered once (CSSOM, which
+      // the Content-Security-Policy allows, unlike style attributes).
+      chunk.style.containIntrinsicSize = `auto ${added * 18}px`;
+      if (!box.dataset.firstLineMs) {
         box.dataset.firstLineMs = String(Math.round(performance.now() - started));
       }
-      box.appendChild(fragment);
+      box.appendChild(chunk);
       box.dataset.next = String(next);
       box.dataset.count = String(count);
-      if (stick) box.scrollTop = box.scrollHeight;
       show(`${count} lines (${stderr} on stderr), following…`);
+      if (followBox.checked && !scrollPending) {
+        scrollPending = true;
+        requestAnimationFrame(() => {
+          scrollPending = false;
+          ownScroll = true;
+          box.scrollTop = box.scrollHeight;
+        });
+      }
     }
 
     const source = new EventSource(`${box.dataset.stream}?from=${next}`);
@@ -155,6 +172,10 @@
     });
     // Scrolling up stops following; scrolling back to the bottom resumes it.
     box.addEventListener('scroll', () => {
+      if (ownScroll) {
+        ownScroll = false;
+        return;
+      }
       followBox.checked = box.scrollHeight - box.scrollTop - box.clientHeight < 8;
     }, { passive: true });
   }
