@@ -106,6 +106,18 @@ async fn signing_in_keeps_the_token_in_an_http_only_same_site_cookie_and_bad_tok
         malformed.body
     );
     assert!(!malformed.body.contains("<script>"));
+
+    // Login CSRF: a form on another site must not sign the visitor in, even with a good token.
+    let foreign = http(
+        addr,
+        "POST",
+        "/login",
+        &[("Origin", "http://evil.example")],
+        Some(&format!("token={}", server.admin_token.expose())),
+    )
+    .await?;
+    assert_eq!(foreign.status, 403, "{foreign:?}");
+    assert!(foreign.header("set-cookie").is_none());
     server.shutdown().await
 }
 

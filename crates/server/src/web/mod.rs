@@ -282,16 +282,7 @@ impl Web {
         session: &Session,
         csrf: Option<&str>,
     ) -> Result<(), WebError> {
-        if let (Some(origin), Some(host)) = (
-            headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
-            headers.get(header::HOST).and_then(|v| v.to_str().ok()),
-        ) && origin.split_once("://").map(|(_, h)| h) != Some(host)
-        {
-            return Err(WebError::new(
-                StatusCode::FORBIDDEN,
-                "cross-origin request refused",
-            ));
-        }
+        check_same_origin(headers)?;
         let given = csrf.unwrap_or_default().as_bytes();
         let expected = session.csrf.as_bytes();
         // Compared without an early exit, so timing does not reveal how much matched.
@@ -358,7 +349,31 @@ struct LoginForm {
     token: String,
 }
 
-async fn login(State(web): State<Arc<Web>>, Form(form): Form<LoginForm>) -> Response {
+/// Refuses a form posted from another site. Browsers send `Origin` on every POST; without the
+/// check a page elsewhere could sign a visitor in with the attacker's token (login CSRF) and
+/// show them the attacker's jobs as theirs. There is no session yet, so no form token either.
+fn check_same_origin(headers: &HeaderMap) -> Result<(), WebError> {
+    if let (Some(origin), Some(host)) = (
+        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
+    ) && origin.split_once("://").map(|(_, h)| h) != Some(host)
+    {
+        return Err(WebError::new(
+            StatusCode::FORBIDDEN,
+            "cross-origin request refused",
+        ));
+    }
+    Ok(())
+}
+
+async fn login(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if let Err(refused) = check_same_origin(&headers) {
+        return refused.into_response();
+    }
     let refused = |status: StatusCode, message: String| {
         (
             status,
