@@ -50,6 +50,13 @@ pub struct Config {
     /// `Authorization: Bearer <API token with metrics:read>`.
     #[arg(long, env = "HODEI_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
     pub metrics_listen: String,
+    /// Web dashboard listen address (HTTP), or "off". It asks for an API token at login, like
+    /// the API; put a TLS-terminating proxy in front of it beyond loopback.
+    #[arg(long, env = "HODEI_WEB_LISTEN", default_value = "off")]
+    pub web_listen: String,
+    /// Mark the dashboard's login cookie Secure (browsers reach it over HTTPS through a proxy).
+    #[arg(long, env = "HODEI_WEB_SECURE_COOKIE")]
+    pub web_secure_cookie: bool,
 
     /// Serve the client API without authentication: anyone who can reach the port may run any
     /// command. Only for a server nobody else can reach; logged as a warning at start-up.
@@ -255,6 +262,13 @@ impl Config {
                 format!("--metrics-listen {addr:?} is not an address or \"off\"")
             })?),
         };
+        let web_listen =
+            match self.web_listen.as_str() {
+                "off" | "" => None,
+                addr => Some(addr.parse().with_context(|| {
+                    format!("--web-listen {addr:?} is not an address or \"off\"")
+                })?),
+            };
         let worker_ca_pem = match &self.worker_ca {
             Some(path) => Some(
                 std::fs::read_to_string(path)
@@ -265,6 +279,8 @@ impl Config {
         let mut settings = Settings {
             listen: self.listen,
             metrics_listen,
+            web_listen,
+            web_secure_cookie: self.web_secure_cookie,
             instance: self.instance.clone(),
             worker_server_url: self.worker_server_url.clone(),
             worker_server_host: self.worker_server_host.clone(),

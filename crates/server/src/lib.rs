@@ -19,6 +19,7 @@ pub mod server;
 mod services;
 mod session;
 mod settings;
+mod web;
 
 pub use server::{RunningServer, start};
 

@@ -6,6 +6,7 @@
 //! - the dispatcher ([`crate::dispatcher`]);
 //! - maintenance ([`crate::maintenance`]): orphan sweep, stale registrations;
 //! - the metrics endpoint, when enabled;
+//! - the web dashboard ([`crate::web`]), when enabled;
 //! - on the core's tracker: one session per connected worker, one provisioning task per worker
 //!   being created, workers being destroyed, retry timers, log followers.
 //!
@@ -38,6 +39,7 @@ use crate::{
     maintenance, metrics,
     services::{AgentService, JobsService, LogsService, TokensService, WorkersService},
     settings::AuthMode,
+    web,
 };
 
 /// A started server.
@@ -45,6 +47,7 @@ pub struct RunningServer {
     lifecycle: Lifecycle,
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
+    web_addr: Option<SocketAddr>,
     stop_serving: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -151,6 +154,22 @@ pub async fn start(
         }
         None => None,
     };
+    let web_addr = match core.settings.web_listen {
+        Some(listen) => {
+            let (addr, task) = web::serve(
+                listen,
+                lifecycle.clone(),
+                core.clone(),
+                access.clone(),
+                stop_serving.clone(),
+            )
+            .await
+            .with_context(|| format!("cannot serve the web dashboard on {listen}"))?;
+            tasks.push(task);
+            Some(addr)
+        }
+        None => None,
+    };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -230,6 +249,7 @@ pub async fn start(
         lifecycle,
         addr,
         metrics_addr,
+        web_addr,
         stop_serving,
         tasks,
         serve,
@@ -243,6 +263,11 @@ impl RunningServer {
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Where the web dashboard listens, when enabled.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_addr
     }
 
     /// The `HODEI_SERVER` value given to workers.

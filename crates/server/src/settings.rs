@@ -20,6 +20,11 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Prometheus `/metrics` listen address; None disables the endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// The web dashboard's listen address (HTTP); None (the default) disables it.
+    pub web_listen: Option<SocketAddr>,
+    /// Mark the dashboard's login cookie `Secure`: set it when browsers reach the dashboard
+    /// over HTTPS (a TLS-terminating proxy in front of `web_listen`).
+    pub web_secure_cookie: bool,
     /// Value of the `hodei.io/instance` label on everything this server creates. The reaper
     /// only removes resources of its own instance.
     pub instance: String,
@@ -115,6 +120,8 @@ impl Default for Settings {
             listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
             // Loopback: the metrics name jobs and workers; expose them deliberately.
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            web_listen: None,
+            web_secure_cookie: false,
             instance: "default".into(),
             worker_server_url: None,
             worker_server_host: "127.0.0.1".into(),

@@ -88,7 +88,8 @@ where
 }
 
 /// The caller of a client method, `None` for open and agent methods, or why it is refused.
-async fn admit(
+/// The web dashboard asks the same question for the method each of its actions stands for.
+pub(crate) async fn admit(
     access: &Access,
     path: &str,
     authorization: Option<&[u8]>,

@@ -27,6 +27,7 @@ use tonic::Status;
 use crate::settings::AuthMode;
 
 pub use layer::AccessLayer;
+pub(crate) use layer::admit;
 
 /// How long an answer about a token is reused. A revocation on this server takes effect at
 /// once (the entry is dropped); one made through another server of the same database within
