@@ -19,9 +19,12 @@ use crate::{
 /// Commands longer than this are cut in tables; `hodei jobs get` shows them whole.
 const COMMAND_WIDTH: usize = 60;
 const REASON_WIDTH: usize = 60;
+const LIST_REASON_WIDTH: usize = 80;
 
 pub fn jobs_table(jobs: &[pb::Job], now: DateTime<Utc>) -> String {
-    let mut table = Table::new(vec!["ID", "STATE", "EXIT", "ATTEMPTS", "AGE", "COMMAND"]);
+    let mut table = Table::new(vec![
+        "ID", "STATE", "EXIT", "ATTEMPTS", "AGE", "COMMAND", "REASON",
+    ]);
     for job in jobs {
         let command = job.spec.as_ref().map_or("", |spec| spec.command.as_str());
         table.push(vec![
@@ -32,9 +35,18 @@ pub fn jobs_table(jobs: &[pb::Job], now: DateTime<Utc>) -> String {
             job.attempts.to_string(),
             age_or_dash(now, job.created_at.as_ref()),
             truncate(command, COMMAND_WIDTH),
+            truncate(short_reason(&job.reason), LIST_REASON_WIDTH),
         ]);
     }
     table.render()
+}
+
+/// A reason as a list shows it: its class and subject, without the platform's detail that the
+/// server appends in parentheses (`hodei jobs get` shows the whole sentence). For example
+/// `failed after 1 attempt(s): image not found: registry.invalid/w:1 (manifest unknown: …)`
+/// lists as `failed after 1 attempt(s): image not found: registry.invalid/w:1`.
+fn short_reason(reason: &str) -> &str {
+    reason.split(" (").next().unwrap_or(reason).trim_end()
 }
 
 pub fn tokens_table(tokens: &[pb::ApiToken], now: DateTime<Utc>) -> String {
@@ -273,15 +285,41 @@ mod tests {
                 state: pb::JobState::Queued as i32,
                 ..Default::default()
             },
+            pb::Job {
+                id: "job-3".into(),
+                state: pb::JobState::Failed as i32,
+                attempts: 1,
+                reason: "failed after 1 attempt(s): image not found: registry.invalid/w:1 \
+                         (failed to resolve reference: manifest unknown)"
+                    .into(),
+                spec: Some(pb::JobSpec {
+                    command: "make".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
         ];
         let rendered = jobs_table(&jobs, now);
         let lines: Vec<&str> = rendered.lines().collect();
-        assert_eq!(lines[0], "ID      STATE   EXIT  ATTEMPTS  AGE  COMMAND");
+        let wide = " ".repeat(53);
+        assert_eq!(
+            lines[0],
+            format!("ID      STATE   EXIT  ATTEMPTS  AGE  COMMAND{wide}  REASON")
+        );
         assert_eq!(
             lines[1],
             format!("job-1   failed  3     1         5m   {}…", "x".repeat(59))
         );
         assert_eq!(lines[2], "job-22  queued  -     0         -");
+        assert_eq!(
+            lines[3],
+            format!(
+                "job-3   failed  -     1         -    make{}  \
+                 failed after 1 attempt(s): image not found: registry.invalid/w:1",
+                " ".repeat(56)
+            ),
+            "the list shows the failure's class and subject, not the platform's detail"
+        );
     }
 
     #[test]
