@@ -25,7 +25,10 @@ pub struct Appended {
     pub inserted: u64,
 }
 
-fn columns(lines: &[NewLogLine]) -> (Vec<i64>, Vec<i16>, Vec<&[u8]>, Vec<DateTime<Utc>>) {
+/// Lines as the columns `UNNEST` takes: sequences, streams, data, emission times.
+type Columns<'a> = (Vec<i64>, Vec<i16>, Vec<&'a [u8]>, Vec<DateTime<Utc>>);
+
+fn columns(lines: &[NewLogLine]) -> Columns<'_> {
     let mut sequences = Vec::with_capacity(lines.len());
     let mut streams = Vec::with_capacity(lines.len());
     let mut data = Vec::with_capacity(lines.len());
