@@ -398,6 +398,43 @@ mod tests {
     }
 
     #[test]
+    fn a_reconnected_worker_is_adopted_and_offered_no_job_until_it_has_resumed() {
+        let registry = Registry::default();
+        let (worker, job) = (WorkerId::new(), JobId::new());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        assert_eq!(registry.adopt(worker, tx.clone()), Ok(()));
+        assert_eq!(registry.phase(worker), Some(Phase::Resuming));
+        assert!(registry.commands(worker).is_some());
+        // While it resumes, the dispatcher does not see it, and no second stream attaches.
+        assert_eq!(registry.reserve_idle(), Vec::<WorkerId>::new());
+        assert_eq!(
+            registry.adopt(worker, tx.clone()),
+            Err(AttachError::AlreadyConnected)
+        );
+        assert_eq!(
+            registry.attach(worker, tx),
+            Err(AttachError::AlreadyConnected)
+        );
+        registry.resumed(worker, Some(job));
+        assert_eq!(registry.phase(worker), Some(Phase::Busy { job }));
+    }
+
+    #[test]
+    fn a_worker_being_retired_or_provisioned_is_not_adopted() {
+        let registry = Registry::default();
+        let (retiring, provisioning) = (WorkerId::new(), WorkerId::new());
+        registry.insert_provisioning(retiring, JobId::new());
+        registry.mark_retiring(retiring);
+        registry.insert_provisioning(provisioning, JobId::new());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        assert_eq!(
+            registry.adopt(retiring, tx.clone()),
+            Err(AttachError::Retiring)
+        );
+        assert_eq!(registry.adopt(provisioning, tx), Err(AttachError::Unknown));
+    }
+
+    #[test]
     fn an_idle_worker_is_reserved_once() {
         let registry = Registry::default();
         let worker = WorkerId::new();

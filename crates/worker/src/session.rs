@@ -190,6 +190,12 @@ impl Session {
                     self.job = None;
                     self.jobs_run += 1;
                     process::reap_orphans();
+                    if matches!(self.leaving, Some(Leaving::Terminated(_))) && self.out.is_none() {
+                        // Stopped by its platform while no server was reachable: nobody to
+                        // report to, and the platform wants it gone.
+                        tracing::info!("job stopped while disconnected; exiting");
+                        return Ok(());
+                    }
                     self.report = Some(report);
                     self.report_sent = false;
                     self.flush_end().await

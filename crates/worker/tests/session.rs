@@ -410,6 +410,38 @@ async fn given_no_server_for_the_reconnect_grace_then_the_job_is_stopped_and_the
 }
 
 #[tokio::test]
+async fn given_a_running_job_when_the_server_refuses_the_reconnect_then_the_job_is_killed_at_once()
+{
+    let mut fake = FakeServer::start().await;
+    let worker = Worker::start(config(&fake.url, TOKEN));
+    let mut session = fake.session().await;
+
+    session
+        .assign(JOB_1, "trap '' TERM; sleep 300 & sleep 300")
+        .await;
+    let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
+        panic!("expected JobStarted");
+    };
+    // Meanwhile the server declared the worker lost: its credential no longer resolves.
+    fake.refuse_sessions();
+    let lost = Instant::now();
+    session.end_stream();
+
+    let err = worker.result().await.expect_err("the worker fails");
+    assert!(matches!(err, WorkerError::LostConnection(_)), "{err}");
+    assert!(
+        err.to_string().contains("unknown or expired session"),
+        "{err}"
+    );
+    assert!(
+        lost.elapsed() < Duration::from_secs(5),
+        "not at once: {:?}",
+        lost.elapsed()
+    );
+    assert_eq!(survivors_of_group(started.pid).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
 async fn given_a_running_job_when_the_worker_is_terminated_then_the_job_is_reported_interrupted_not_cancelled_and_the_exit_is_clean()
  {
     let mut fake = FakeServer::start().await;

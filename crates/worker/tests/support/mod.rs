@@ -35,6 +35,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 #[derive(Default)]
 struct Inner {
     registrations: Vec<pb::RegisterRequest>,
+    /// Refuse every further session, as a server that declared the worker lost does.
+    refuse_sessions: bool,
 }
 
 #[derive(Clone)]
@@ -103,6 +105,11 @@ impl FakeServer {
         self.inner.lock().unwrap().registrations.clone()
     }
 
+    /// From now on, `Connect` answers `UNAUTHENTICATED` (the credential no longer resolves).
+    pub fn refuse_sessions(&self) {
+        self.inner.lock().unwrap().refuse_sessions = true;
+    }
+
     /// The next worker session, its first message not yet read.
     pub async fn raw_session(&mut self) -> FakeSession {
         tokio::time::timeout(DEADLINE, self.sessions.recv())
@@ -155,6 +162,9 @@ impl WorkerAgentService for Fake {
             .get("authorization")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
+        if self.inner.lock().unwrap().refuse_sessions {
+            return Err(Status::unauthenticated("unknown or expired session"));
+        }
         if authorization.as_deref() != Some(&format!("Bearer {SESSION_TOKEN}")) {
             return Err(Status::unauthenticated(format!(
                 "bad authorization {authorization:?}"
