@@ -400,7 +400,9 @@ impl Session {
             other => return other,
         }
         self.report_sent = true;
-        if self.acknowledged {
+        // A server that confirms ends is waited for, unless the worker is leaving anyway: the
+        // end travels ahead of the close on the same stream, as it always did.
+        if self.acknowledged && self.leaving.is_none() {
             Flow::Continue
         } else {
             self.forget_job()

@@ -349,11 +349,65 @@ async fn given_a_running_job_when_the_server_drops_the_stream_then_the_worker_re
     resumed.shutdown("test over", true).await;
     let record = resumed.job_until_finished().await;
     assert_eq!(record.outcome(), JobOutcome::Cancelled);
-    // This server confirms ends: the worker leaves once its end is stored.
-    resumed.recorded(JOB_1).await;
     resumed.expect_close().await;
     worker.result().await.expect("clean exit");
     assert_eq!(survivors_of_group(started.pid).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn given_a_job_that_ends_while_disconnected_then_its_end_is_resent_until_recorded() {
+    let mut fake = FakeServer::start().await;
+    let worker = Worker::start(config(&fake.url, TOKEN));
+    let mut session = fake.session().await;
+    session.info(0).await;
+    session
+        .assign_numbered(JOB_1, "echo a; sleep 1; echo b", 1)
+        .await;
+    let Some(Msg::JobStarted(_)) = session.recv_skipping_heartbeats().await else {
+        panic!("expected JobStarted");
+    };
+    session.end_stream();
+
+    // Re-connected, but told nothing until the job has ended: nothing is sent meanwhile.
+    let mut second = fake.raw_session().await;
+    assert!(matches!(second.recv().await, Some(Msg::Resume(_))));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    second.info(0).await;
+    let mut lines = Vec::new();
+    let finished = loop {
+        match second.recv_skipping_heartbeats().await {
+            Some(Msg::Logs(batch)) => lines.extend(numbered(&batch)),
+            Some(Msg::JobFinished(finished)) => break finished,
+            other => panic!("expected output then the end, got {other:?}"),
+        }
+    };
+    assert_eq!(lines, [(1, "a".to_string()), (2, "b".to_string())]);
+    assert_eq!(finished.exit_code, Some(0));
+    // The stream breaks before the end is confirmed: it is sent again, and only it.
+    second.end_stream();
+    let mut third = fake.raw_session().await;
+    let Some(Msg::Resume(resume)) = third.recv().await else {
+        panic!("expected Resume");
+    };
+    assert_eq!(resume.job_id, JOB_1);
+    assert_eq!(resume.finished.as_ref().map(|f| f.exit_code), Some(Some(0)));
+    third.info(2).await;
+    match third.recv_skipping_heartbeats().await {
+        Some(Msg::JobFinished(again)) => assert_eq!(again, finished),
+        other => panic!("expected the end again, got {other:?}"),
+    }
+    third.recorded(JOB_1).await;
+    // Idle now: a new job is taken.
+    third.assign_numbered(SECOND, "echo next", 1).await;
+    assert!(matches!(
+        third.recv_skipping_heartbeats().await,
+        Some(Msg::JobStarted(_))
+    ));
+    third.shutdown("test over", false).await;
+    let record = third.job_until_finished().await;
+    assert_eq!(record.stdout(), ["next"]);
+    third.expect_close().await;
+    worker.result().await.expect("clean exit");
 }
 
 #[tokio::test]
