@@ -64,6 +64,8 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(message) = pb::WorkerMessage::decode(data) {
         match message.msg {
             Some(pb::worker_message::Msg::Logs(batch)) => {
+                // Any first_sequence is representable: the server checks it against its own.
+                let _ = batch.first_sequence.checked_add(batch.lines.len() as u64);
                 for chunk in batch.lines {
                     let _ = convert::stream_from_proto(chunk.stream);
                     if let Some(at) = convert::datetime(chunk.emitted_at.as_ref()) {
@@ -81,6 +83,22 @@ fuzz_target!(|data: &[u8]| {
                     convert::WorkerReport::Interrupted { .. } => {
                         assert_eq!(finished.outcome, pb::JobOutcome::Interrupted as i32);
                     }
+                }
+            }
+            Some(pb::worker_message::Msg::Resume(resume)) => {
+                match convert::held_from_resume(&resume) {
+                    Ok(None) => assert!(resume.job_id.is_empty()),
+                    Ok(Some(held)) => {
+                        assert_eq!(
+                            convert::parse_job_id(&held.job_id.to_string()).ok(),
+                            Some(held.job_id)
+                        );
+                        if let Some(finished) = &held.finished {
+                            assert_eq!(finished.job_id, resume.job_id);
+                            let _ = convert::report_from_proto(finished, None);
+                        }
+                    }
+                    Err(refused) => assert!(!refused.to_string().is_empty()),
                 }
             }
             _ => {}

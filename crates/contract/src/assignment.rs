@@ -23,11 +23,19 @@ pub struct Assignment {
     pub timeout: Duration,
     /// Between SIGTERM and SIGKILL of the job's process group when it is stopped.
     pub kill_grace: Duration,
+    /// Sequence of the attempt's first output line (the worker numbers its lines from it, so a
+    /// line re-sent after a reconnect is recognised). 0: the server numbers lines itself.
+    pub first_sequence: u64,
 }
 
 impl Assignment {
     /// The current attempt of `job`, with its secrets.
-    pub fn for_job(job: &Job, secrets: JobSecrets, kill_grace: Duration) -> Self {
+    pub fn for_job(
+        job: &Job,
+        secrets: JobSecrets,
+        kill_grace: Duration,
+        first_sequence: u64,
+    ) -> Self {
         Self {
             job_id: job.id,
             attempt: job.attempts,
@@ -36,6 +44,7 @@ impl Assignment {
             secrets,
             timeout: job.spec.timeout,
             kill_grace,
+            first_sequence,
         }
     }
 
@@ -62,6 +71,7 @@ impl Assignment {
             timeout_seconds: self.timeout.as_secs().max(1),
             kill_grace_ms: u32::try_from(self.kill_grace.as_millis()).unwrap_or(u32::MAX),
             secrets: self.secrets.expose().clone().into_iter().collect(),
+            first_sequence: self.first_sequence,
         }
     }
 
@@ -85,6 +95,7 @@ impl Assignment {
             secrets: JobSecrets::from_stored(message.secrets.into_iter().collect()),
             timeout: Duration::from_secs(message.timeout_seconds),
             kill_grace: Duration::from_millis(u64::from(message.kill_grace_ms)),
+            first_sequence: message.first_sequence,
         })
     }
 }
@@ -102,6 +113,7 @@ mod tests {
             secrets: JobSecrets::from_stored(BTreeMap::from([("TOKEN".into(), "s3cr3t".into())])),
             timeout: Duration::from_secs(30),
             kill_grace: Duration::from_millis(1500),
+            first_sequence: 41,
         }
     }
 

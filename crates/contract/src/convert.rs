@@ -262,6 +262,43 @@ pub enum WorkerReport {
     Interrupted { message: String },
 }
 
+/// What a resuming worker says it holds (`pb::Resume`), checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub job_id: JobId,
+    pub attempt: u32,
+    /// Its command's process group leader; 0 when it has not started.
+    pub pid: u32,
+    /// The sequence its next line gets.
+    pub next_sequence: u64,
+    /// The job's end, reported while disconnected or not yet recorded.
+    pub finished: Option<pb::JobFinished>,
+}
+
+/// `None` for an idle worker; an error for a job id that is not one, or an end reported for
+/// another job than the one held.
+pub fn held_from_resume(resume: &pb::Resume) -> Result<Option<Held>, ContractError> {
+    if resume.job_id.is_empty() {
+        return Ok(None);
+    }
+    let job_id = parse_job_id(&resume.job_id)?;
+    if let Some(finished) = &resume.finished
+        && finished.job_id != resume.job_id
+    {
+        return Err(ContractError::InvalidAssignment(format!(
+            "a resume holding job {} reports the end of job {}",
+            resume.job_id, finished.job_id
+        )));
+    }
+    Ok(Some(Held {
+        job_id,
+        attempt: resume.attempt,
+        pid: resume.pid,
+        next_sequence: resume.next_sequence,
+        finished: resume.finished.clone(),
+    }))
+}
+
 /// How a worker says its job ended. `cancel_reason` is the reason the server gave when it asked
 /// for the cancel; it wins over the worker's message.
 pub fn report_from_proto(finished: &pb::JobFinished, cancel_reason: Option<&str>) -> WorkerReport {

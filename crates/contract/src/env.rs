@@ -13,6 +13,12 @@ pub const TOKEN_FILE: &str = "HODEI_TOKEN_FILE";
 pub const SERVER: &str = "HODEI_SERVER";
 /// The id the token is bound to.
 pub const WORKER_ID: &str = "HODEI_WORKER_ID";
+/// How long a worker that cannot reach any server keeps its job running before it kills the
+/// job's process group and exits 1 (the contract's duration grammar, e.g. `5m`; default 5 min).
+pub const RECONNECT_GRACE: &str = "HODEI_RECONNECT_GRACE";
+/// Bytes of output a worker keeps until the server acknowledges them as stored (default 4 MiB,
+/// at least 2 MiB); when it is full the job waits on its pipes, nothing is dropped.
+pub const RESUME_BUFFER_BYTES: &str = "HODEI_RESUME_BUFFER_BYTES";
 /// PEM of the CA that signed the server's certificate (TLS only).
 pub const TLS_CA_PEM: &str = "HODEI_TLS_CA_PEM";
 

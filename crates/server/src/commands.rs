@@ -20,6 +20,10 @@ pub enum SessionCommand {
         reason: String,
         now: bool,
     },
+    /// This server is going away: tell the worker to reconnect (keeping its job) and let it go.
+    Move {
+        reason: String,
+    },
 }
 
 pub type Commands = mpsc::UnboundedSender<SessionCommand>;

@@ -103,7 +103,17 @@ pub struct Config {
     /// Between SIGTERM and SIGKILL of a cancelled or timed-out job.
     #[arg(long, env = "HODEI_KILL_GRACE", default_value = "10s", value_parser = duration::parse)]
     pub kill_grace: Duration,
-    /// On SIGTERM, how long running jobs may finish before they are re-queued.
+    /// How long a worker that cannot reach any server keeps its job running before it kills
+    /// it and exits; a worker unheard of for longer (plus the kill grace and --lease-slack) is
+    /// lost and its job re-queued.
+    #[arg(long, env = "HODEI_RECONNECT_GRACE", default_value = "5m", value_parser = duration::parse)]
+    pub reconnect_grace: Duration,
+    /// Added to a worker's lease beyond its reconnect and kill graces: the time a worker may
+    /// take to notice that its connection died.
+    #[arg(long, env = "HODEI_LEASE_SLACK", default_value = "60s", value_parser = duration::parse)]
+    pub lease_slack: Duration,
+    /// On SIGTERM, how long running jobs may finish before their workers are told to move
+    /// (they keep running their jobs and reconnect to the next server of the instance).
     #[arg(long, env = "HODEI_SHUTDOWN_GRACE", default_value = "30s", value_parser = duration::parse)]
     pub shutdown_grace: Duration,
     #[arg(long, env = "HODEI_ORPHAN_SWEEP_INTERVAL", default_value = "30s", value_parser = duration::parse)]
@@ -292,6 +302,8 @@ impl Config {
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
             kill_grace: self.kill_grace,
+            reconnect_grace: self.reconnect_grace,
+            lease_slack: self.lease_slack,
             shutdown_grace: self.shutdown_grace,
             orphan_sweep_interval: self.orphan_sweep_interval,
             tls: match (&self.tls_cert, &self.tls_key) {

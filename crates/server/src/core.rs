@@ -31,6 +31,9 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     /// `HODEI_SERVER` for new workers.
     pub worker_address: String,
+    /// This process (a restart is a new id): recorded as the holder of the workers whose
+    /// streams it serves.
+    pub server_id: uuid::Uuid,
     /// Wakes the dispatcher: a job was queued, a worker became idle or went away.
     dispatch: Notify,
     /// A re-queued job's retry wait has ended: the dispatcher makes such jobs claimable.
@@ -63,6 +66,7 @@ impl Core {
             hub: Arc::new(LogHub::default()),
             metrics: Arc::new(Metrics::default()),
             worker_address,
+            server_id: uuid::Uuid::now_v7(),
             dispatch: Notify::new(),
             retries_due: AtomicBool::new(false),
             draining: AtomicBool::new(false),

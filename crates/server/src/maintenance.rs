@@ -1,5 +1,7 @@
-//! The periodic work of a server: reconciliation with the database, the sweep for resources
-//! nobody owns, and workers that registered but never connected.
+//! The periodic work of a server: reconciliation with the database, workers whose lease
+//! expired (away for longer than they keep a job without a server), the sweep for resources
+//! nobody owns, and workers that registered but never connected. With one server per instance
+//! this server does it all; electing one server for it among several is a later step.
 
 use std::collections::HashSet;
 
@@ -55,6 +57,9 @@ pub async fn run(lifecycle: Lifecycle) {
     loop {
         if let Err(e) = reconciler.pass(&lifecycle).await {
             tracing::warn!(error = %e, "reconciliation with the database failed");
+        }
+        if let Err(e) = lifecycle.expire_leases().await {
+            tracing::warn!(error = %e, "expiring workers' leases failed");
         }
         if let Err(e) = sweep_orphans(&core).await {
             tracing::warn!(error = %e, "orphan sweep failed");

@@ -5,7 +5,12 @@
 //! [`WorkerState`](hodei_domain::WorkerState): it knows whether a registered worker's session
 //! is open, and which idle worker the dispatcher is claiming for. Phase → stored state:
 //! `Provisioning` → `provisioning`; `Registered`, `Idle`, `Reserved` → `idle`; `Busy` → `busy`;
-//! `Retiring` → `terminating` (then a final state once its resource is gone and it is removed).
+//! `Resuming` → `idle` or `busy`; `Retiring` → `terminating` (then a final state once its
+//! resource is gone and it is removed).
+//!
+//! The registry holds the workers whose provisioning or stream this process holds. A worker
+//! whose stream broke is removed (it is detached, and expected back); one that re-connects
+//! here — also one provisioned by an earlier process of this server — is adopted.
 //!
 //! Every transition is one short critical section, so the dispatcher, sessions and RPC handlers
 //! can race without double-assigning. Only the lifecycle module moves workers between phases.
@@ -39,6 +44,8 @@ pub enum Phase {
     Busy {
         job: JobId,
     },
+    /// A re-connected worker's session is finding out what it holds; nothing is handed to it.
+    Resuming,
     /// Told to shut down, or being destroyed.
     Retiring,
 }
@@ -49,7 +56,7 @@ impl Phase {
         match self {
             Phase::Provisioning { job } | Phase::Busy { job } => Some(job),
             Phase::Registered { job } => job,
-            Phase::Idle | Phase::Reserved | Phase::Retiring => None,
+            Phase::Idle | Phase::Reserved | Phase::Resuming | Phase::Retiring => None,
         }
     }
 }
@@ -153,6 +160,44 @@ impl Registry {
             entry.commands = Some(commands);
             Ok(job)
         })
+    }
+
+    /// Enters a worker this process does not track (it re-connected) as `Resuming`, with its
+    /// session's commands. Refused while an entry exists: a previous stream of the worker is
+    /// still closing (`AlreadyConnected`), or it is being retired or provisioned.
+    pub fn adopt(&self, worker: WorkerId, commands: Commands) -> Result<(), AttachError> {
+        self.change(|entries| {
+            if let Some(entry) = entries.get(&worker) {
+                return Err(match entry.phase() {
+                    Phase::Retiring => AttachError::Retiring,
+                    Phase::Provisioning { .. } => AttachError::Unknown,
+                    _ => AttachError::AlreadyConnected,
+                });
+            }
+            entries.insert(
+                worker,
+                Entry {
+                    phase: watch::channel(Phase::Resuming).0,
+                    since: Instant::now(),
+                    commands: Some(commands),
+                },
+            );
+            Ok(())
+        })
+    }
+
+    /// `Resuming → Busy` with the job it holds, or `Idle`.
+    pub fn resumed(&self, worker: WorkerId, job: Option<JobId>) {
+        self.change(|entries| {
+            if let Some(entry) = entries.get_mut(&worker)
+                && entry.phase() == Phase::Resuming
+            {
+                entry.set(match job {
+                    Some(job) => Phase::Busy { job },
+                    None => Phase::Idle,
+                });
+            }
+        });
     }
 
     /// Moves every idle worker to `Reserved` and returns them.
@@ -350,6 +395,43 @@ mod tests {
             registry.attach(worker, tx),
             Err(AttachError::AlreadyConnected)
         );
+    }
+
+    #[test]
+    fn a_reconnected_worker_is_adopted_and_offered_no_job_until_it_has_resumed() {
+        let registry = Registry::default();
+        let (worker, job) = (WorkerId::new(), JobId::new());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        assert_eq!(registry.adopt(worker, tx.clone()), Ok(()));
+        assert_eq!(registry.phase(worker), Some(Phase::Resuming));
+        assert!(registry.commands(worker).is_some());
+        // While it resumes, the dispatcher does not see it, and no second stream attaches.
+        assert_eq!(registry.reserve_idle(), Vec::<WorkerId>::new());
+        assert_eq!(
+            registry.adopt(worker, tx.clone()),
+            Err(AttachError::AlreadyConnected)
+        );
+        assert_eq!(
+            registry.attach(worker, tx),
+            Err(AttachError::AlreadyConnected)
+        );
+        registry.resumed(worker, Some(job));
+        assert_eq!(registry.phase(worker), Some(Phase::Busy { job }));
+    }
+
+    #[test]
+    fn a_worker_being_retired_or_provisioned_is_not_adopted() {
+        let registry = Registry::default();
+        let (retiring, provisioning) = (WorkerId::new(), WorkerId::new());
+        registry.insert_provisioning(retiring, JobId::new());
+        registry.mark_retiring(retiring);
+        registry.insert_provisioning(provisioning, JobId::new());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        assert_eq!(
+            registry.adopt(retiring, tx.clone()),
+            Err(AttachError::Retiring)
+        );
+        assert_eq!(registry.adopt(provisioning, tx), Err(AttachError::Unknown));
     }
 
     #[test]

@@ -47,11 +47,19 @@ pub struct Settings {
     /// at once, whatever this says.
     pub image_pull_grace: Duration,
     pub heartbeat_interval: Duration,
-    /// A connected worker silent for this long is lost.
+    /// A connected worker silent for this long has its stream closed; it is lost only when its
+    /// lease passes (or its provider says it is gone).
     pub heartbeat_timeout: Duration,
+    /// How long a worker that cannot reach any server keeps its job before it kills it and
+    /// exits (sent to workers at registration; they use the smaller of it and their own).
+    pub reconnect_grace: Duration,
+    /// Added to the reconnect grace and the kill grace to make a worker's lease: covers the time
+    /// a worker may take to notice a dead connection (HTTP/2 keep-alive, about 30 s).
+    pub lease_slack: Duration,
     /// SIGTERM → SIGKILL grace for a job's process group.
     pub kill_grace: Duration,
-    /// On shutdown, how long running jobs may finish before they are re-queued.
+    /// On shutdown, how long running jobs may finish before their workers are told to move
+    /// (they keep their jobs and reconnect to the next server of the instance).
     pub shutdown_grace: Duration,
     /// How often resources unknown to the database are looked for (also at start-up).
     pub orphan_sweep_interval: Duration,
@@ -134,6 +142,8 @@ impl Default for Settings {
             heartbeat_interval: Duration::from_secs(5),
             heartbeat_timeout: Duration::from_secs(20),
             kill_grace: Duration::from_secs(10),
+            reconnect_grace: Duration::from_secs(300),
+            lease_slack: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             orphan_sweep_interval: Duration::from_secs(30),
             job_limits: JobSpecLimits::default(),
@@ -151,6 +161,12 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// How long a worker's lease lasts after its session last heard from it: longer than the
+    /// worker may keep its job without a server (reconnect grace, then the kill grace).
+    pub fn worker_lease_ttl(&self) -> Duration {
+        self.reconnect_grace + self.kill_grace + self.lease_slack
+    }
+
     /// The `HODEI_SERVER` value for workers, given the port the server actually bound.
     pub fn worker_address(&self, bound_port: u16) -> String {
         match &self.worker_server_url {

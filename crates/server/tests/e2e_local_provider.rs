@@ -629,9 +629,10 @@ async fn a_cancelled_job_still_running_when_the_server_shuts_down_is_not_run_aga
         .map_err(|s| anyhow::anyhow!("cancel: {s}"))?;
     server.restart().await?;
 
-    // The shutdown gave the job up; it ended cancelled rather than waiting in the queue for
-    // the next server to run it.
-    let job = server.get_job(&id).await?;
+    // The frozen worker cannot move to the restarted server: once its lease has passed it is
+    // destroyed and its attempt ends — cancelled, since a cancel was on record, rather than
+    // waiting in the queue for the next worker to run it.
+    let job = server.wait_finished(&id, JOB_TIMEOUT).await?;
     assert_state(&job, pb::JobState::Cancelled);
     assert!(job.reason.contains("no longer needed"), "{}", job.reason);
     assert_eq!(job.attempts, 1);
@@ -820,12 +821,16 @@ async fn restarting_the_server_gracefully_loses_no_job() -> anyhow::Result<()> {
         let job = server.wait_finished(id, JOB_TIMEOUT).await?;
         assert_state(&job, pb::JobState::Succeeded);
     }
+    // The job running at the restart moved to the restarted server with its worker: one attempt.
+    let moved = server.get_job(&ids[0]).await?;
+    assert_eq!(moved.attempts, 1, "{}", describe(&moved));
     server.wait_no_workers(Duration::from_secs(20)).await?;
     server.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_crash_with_jobs_queued_and_running_loses_no_job() -> anyhow::Result<()> {
+async fn a_server_crash_with_jobs_queued_and_running_loses_no_job_and_running_jobs_resume_on_the_restarted_server()
+-> anyhow::Result<()> {
     let mut server = TestServer::local(|s| s.max_workers = 2).await?;
     let mut ids = Vec::new();
     for i in 0..5 {
@@ -837,9 +842,11 @@ async fn a_server_crash_with_jobs_queued_and_running_loses_no_job() -> anyhow::R
         let job = server.wait_finished(id, JOB_TIMEOUT).await?;
         assert_state(&job, pb::JobState::Succeeded);
     }
+    // Its worker kept it running and re-connected: not run again.
     let interrupted = server.get_job(&ids[0]).await?;
+    assert_eq!(interrupted.attempts, 1, "{}", describe(&interrupted));
     assert!(
-        interrupted
+        !interrupted
             .attempt_history
             .iter()
             .any(|a| a.reason.contains("server restarted")),

@@ -314,6 +314,12 @@ async fn a_server_killed_with_sigkill_and_restarted_reaps_its_orphans_and_runs_e
         3,
         "two running jobs and the orphan's: {interrupted:?}"
     );
+    let (orphans_job,): (String,) = sqlx::query_as(
+        "SELECT j.id::text FROM jobs j JOIN workers w ON w.id = j.worker_id \
+         WHERE w.state = 'provisioning'",
+    )
+    .fetch_one(&server.db)
+    .await?;
     assert!(is_running(orphan), "the orphan died with its server");
     server.restart().await?;
 
@@ -321,17 +327,23 @@ async fn a_server_killed_with_sigkill_and_restarted_reaps_its_orphans_and_runs_e
         let job = server.wait_finished(id).await?;
         assert_state(&job, pb::JobState::Succeeded);
     }
-    // The jobs cut off by the crash were re-queued with the reason, and ran again.
     for (id, _) in &interrupted {
         let job = server.get_job(id).await?;
-        assert!(job.attempts >= 2, "{id}: {}", describe(&job));
-        assert!(
-            job.attempt_history[0]
-                .reason
-                .contains("server restarted while the worker was alive"),
-            "{id}: {:?}",
-            job.attempt_history[0]
-        );
+        if *id == orphans_job {
+            // A worker the dead process was still provisioning: nobody could finish that, so
+            // its job was re-queued with the reason, and ran again.
+            assert!(job.attempts >= 2, "{id}: {}", describe(&job));
+            assert!(
+                job.attempt_history[0]
+                    .reason
+                    .contains("server restarted while the worker was alive"),
+                "{id}: {:?}",
+                job.attempt_history[0]
+            );
+        } else {
+            // Running jobs kept running: their workers resumed on the restarted server.
+            assert_eq!(job.attempts, 1, "{id}: {}", describe(&job));
+        }
     }
     wait_for(
         "the orphan to be reaped",
@@ -356,6 +368,187 @@ async fn a_server_killed_with_sigkill_and_restarted_reaps_its_orphans_and_runs_e
     .await?;
     assert_eq!(alive, 0, "workers recorded as alive after shutdown");
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// A running job survives its server (issue 14, one server)
+// ---------------------------------------------------------------------------------------------
+
+/// Prints `line-1` … `line-100`, one every 100 ms (about 10 s).
+const NUMBERED_LINES: &str =
+    "i=1; while [ $i -le 100 ]; do echo line-$i; i=$((i+1)); sleep 0.1; done";
+
+/// The job's stored output, in sequence order: every sequence 1..=n present once, each line
+/// the one printed with that number.
+async fn assert_numbered_output(db: &sqlx::PgPool, id: &str, n: usize) -> anyhow::Result<()> {
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT sequence, data FROM job_logs WHERE job_id = $1::uuid ORDER BY sequence",
+    )
+    .bind(id)
+    .fetch_all(db)
+    .await?;
+    let got: Vec<(i64, String)> = rows
+        .into_iter()
+        .map(|(sequence, data)| (sequence, String::from_utf8_lossy(&data).into_owned()))
+        .collect();
+    let expected: Vec<(i64, String)> = (1..=n as i64).map(|i| (i, format!("line-{i}"))).collect();
+    anyhow::ensure!(
+        got == expected,
+        "output of {id} is not line-1..line-{n} once each in order: {} lines, first differences: {:?}",
+        got.len(),
+        got.iter()
+            .zip(expected.iter())
+            .filter(|(a, b)| a != b)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// How many times the worker running `id` attached a session (2 or more: it re-connected).
+async fn session_epoch_of_jobs_worker(db: &sqlx::PgPool, id: &str) -> anyhow::Result<i64> {
+    let (epoch,): (i64,) = sqlx::query_as(
+        "SELECT w.session_epoch FROM jobs j JOIN workers w ON w.id = j.worker_id \
+         WHERE j.id = $1::uuid",
+    )
+    .bind(id)
+    .fetch_one(db)
+    .await?;
+    Ok(epoch)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_survives_its_server_being_restarted() -> anyhow::Result<()> {
+    let db = TestDatabase::create().await?;
+    let mut server = RealServer::start(db.url(), &["--reconnect-grace", "60s"]).await?;
+    let id = server.queue(NUMBERED_LINES).await?;
+    server.wait_running(&id).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    server.kill()?;
+    // Down for a while: the job goes on printing into its worker's journal.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    server.restart().await?;
+    let job = server.wait_finished(&id).await?;
+    assert_state(&job, pb::JobState::Succeeded);
+    assert_eq!(job.attempts, 1, "{}", describe(&job));
+    assert_eq!(job.attempt_history.len(), 1, "{:?}", job.attempt_history);
+    assert_numbered_output(&server.db, &id, 100).await?;
+    let epoch = session_epoch_of_jobs_worker(&server.db, &id).await?;
+    assert!(epoch >= 2, "the worker never re-attached (epoch {epoch})");
+    server.stop().await
+}
+
+/// SIGTERM (in this phase, with one server per instance) lets running jobs finish for the
+/// shutdown grace, then tells their workers to move: they keep their jobs and re-connect to the
+/// next process of the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_survives_a_graceful_restart_of_its_server() -> anyhow::Result<()> {
+    let db = TestDatabase::create().await?;
+    let mut server = RealServer::start(db.url(), &["--reconnect-grace", "60s"]).await?;
+    let id = server.queue(NUMBERED_LINES).await?;
+    server.wait_running(&id).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let status = server.process.stop(SHUTDOWN_TIMEOUT).await?;
+    anyhow::ensure!(
+        status.success(),
+        "exited with {status}\n{}",
+        server.log_tail()
+    );
+    server.restart().await?;
+
+    let job = server.wait_finished(&id).await?;
+    assert_state(&job, pb::JobState::Succeeded);
+    assert_eq!(job.attempts, 1, "{}", describe(&job));
+    assert_numbered_output(&server.db, &id, 100).await?;
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_reach_any_server_ends_its_job_after_the_grace() -> anyhow::Result<()>
+{
+    let db = TestDatabase::create().await?;
+    // Kill grace 1 s (the harness's), lease = 3 s + 1 s + 1 s.
+    let mut server = RealServer::start(
+        db.url(),
+        &["--reconnect-grace", "3s", "--lease-slack", "1s"],
+    )
+    .await?;
+    let id = server
+        .queue(
+            "if [ \"$HODEI_JOB_ATTEMPT\" = 1 ]; then trap '' TERM; echo started; sleep 300; fi; \
+             echo done",
+        )
+        .await?;
+    server.wait_running(&id).await?;
+    wait_for("the job's first line", JOB_TIMEOUT, || async {
+        let (lines,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM job_logs WHERE job_id = $1::uuid")
+                .bind(&id)
+                .fetch_one(&server.db)
+                .await?;
+        Ok(if lines > 0 {
+            Probe::Ready(())
+        } else {
+            Probe::Pending("no line yet".into())
+        })
+    })
+    .await?;
+    let job_processes = processes_with_env("HODEI_JOB_ID", &id);
+    assert!(
+        !job_processes.is_empty(),
+        "the job's processes are not visible"
+    );
+    let workers = processes_of_instance(&server.instance);
+
+    server.kill()?;
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        job_processes.iter().any(|pid| is_running(*pid)),
+        "the job died within the grace"
+    );
+    // Grace 3 s, then SIGTERM (ignored), SIGKILL after the 1 s kill grace.
+    wait_for(
+        "the job's processes and its worker to end",
+        Duration::from_secs(15),
+        || async {
+            let alive: Vec<u32> = job_processes
+                .iter()
+                .chain(workers.iter())
+                .copied()
+                .filter(|pid| is_running(*pid))
+                .collect();
+            Ok(if alive.is_empty() {
+                Probe::Ready(())
+            } else {
+                Probe::Pending(format!("alive: {alive:?}"))
+            })
+        },
+    )
+    .await?;
+    let gone_after = killed.elapsed();
+    assert!(
+        gone_after >= Duration::from_secs(3),
+        "the job ended {gone_after:?} after the server died, before the grace"
+    );
+    assert!(
+        processes_with_env("HODEI_JOB_ID", &id).is_empty(),
+        "something of the job is still running"
+    );
+
+    // The next server loses the worker once its lease has passed, and runs the job again.
+    server.restart().await?;
+    let job = server.wait_finished(&id).await?;
+    assert_state(&job, pb::JobState::Succeeded);
+    assert_eq!(job.attempts, 2, "{}", describe(&job));
+    assert!(
+        job.attempt_history[0].reason.contains("worker lost"),
+        "{:?}",
+        job.attempt_history[0]
+    );
+    server.stop().await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -493,6 +686,7 @@ async fn oversized_and_overfull_messages_from_a_worker_end_its_session_and_its_j
             data: vec![b'x'; 5 << 20].into(),
             emitted_at: None,
         }],
+        first_sequence: 0,
     };
     // 2. A message under the limit holding a million empty lines.
     let overfull = pb::LogBatch {
@@ -505,6 +699,7 @@ async fn oversized_and_overfull_messages_from_a_worker_end_its_session_and_its_j
             };
             1_000_000
         ],
+        first_sequence: 0,
     };
     for (what, batch) in [("oversized", huge), ("overfull", overfull)] {
         server.impersonate_next_worker()?;
@@ -934,12 +1129,16 @@ impl FakeWorker {
     }
 
     async fn take_assignment(&mut self) -> anyhow::Result<pb::AssignJob> {
-        let message = tokio::time::timeout(Duration::from_secs(30), self.inbound.message())
-            .await
-            .context("no assignment within 30 s")??;
-        match message.and_then(|m| m.msg) {
-            Some(pb::server_message::Msg::Assign(assign)) => Ok(assign),
-            other => bail!("expected an assignment, got {other:?}"),
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(30), self.inbound.message())
+                .await
+                .context("no assignment within 30 s")??;
+            match message.and_then(|m| m.msg) {
+                Some(pb::server_message::Msg::Assign(assign)) => return Ok(assign),
+                // Every session starts with it.
+                Some(pb::server_message::Msg::Info(_)) => continue,
+                other => bail!("expected an assignment, got {other:?}"),
+            }
         }
     }
 

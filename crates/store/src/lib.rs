@@ -26,9 +26,10 @@ use sqlx::{
 
 pub use error::StoreError;
 pub use jobs::{RequeueOutcome, RetryBackoff};
-pub use logs::NewLogLine;
+pub use logs::{Appended, NewLogLine};
 pub use tokens::TokenRejection;
 pub use transitions::Transitions;
+pub use workers::{Attached, ExpiredLease};
 
 /// Migrations embedded at compile time from `crates/store/migrations`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -13,7 +13,88 @@ use crate::{
     rows::{WorkerRow, worker_columns},
 };
 
+/// A session attached to its worker: what the database says of the worker then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attached {
+    /// This session's epoch: statements it makes about the worker carry it.
+    pub epoch: i64,
+    /// Jobs the worker has run (for `max_jobs_per_worker` after a reconnect).
+    pub jobs_run: u32,
+}
+
+/// A worker whose lease has passed: nobody heard from it for longer than it may be away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiredLease {
+    pub worker: WorkerId,
+    pub epoch: i64,
+    /// Why its last stream ended, if one did.
+    pub last_disconnect: Option<String>,
+}
+
+fn interval(ttl: std::time::Duration) -> sqlx::postgres::types::PgInterval {
+    sqlx::postgres::types::PgInterval {
+        months: 0,
+        days: 0,
+        microseconds: i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
 impl Store {
+    /// Renews the lease of `worker` while the session of `epoch` hears from it (a heartbeat).
+    /// `false` when that session no longer holds the worker.
+    pub async fn renew_worker_lease(
+        &self,
+        worker: WorkerId,
+        epoch: i64,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE workers SET last_heartbeat_at = now(), lease_expires_at = now() + $3 \
+             WHERE id = $1 AND session_epoch = $2 AND state IN ('idle', 'busy')",
+        )
+        .bind(worker.as_uuid())
+        .bind(epoch)
+        .bind(interval(ttl))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Workers of `instance` whose lease has passed (a worker that registered but never
+    /// attached has none: it is expired too).
+    pub async fn expired_worker_leases(
+        &self,
+        instance: &str,
+    ) -> Result<Vec<ExpiredLease>, StoreError> {
+        let rows: Vec<(Uuid, i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, session_epoch, last_disconnect FROM workers \
+             WHERE instance = $1 AND state IN ('idle', 'busy') \
+               AND COALESCE(lease_expires_at, '-infinity') < now() ORDER BY id",
+        )
+        .bind(instance)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, epoch, last_disconnect)| ExpiredLease {
+                worker: WorkerId::from_uuid(id),
+                epoch,
+                last_disconnect,
+            })
+            .collect())
+    }
+
+    /// The reason of a cancel requested for `job` while it runs, if any (a session that takes
+    /// the job over after a reconnect must pass it on).
+    pub async fn cancel_request_of(&self, job: JobId) -> Result<Option<String>, StoreError> {
+        let row: Option<(Option<String>,)> =
+            sqlx::query_as("SELECT cancel_requested FROM jobs WHERE id = $1")
+                .bind(job.as_uuid())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.and_then(|(reason,)| reason))
+    }
+
     pub async fn set_worker_resource(
         &self,
         id: WorkerId,
@@ -211,6 +292,81 @@ impl Transitions {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// A session of server `server` attaches to `worker` (alive, `idle` or `busy`): the epoch
+    /// moves on, so statements of any earlier session of the worker are fenced off, and the
+    /// lease starts. Accepted whoever held it before: a worker opens a stream only after its
+    /// previous one broke. `None` when the worker is no longer alive.
+    pub async fn attach_session(
+        &self,
+        worker: WorkerId,
+        server: uuid::Uuid,
+        lease_ttl: std::time::Duration,
+    ) -> Result<Option<Attached>, StoreError> {
+        let row: Option<(i64, i32)> = sqlx::query_as(
+            "UPDATE workers SET server_id = $2, session_epoch = session_epoch + 1, \
+                 lease_expires_at = now() + $3, last_heartbeat_at = now(), last_disconnect = NULL \
+             WHERE id = $1 AND state IN ('idle', 'busy') \
+             RETURNING session_epoch, jobs_run",
+        )
+        .bind(worker.as_uuid())
+        .bind(server)
+        .bind(interval(lease_ttl))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(epoch, jobs_run)| Attached {
+            epoch,
+            jobs_run: u32::try_from(jobs_run).unwrap_or(0),
+        }))
+    }
+
+    /// The session of `epoch` let its worker go without losing it (its stream broke): nobody
+    /// holds it until it re-attaches; its lease runs on, not renewed. `false` when a newer
+    /// session holds it.
+    pub async fn detach_session(
+        &self,
+        worker: WorkerId,
+        epoch: i64,
+        why: &str,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE workers SET server_id = NULL, last_disconnect = $3 \
+             WHERE id = $1 AND session_epoch = $2 AND state IN ('idle', 'busy')",
+        )
+        .bind(worker.as_uuid())
+        .bind(epoch)
+        .bind(why)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// `Idle`/`Busy → Lost` for a worker nobody holds any more, fenced by the epoch its loser
+    /// saw (and, with `only_if_expired`, by its lease having passed): a worker that re-attached
+    /// meanwhile is left alone. Its credential is cleared, so it can never attach again.
+    /// `false` when nothing changed.
+    pub async fn lose_worker_at_epoch(
+        &self,
+        worker: WorkerId,
+        epoch: i64,
+        reason: &str,
+        only_if_expired: bool,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE workers SET state = 'lost', server_id = NULL, current_job_id = NULL, \
+                 session_hash = NULL, finished_at = now(), \
+                 reason = CASE WHEN reason = '' THEN $3 ELSE reason END \
+             WHERE id = $1 AND session_epoch = $2 AND state IN ('idle', 'busy') \
+               AND (NOT $4 OR COALESCE(lease_expires_at, '-infinity') < now())",
+        )
+        .bind(worker.as_uuid())
+        .bind(epoch)
+        .bind(reason)
+        .bind(only_if_expired)
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
     }
 
     /// Moves a worker to `state` (`terminating`, or one of the final states) from the states

@@ -5,10 +5,12 @@ use std::{collections::BTreeMap, time::Duration};
 use bytes::Bytes;
 use chrono::Utc;
 use hodei_domain::{
-    JobSecrets, JobSpec, JobSpecLimits, JobState, LogStreamKind, OneTimeToken, Resources, WorkerId,
-    WorkerState,
+    JobSecrets, JobSpec, JobSpecLimits, JobState, LogStreamKind, OneTimeToken, Resources,
+    SessionCredential, WorkerId, WorkerState,
 };
-use hodei_store::{NewLogLine, RequeueOutcome, RetryBackoff, Store, TokenRejection, Transitions};
+use hodei_store::{
+    Appended, NewLogLine, RequeueOutcome, RetryBackoff, Store, TokenRejection, Transitions,
+};
 use hodei_testkit::TestDatabase;
 
 /// A database, its store (reads) and its transitions (state changes).
@@ -759,4 +761,219 @@ async fn a_connected_worker_is_recorded_busy_with_the_job_it_claims_and_idle_onc
     assert_eq!(idle.state, WorkerState::Idle);
     assert_eq!(idle.current_job_id, None);
     assert_eq!(idle.jobs_run, 1);
+}
+
+fn log_line(sequence: u64, data: &'static [u8]) -> NewLogLine {
+    NewLogLine {
+        sequence,
+        stream: LogStreamKind::Stdout,
+        data: Bytes::from_static(data),
+        emitted_at: Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn output_re_sent_after_a_reconnect_is_stored_once() {
+    let (_db, store, tx) = store().await;
+    let job = tx
+        .insert_job(&spec("echo", 1), &JobSecrets::default(), None)
+        .await
+        .unwrap();
+    let (w, _) = worker(&tx).await;
+    tx.claim_next_job(w).await.unwrap().unwrap();
+
+    let first = store
+        .append_logs_held(
+            job.id,
+            w,
+            1,
+            &[
+                log_line(1, b"one"),
+                log_line(2, b"two"),
+                log_line(3, b"three"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        Appended {
+            held: true,
+            inserted: 3
+        }
+    );
+    // The worker's stream broke before the acknowledgement: it re-sends 2 and 3 with 4.
+    let again = store
+        .append_logs_held(
+            job.id,
+            w,
+            1,
+            &[
+                log_line(2, b"two"),
+                log_line(3, b"three"),
+                log_line(4, b"four"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Appended {
+            held: true,
+            inserted: 1
+        }
+    );
+
+    let stored: Vec<(u64, Bytes)> = store
+        .logs(job.id, 1, 100, 1 << 20)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.sequence, l.data))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            (1, Bytes::from_static(b"one")),
+            (2, Bytes::from_static(b"two")),
+            (3, Bytes::from_static(b"three")),
+            (4, Bytes::from_static(b"four")),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn output_of_an_attempt_that_no_longer_holds_its_job_is_refused() {
+    let (_db, store, tx) = store().await;
+    let job = tx
+        .insert_job(&spec("echo", 3), &JobSecrets::default(), None)
+        .await
+        .unwrap();
+    let (w1, _) = worker(&tx).await;
+    tx.claim_next_job(w1).await.unwrap().unwrap();
+    store
+        .append_logs_held(job.id, w1, 1, &[log_line(1, b"attempt 1")])
+        .await
+        .unwrap();
+    tx.requeue_or_fail(job.id, w1, "worker lost", RetryBackoff::NONE)
+        .await
+        .unwrap();
+    let (w2, _) = worker(&tx).await;
+    assert_eq!(tx.claim_next_job(w2).await.unwrap().unwrap().attempts, 2);
+
+    // A late insert of attempt 1 (its session did not know yet) stores nothing …
+    let stale = store
+        .append_logs_held(job.id, w1, 1, &[log_line(2, b"stale")])
+        .await
+        .unwrap();
+    assert_eq!(
+        stale,
+        Appended {
+            held: false,
+            inserted: 0
+        }
+    );
+    // … nor does the right worker with the wrong attempt.
+    let wrong_attempt = store
+        .append_logs_held(job.id, w2, 1, &[log_line(2, b"stale")])
+        .await
+        .unwrap();
+    assert!(!wrong_attempt.held);
+    assert_eq!(store.last_log_sequence(job.id).await.unwrap(), 1);
+    let current = store
+        .append_logs_held(job.id, w2, 2, &[log_line(2, b"attempt 2")])
+        .await
+        .unwrap();
+    assert_eq!(
+        current,
+        Appended {
+            held: true,
+            inserted: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_detached_worker_is_lost_only_at_its_epoch_and_once_its_lease_has_passed() {
+    let (_db, store, tx) = store().await;
+    let (w, token) = worker(&tx).await;
+    let session = SessionCredential::generate();
+    tx.register_worker(w, token.hash(), session.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    let server = uuid::Uuid::now_v7();
+    let hour = Duration::from_secs(3600);
+
+    let first = tx.attach_session(w, server, hour).await.unwrap().unwrap();
+    let second = tx.attach_session(w, server, hour).await.unwrap().unwrap();
+    assert_eq!((first.epoch, second.epoch), (1, 2));
+    // The first session's statements are fenced off.
+    assert!(
+        !tx.detach_session(w, first.epoch, "old stream")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .renew_worker_lease(w, first.epoch, hour)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !tx.lose_worker_at_epoch(w, first.epoch, "stale", false)
+            .await
+            .unwrap()
+    );
+    // Detached with a valid lease: not expired, not lost by the expiry.
+    assert!(
+        tx.detach_session(w, second.epoch, "stream broke")
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .expired_worker_leases("test")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !tx.lose_worker_at_epoch(w, second.epoch, "expired", true)
+            .await
+            .unwrap()
+    );
+
+    // Re-attached with a lease that has already run out, then away.
+    let third = tx
+        .attach_session(w, server, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        tx.detach_session(w, third.epoch, "no heartbeat for 3s")
+            .await
+            .unwrap()
+    );
+    let expired = store.expired_worker_leases("test").await.unwrap();
+    assert_eq!(expired.len(), 1);
+    assert_eq!((expired[0].worker, expired[0].epoch), (w, third.epoch));
+    assert_eq!(
+        expired[0].last_disconnect.as_deref(),
+        Some("no heartbeat for 3s")
+    );
+    assert!(
+        tx.lose_worker_at_epoch(w, third.epoch, "lease expired", true)
+            .await
+            .unwrap()
+    );
+
+    // Lost for good: its credential no longer resolves, and it cannot attach again.
+    assert_eq!(
+        store.worker_for_session(session.hash()).await.unwrap(),
+        None
+    );
+    assert_eq!(tx.attach_session(w, server, hour).await.unwrap(), None);
+    let lost = store.get_worker(w).await.unwrap().unwrap();
+    assert_eq!(lost.state, WorkerState::Lost);
 }

@@ -372,6 +372,56 @@ async fn every_worker_statement_moves_exactly_as_the_domain_table_says() {
                 .expect("set state");
             check_worker(step, from, db.worker_state(worker).await, &mut walk);
         }
+
+        // A session attaching, detaching and the loss of a detached worker (issue 14): the
+        // first two change no state; the loss is a `Lose`, fenced by the epoch it saw.
+        let server = uuid::Uuid::now_v7();
+        let (worker, _) = db.worker_in(from).await;
+        let attached = db
+            .tx
+            .attach_session(worker, server, std::time::Duration::ZERO)
+            .await
+            .expect("attach");
+        let _ = db
+            .tx
+            .detach_session(worker, attached.map_or(0, |a| a.epoch), "guard test")
+            .await
+            .expect("detach");
+        let after = db.worker_state(worker).await;
+        if after != from {
+            walk.failures.push(format!(
+                "attaching and detaching a session moved the worker from {from} to {after}"
+            ));
+        }
+        let epoch = attached.map_or(0, |a| a.epoch);
+        let _ = db
+            .tx
+            .lose_worker_at_epoch(worker, epoch, "guard test", true)
+            .await
+            .expect("lose");
+        // Narrower than the table's `Lose` (only a connected worker, idle or busy, has a
+        // session to lose): it may leave the worker as it was, never make another move.
+        let after = db.worker_state(worker).await;
+        if after != from {
+            check_worker(WorkerStep::Lose, from, after, &mut walk);
+        } else if matches!(from, WorkerState::Idle | WorkerState::Busy) {
+            walk.failures.push(format!(
+                "losing a detached {from} worker whose lease passed left it {after}"
+            ));
+        }
+        // A stale epoch changes nothing.
+        let (worker, _) = db.worker_in(from).await;
+        let _ = db
+            .tx
+            .lose_worker_at_epoch(worker, 41, "guard test", false)
+            .await
+            .expect("lose");
+        let after = db.worker_state(worker).await;
+        if after != from {
+            walk.failures.push(format!(
+                "losing a worker at an epoch it never had moved it from {from} to {after}"
+            ));
+        }
     }
     for t in WORKER_TRANSITIONS {
         if !walk.seen.contains(&(t.step, t.from, t.to)) {

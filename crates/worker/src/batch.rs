@@ -1,4 +1,5 @@
-//! From the pipe readers to the server: a bounded queue of lines and the batches cut from it.
+//! From the pipe readers to the job's journal: a bounded queue of lines and the batches cut
+//! from it (the session sends the journal's lines to the server, see `journal.rs`).
 //!
 //! Lines must reach the server while the job runs, so the sender never waits for a batch to
 //! fill: it takes the first line as soon as there is one, adds whatever else is already queued
@@ -12,8 +13,10 @@
 use std::{sync::Arc, time::SystemTime};
 
 use bytes::Bytes;
-use hodei_proto::v1::{LogBatch, LogChunk, LogStream, WorkerMessage, worker_message::Msg};
+use hodei_proto::v1::{LogChunk, LogStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use crate::journal::Journal;
 
 pub const MAX_BATCH_LINES: usize = 1000;
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
@@ -110,32 +113,16 @@ impl Drop for LineReceiver {
     }
 }
 
-/// Sends the job's lines to the server as `LogBatch`es until the readers are done. Returns the
-/// number of lines sent; stops early if the session is gone.
-pub async fn send_batches(
-    job_id: String,
-    mut lines: LineReceiver,
-    out: mpsc::Sender<WorkerMessage>,
-) -> u64 {
-    let mut sent = 0u64;
+/// Moves the job's lines into its journal until the readers are done, then closes it. Returns
+/// the number of lines.
+pub async fn journal_batches(mut lines: LineReceiver, journal: Arc<Journal>) -> u64 {
+    let mut taken = 0u64;
     while let Some(batch) = lines.next_batch().await {
-        let count = batch.len() as u64;
-        let message = WorkerMessage {
-            msg: Some(Msg::Logs(LogBatch {
-                job_id: job_id.clone(),
-                lines: batch,
-            })),
-        };
-        if out.send(message).await.is_err() {
-            tracing::debug!(
-                job = job_id,
-                "session closed; the job's remaining output is dropped"
-            );
-            return sent;
-        }
-        sent += count;
+        taken += batch.len() as u64;
+        journal.append(batch).await;
     }
-    sent
+    journal.close();
+    taken
 }
 
 #[cfg(test)]
@@ -269,10 +256,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn batches_carry_the_job_id_and_all_lines_are_sent() {
+    async fn every_line_reaches_the_journal_in_order_and_it_is_closed_at_the_end() {
         let (sender, receiver) = line_channel();
-        let (out_tx, mut out_rx) = mpsc::channel(4);
-        let task = tokio::spawn(send_batches("job-1".into(), receiver, out_tx));
+        let journal = Journal::new("job-1".into(), 1, 1, crate::journal::DEFAULT_CAPACITY);
+        let task = tokio::spawn(journal_batches(receiver, journal.clone()));
         for i in 0..3 {
             sender
                 .send(LogStream::Stdout, line(&i.to_string()))
@@ -281,15 +268,15 @@ mod tests {
         }
         drop(sender);
 
+        assert_eq!(task.await.unwrap(), 3);
         let mut data = Vec::new();
-        while let Some(message) = out_rx.recv().await {
-            let Some(Msg::Logs(batch)) = message.msg else {
-                panic!("not a log batch: {message:?}");
+        while let Some(unsent) = journal.next_unsent().await {
+            let crate::journal::Unsent::Lines { chunks, .. } = unsent else {
+                panic!("not lines: {unsent:?}");
             };
-            assert_eq!(batch.job_id, "job-1");
-            data.extend(batch.lines.into_iter().map(|c| c.data));
+            data.extend(chunks.into_iter().map(|c| c.data));
         }
         assert_eq!(data, vec![line("0"), line("1"), line("2")]);
-        assert_eq!(task.await.unwrap(), 3);
+        assert!(journal.all_sent());
     }
 }

@@ -18,6 +18,8 @@ pub const ENV_TLS_CA: &str = "HODEI_TLS_CA";
 pub const ENV_REGISTER_TIMEOUT_SECS: &str = "HODEI_REGISTER_TIMEOUT_SECS";
 
 const DEFAULT_REGISTER_TIMEOUT_SECS: u64 = 60;
+/// Default of [`env::RECONNECT_GRACE`].
+pub const DEFAULT_RECONNECT_GRACE: Duration = Duration::from_secs(300);
 
 /// Command line and environment as clap sees them; everything optional so that
 /// [`Config::from_args`] can name the missing variable itself.
@@ -50,6 +52,13 @@ pub struct Args {
     /// Seconds to keep retrying while the server is unreachable [default: 60].
     #[arg(long, env = ENV_REGISTER_TIMEOUT_SECS, value_name = ENV_REGISTER_TIMEOUT_SECS)]
     register_timeout_secs: Option<OsString>,
+    /// How long to keep the running job while no server can be reached (e.g. 5m) [default: 5m].
+    #[arg(long, env = env::RECONNECT_GRACE, value_name = env::RECONNECT_GRACE)]
+    reconnect_grace: Option<OsString>,
+    /// Bytes of output kept until the server says they are stored [default: 4 MiB, at least
+    /// 2 MiB].
+    #[arg(long, env = env::RESUME_BUFFER_BYTES, value_name = env::RESUME_BUFFER_BYTES)]
+    resume_buffer_bytes: Option<OsString>,
     /// A label of the provider that started this worker, which finds it again by its command
     /// line (readable in /proc even though the worker is not dumpable). The worker ignores it.
     #[arg(long = "label", value_name = "NAME=VALUE", hide = true)]
@@ -65,6 +74,11 @@ pub struct Config {
     pub token_source: TokenSource,
     pub tls_ca: Option<TlsCa>,
     pub register_timeout: Duration,
+    /// How long the worker keeps its job while it cannot reach any server (the server's value
+    /// from the registration wins when it is smaller).
+    pub reconnect_grace: Duration,
+    /// Bound of the output kept until the server acknowledges it.
+    pub resume_buffer_bytes: usize,
 }
 
 /// The registration token; shown as `<redacted>`.
@@ -118,6 +132,14 @@ pub enum ConfigError {
     InvalidServer { value: String, reason: String },
     #[error("{ENV_REGISTER_TIMEOUT_SECS}={value:?} is not a whole number of seconds")]
     InvalidRegisterTimeout { value: String },
+    #[error("{var}={value:?}: {reason}", var = env::RECONNECT_GRACE)]
+    InvalidReconnectGrace { value: String, reason: String },
+    #[error(
+        "{var}={value:?} is not a number of bytes of at least {min}",
+        var = env::RESUME_BUFFER_BYTES,
+        min = crate::journal::MIN_CAPACITY
+    )]
+    InvalidResumeBuffer { value: String },
     #[error("{pem} and {ENV_TLS_CA} are both set; set only one of them", pem = env::TLS_CA_PEM)]
     TwoCas,
     #[error("{token} and {file} are both set; set only one of them", token = env::TOKEN, file = env::TOKEN_FILE)]
@@ -171,6 +193,31 @@ impl Config {
                 }
             })?,
         };
+        let reconnect_grace = match text(args.reconnect_grace, env::RECONNECT_GRACE)?
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("") => DEFAULT_RECONNECT_GRACE,
+            Some(value) => hodei_contract::duration::parse(value).map_err(|reason| {
+                ConfigError::InvalidReconnectGrace {
+                    value: value.to_string(),
+                    reason,
+                }
+            })?,
+        };
+        let resume_buffer_bytes = match text(args.resume_buffer_bytes, env::RESUME_BUFFER_BYTES)?
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("") => crate::journal::DEFAULT_CAPACITY,
+            Some(value) => value
+                .parse::<usize>()
+                .ok()
+                .filter(|bytes| *bytes >= crate::journal::MIN_CAPACITY)
+                .ok_or_else(|| ConfigError::InvalidResumeBuffer {
+                    value: value.to_string(),
+                })?,
+        };
         let tls_ca_pem =
             text(args.tls_ca_pem, env::TLS_CA_PEM)?.filter(|pem| !pem.trim().is_empty());
         let tls_ca_path = args.tls_ca.filter(|path| !path.as_os_str().is_empty());
@@ -200,6 +247,8 @@ impl Config {
             token_source,
             tls_ca,
             register_timeout,
+            reconnect_grace,
+            resume_buffer_bytes,
         })
     }
 
@@ -217,6 +266,8 @@ impl fmt::Debug for Config {
             .field("token_source", &self.token_source)
             .field("tls_ca", &self.tls_ca)
             .field("register_timeout", &self.register_timeout)
+            .field("reconnect_grace", &self.reconnect_grace)
+            .field("resume_buffer_bytes", &self.resume_buffer_bytes)
             .finish()
     }
 }
@@ -231,10 +282,12 @@ impl fmt::Display for Config {
         };
         write!(
             f,
-            "server={} worker_id={} tls={tls} register_timeout={}s token=<redacted> from {}",
+            "server={} worker_id={} tls={tls} register_timeout={}s reconnect_grace={}s \
+             token=<redacted> from {}",
             self.server,
             self.worker_id,
             self.register_timeout.as_secs(),
+            self.reconnect_grace.as_secs_f64(),
             self.token_source
         )
     }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
     Request, Status, Streaming,
-    metadata::MetadataValue,
+    metadata::{Ascii, MetadataValue},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
@@ -50,6 +50,8 @@ pub type AgentClient = WorkerAgentServiceClient<Channel>;
 pub struct Registration {
     pub session_credential: SessionCredential,
     pub heartbeat_interval: Duration,
+    /// The server's reconnect grace, if it has one (it predates reconnection otherwise).
+    pub reconnect_grace: Option<Duration>,
 }
 
 /// The open session: messages to the server are sent into `outbound` (closing it by dropping
@@ -126,6 +128,8 @@ pub async fn register(
                 Registration {
                     session_credential,
                     heartbeat_interval: heartbeat::interval_from_ms(response.heartbeat_interval_ms),
+                    reconnect_grace: (response.reconnect_grace_ms > 0)
+                        .then(|| Duration::from_millis(u64::from(response.reconnect_grace_ms))),
                 },
             ))
         }
@@ -133,40 +137,136 @@ pub async fn register(
     .await
 }
 
-/// Opens the `Connect` stream with the session credential. Its first message, `ready`, is
-/// already queued when the server sees the stream.
+fn authorization(credential: &SessionCredential) -> Result<MetadataValue<Ascii>, WorkerError> {
+    MetadataValue::try_from(format!("Bearer {}", credential.expose())).map_err(|_| {
+        WorkerError::Refused {
+            step: "session",
+            code: tonic::Code::InvalidArgument,
+            message: "the session token it issued cannot be sent as gRPC metadata".into(),
+        }
+    })
+}
+
+/// One `Connect` call whose first message, `first`, is already queued when the server sees
+/// the stream.
+async fn connect(
+    mut client: AgentClient,
+    authorization: MetadataValue<Ascii>,
+    first: WorkerMessage,
+) -> Result<SessionStreams, Failure> {
+    let (outbound, receiver) = mpsc::channel(OUTBOUND_CAPACITY);
+    outbound
+        .try_send(first)
+        .map_err(|_| Failure::Retry("cannot queue the first message".into()))?;
+    let mut request = Request::new(ReceiverStream::new(receiver));
+    request
+        .metadata_mut()
+        .insert("authorization", authorization);
+    let response = client.connect(request).await.map_err(Failure::from)?;
+    Ok(SessionStreams {
+        outbound,
+        inbound: response.into_inner(),
+    })
+}
+
+/// Opens the `Connect` stream with the session credential; its first message is `ready`.
 pub async fn open_session(
     client: &AgentClient,
     server: &str,
     credential: &SessionCredential,
     deadline: Instant,
 ) -> Result<SessionStreams, WorkerError> {
-    let authorization = MetadataValue::try_from(format!("Bearer {}", credential.expose()))
-        .map_err(|_| WorkerError::Refused {
-            step: "session",
-            code: tonic::Code::InvalidArgument,
-            message: "the session token it issued cannot be sent as gRPC metadata".into(),
-        })?;
+    let authorization = authorization(credential)?;
     retrying(server, "session", deadline, || {
-        let mut client = client.clone();
-        let authorization = authorization.clone();
-        async move {
-            let (outbound, receiver) = mpsc::channel(OUTBOUND_CAPACITY);
-            outbound
-                .try_send(heartbeat::ready())
-                .map_err(|_| Failure::Retry("cannot queue the ready message".into()))?;
-            let mut request = Request::new(ReceiverStream::new(receiver));
-            request
-                .metadata_mut()
-                .insert("authorization", authorization);
-            let response = client.connect(request).await.map_err(Failure::from)?;
-            Ok(SessionStreams {
-                outbound,
-                inbound: response.into_inner(),
-            })
-        }
+        connect(client.clone(), authorization.clone(), heartbeat::ready())
     })
     .await
+}
+
+/// Re-opens the session after its stream broke, with `first` (a `resume`) as first message,
+/// on a fresh connection to `endpoint`, retrying with backoff and jitter until `deadline`.
+/// Every failure is retried — the server may be restarting, another server may not know the
+/// worker yet, a previous stream may still be closing — except a refused credential
+/// (`UNAUTHENTICATED`): the worker was declared lost or retired meanwhile.
+pub async fn reopen_session(
+    endpoint: &Endpoint,
+    server: &str,
+    credential: &SessionCredential,
+    first: WorkerMessage,
+    deadline: Instant,
+) -> Result<SessionStreams, WorkerError> {
+    let authorization = authorization(credential)?;
+    let started = Instant::now();
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let attempt = async {
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|err| Failure::Retry(root_cause(&err)))?;
+            connect(
+                WorkerAgentServiceClient::new(channel),
+                authorization.clone(),
+                first.clone(),
+            )
+            .await
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let budget = ATTEMPT_TIMEOUT
+            .min(remaining)
+            .max(Duration::from_millis(100));
+        let cause = match tokio::time::timeout(budget, attempt).await {
+            Ok(Ok(streams)) => {
+                tracing::info!(
+                    attempts,
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "session re-opened"
+                );
+                return Ok(streams);
+            }
+            Ok(Err(Failure::Fatal(status))) if status.code() == tonic::Code::Unauthenticated => {
+                return Err(WorkerError::Refused {
+                    step: "resumed session",
+                    code: status.code(),
+                    message: status.message().to_string(),
+                });
+            }
+            Ok(Err(Failure::Fatal(status))) => {
+                format!("{} ({:?})", status.message(), status.code())
+            }
+            Ok(Err(Failure::Retry(cause) | Failure::Malformed(cause))) => cause,
+            Err(_) => format!("no answer within {}ms", budget.as_millis()),
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(WorkerError::Unreachable {
+                server: server.to_string(),
+                waited: started.elapsed(),
+                cause,
+            });
+        }
+        // Many workers lose the same server at once: spread their attempts (±50 %).
+        let pause = jittered(delay).min(remaining);
+        tracing::warn!(
+            attempts,
+            %cause,
+            retry_in_ms = pause.as_millis() as u64,
+            "cannot re-open the session yet; retrying"
+        );
+        tokio::time::sleep(pause).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+/// `delay` scaled by a random factor in [0.5, 1.5).
+fn jittered(delay: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    delay.mul_f64(0.5 + (random % 1000) as f64 / 1000.0)
 }
 
 /// How one attempt failed.

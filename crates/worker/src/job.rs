@@ -1,17 +1,18 @@
 //! Running one job from start to report: spawn, stream its output, enforce its timeout, obey a
 //! cancel, and make sure none of its processes survive it.
 //!
-//! The runner is a task of its own. It sends `JobStarted` and the `LogBatch`es itself and
-//! returns the `JobFinished`, which the session sends: by then every batch has been queued, so
-//! the server always sees the output of a job before its end.
+//! The runner is a task of its own. It records the start and the output in the job's journal
+//! (which the session sends from, see `journal.rs`) and returns the `JobFinished`, which the
+//! session sends once everything in the journal has been sent: the server always sees the
+//! output of a job before its end.
 
 use std::time::Duration;
 
 use hodei_contract::Assignment;
 use hodei_domain::JobId;
-use hodei_proto::v1::{
-    JobFinished, JobOutcome, JobStarted, LogStream, WorkerMessage, worker_message::Msg,
-};
+use std::sync::Arc;
+
+use hodei_proto::v1::{JobFinished, JobOutcome, LogStream};
 use tokio::{
     process::Child,
     sync::mpsc,
@@ -21,6 +22,7 @@ use tokio::{
 
 use crate::{
     batch::{self, line_channel},
+    journal::Journal,
     output::read_lines,
     process::{self, ProcessGroup},
 };
@@ -39,7 +41,7 @@ pub enum Stop {
     /// The same stop, asked by the worker's platform rather than the server: reported as
     /// `INTERRUPTED` with this message, so the server runs the job again instead of ending it.
     Interrupt(String),
-    /// SIGKILL now (the session is gone; nobody will read the report).
+    /// SIGKILL now (the server refused the worker; nobody will read the report).
     Kill,
 }
 
@@ -47,21 +49,33 @@ pub enum Stop {
 #[derive(Debug)]
 pub struct RunningJob {
     job_id: JobId,
+    kill_grace: Duration,
     stop: mpsc::UnboundedSender<Stop>,
     task: JoinHandle<JobFinished>,
 }
 
 impl RunningJob {
-    /// Starts running `assignment`; `out` is the session's queue of messages to the server.
-    pub fn start(assignment: Assignment, out: mpsc::Sender<WorkerMessage>) -> Self {
+    /// Starts running `assignment`, recording its start and output in `journal`.
+    pub fn start(assignment: Assignment, journal: Arc<Journal>) -> Self {
         let (stop, stops) = mpsc::unbounded_channel();
         let job_id = assignment.job_id;
-        let task = tokio::spawn(run(assignment, stops, out));
-        Self { job_id, stop, task }
+        let kill_grace = assignment.kill_grace;
+        let task = tokio::spawn(run(assignment, stops, journal));
+        Self {
+            job_id,
+            kill_grace,
+            stop,
+            task,
+        }
     }
 
     pub fn job_id(&self) -> JobId {
         self.job_id
+    }
+
+    /// Between SIGTERM and SIGKILL when it is stopped.
+    pub fn kill_grace(&self) -> Duration {
+        self.kill_grace
     }
 
     pub fn stop(&self, request: Stop) {
@@ -100,11 +114,22 @@ enum Ending {
     TimedOut(Duration),
 }
 
-/// Runs the job to its end and returns its report. Sends `JobStarted` and the output itself.
+/// Runs the job to its end and returns its report. Records its start and output in `journal`
+/// (closed before the report is returned, also when the command could not start).
 pub async fn run(
     assignment: Assignment,
     mut stops: mpsc::UnboundedReceiver<Stop>,
-    out: mpsc::Sender<WorkerMessage>,
+    journal: Arc<Journal>,
+) -> JobFinished {
+    let report = run_command(assignment, &mut stops, journal.clone()).await;
+    journal.close();
+    report
+}
+
+async fn run_command(
+    assignment: Assignment,
+    stops: &mut mpsc::UnboundedReceiver<Stop>,
+    journal: Arc<Journal>,
 ) -> JobFinished {
     let job_id = assignment.job_id.to_string();
     let mut child = match process::spawn_shell(
@@ -139,15 +164,7 @@ pub async fn run(
         pid,
         "job started"
     );
-    let started = WorkerMessage {
-        msg: Some(Msg::JobStarted(JobStarted {
-            job_id: job_id.clone(),
-            attempt: assignment.attempt,
-            pid,
-        })),
-    };
-    // A closed session is noticed by the session itself, which then stops this job.
-    let _ = out.send(started).await;
+    journal.started(pid);
 
     let (lines, queued) = line_channel();
     let mut readers = Vec::with_capacity(2);
@@ -166,9 +183,9 @@ pub async fn run(
         )));
     }
     drop(lines);
-    let sender = tokio::spawn(batch::send_batches(job_id.clone(), queued, out));
+    let sender = tokio::spawn(batch::journal_batches(queued, journal));
 
-    let supervised = supervise(&mut child, &group, &assignment, &mut stops).await;
+    let supervised = supervise(&mut child, &group, &assignment, stops).await;
 
     // The shell is gone; its background processes may still hold the pipes. Read on for a
     // while (never past the kill deadline of a stop in progress), then kill what is left.
@@ -271,7 +288,7 @@ async fn supervise(
                 Some(Stop::Kill) => {
                     tracing::info!(%job, "killing the job");
                     if !stopping {
-                        ending = Ending::Cancelled("the worker lost its connection".into());
+                        ending = Ending::Cancelled("the server refused the worker".into());
                     }
                     group.kill();
                     kill_at = None;
@@ -320,10 +337,11 @@ fn finished(
 mod tests {
     use std::{collections::BTreeMap, time::Duration};
 
-    use hodei_proto::v1::LogChunk;
+    use hodei_proto::v1::{JobStarted, LogBatch, LogChunk, WorkerMessage, worker_message::Msg};
     use hodei_testkit::process::live_processes_in_group;
 
     use super::*;
+    use crate::journal::Unsent;
 
     const JOB_ID: &str = "0192f0c4-8a51-7c3e-9f6e-2d8b1c7a5e40";
 
@@ -337,7 +355,47 @@ mod tests {
             secrets: Default::default(),
             timeout: Duration::from_secs(3600),
             kill_grace: Duration::from_secs(5),
+            first_sequence: 1,
         }
+    }
+
+    /// What a session would send of the job's journal, as messages, acknowledging everything.
+    fn collect(journal: Arc<Journal>) -> mpsc::Receiver<WorkerMessage> {
+        let (out, sent) = mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(unsent) = journal.next_unsent().await {
+                let msg = match unsent {
+                    Unsent::Started(pid) => Msg::JobStarted(JobStarted {
+                        job_id: journal.job_id().to_string(),
+                        attempt: journal.attempt(),
+                        pid,
+                    }),
+                    Unsent::Lines { first, chunks } => {
+                        journal.ack(first + chunks.len() as u64 - 1);
+                        Msg::Logs(LogBatch {
+                            job_id: journal.job_id().to_string(),
+                            lines: chunks,
+                            first_sequence: first,
+                        })
+                    }
+                };
+                if out.send(WorkerMessage { msg: Some(msg) }).await.is_err() {
+                    return;
+                }
+            }
+        });
+        sent
+    }
+
+    fn start(assignment: Assignment) -> (RunningJob, mpsc::Receiver<WorkerMessage>) {
+        let journal = Journal::new(
+            assignment.job_id.to_string(),
+            assignment.attempt,
+            assignment.first_sequence,
+            crate::journal::DEFAULT_CAPACITY,
+        );
+        let sent = collect(journal.clone());
+        (RunningJob::start(assignment, journal), sent)
     }
 
     /// Runs a job to its end, returning what it sent (in order) and its report.
@@ -345,8 +403,7 @@ mod tests {
         assignment: Assignment,
         stop: Option<(Duration, Stop)>,
     ) -> (Vec<Msg>, JobFinished) {
-        let (out, mut sent) = mpsc::channel(4);
-        let mut job = RunningJob::start(assignment, out);
+        let (mut job, mut sent) = start(assignment);
         let collector = tokio::spawn(async move {
             let mut messages = Vec::new();
             while let Some(message) = sent.recv().await {
@@ -443,8 +500,7 @@ mod tests {
 
     #[tokio::test]
     async fn output_reaches_the_session_while_the_job_is_still_running() {
-        let (out, mut sent) = mpsc::channel(4);
-        let mut job = RunningJob::start(assignment("echo first; sleep 30; echo never"), out);
+        let (mut job, mut sent) = start(assignment("echo first; sleep 30; echo never"));
 
         let first_lines = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
@@ -591,8 +647,7 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_a_running_job_kills_its_whole_process_group() {
-        let (out, mut sent) = mpsc::channel(4);
-        let job = RunningJob::start(assignment("sleep 300 & sleep 300"), out);
+        let (job, mut sent) = start(assignment("sleep 300 & sleep 300"));
         let Some(Msg::JobStarted(started)) = sent.recv().await.and_then(|m| m.msg) else {
             panic!("expected JobStarted");
         };

@@ -7,8 +7,11 @@
 //! ([`connection::open_session`]) and serves it ([`session::Session`]): it runs each assigned
 //! job with `/bin/sh -c` in a process group of its own ([`process`], [`job`]), streams the
 //! job's output line by line while it runs ([`output`], [`batch`]), heartbeats
-//! ([`heartbeat`]), and reports how the job ended. It exits when the server tells it to, when it
-//! gets SIGTERM/SIGINT, or — with exit code 1 — when the connection is lost.
+//! ([`heartbeat`]), and reports how the job ended. Output is kept in the job's [`journal`] until
+//! the server says it is stored. When the stream breaks, the job keeps running and the worker
+//! re-connects (`Resume`), re-sending what the server has not stored. It exits when the server
+//! tells it to, when it gets SIGTERM/SIGINT, or — with exit code 1 — when no server can be
+//! reached for `HODEI_RECONNECT_GRACE` (its job stopped first) or the server refuses it.
 //!
 //! Where to start reading: [`run`], then `session.rs`, then `job.rs`.
 
@@ -19,6 +22,7 @@ pub mod error;
 pub mod hardening;
 pub mod heartbeat;
 pub mod job;
+pub mod journal;
 pub mod output;
 pub mod process;
 pub mod session;
@@ -79,7 +83,19 @@ pub async fn run(
         }
     };
     tracing::info!("session open; waiting for work");
-    Session::new(streams, registration.heartbeat_interval)
+    let reconnect_grace = match registration.reconnect_grace {
+        // The server's lease assumes its own grace: the smaller one is kept.
+        Some(server) => server.min(config.reconnect_grace),
+        None => config.reconnect_grace,
+    };
+    let link = session::Link {
+        endpoint,
+        server: config.server.clone(),
+        credential: registration.session_credential,
+        reconnect_grace,
+        journal_capacity: config.resume_buffer_bytes,
+    };
+    Session::new(streams, registration.heartbeat_interval, link)
         .run(terminate)
         .await
 }

@@ -1,6 +1,9 @@
 //! `hodei-worker`: see the `hodei_worker` library for everything.
 
-use std::{io::IsTerminal, process::ExitCode};
+use std::{
+    io::{IsTerminal, Write},
+    process::ExitCode,
+};
 
 use tracing_subscriber::EnvFilter;
 
@@ -26,6 +29,9 @@ fn main() -> ExitCode {
     unsafe { hodei_worker::hardening::remove_secret_variables() };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // A worker outlives whoever reads its log (a local server that died): a failed write
+        // is dropped, never reported on stderr — which would panic on the same broken pipe.
+        .log_internal_errors(false)
         // Colours only for a person at a terminal, not in a container's log.
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
@@ -52,8 +58,9 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One plain sentence, the last line of the log, whatever the log filter.
-            eprintln!("hodei-worker: {err}");
+            // One plain sentence, the last line of the log, whatever the log filter (and
+            // whether or not anybody still reads it).
+            let _ = writeln!(std::io::stderr(), "hodei-worker: {err}");
             ExitCode::from(err.exit_code())
         }
     }

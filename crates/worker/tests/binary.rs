@@ -200,27 +200,73 @@ async fn given_a_token_file_when_the_binary_starts_then_it_registers_with_it_rem
 }
 
 #[tokio::test]
-async fn given_a_running_job_when_the_server_drops_the_stream_then_the_binary_kills_the_job_and_exits_1()
+async fn given_a_running_job_when_no_server_is_reachable_the_binary_keeps_the_job_for_the_grace_then_stops_it_and_exits_1()
  {
     let mut fake = FakeServer::start().await;
-    let child = worker_for(&fake).spawn().expect("spawn");
+    let child = worker_for(&fake)
+        .env("HODEI_RECONNECT_GRACE", "2s")
+        .spawn()
+        .expect("spawn");
     let mut session = fake.session().await;
 
-    session.assign(JOB_1, "sleep 300 & sleep 300").await;
+    // The job ignores SIGTERM: only the SIGKILL after its kill grace (1 s) ends it.
+    session
+        .assign(JOB_1, "trap '' TERM; sleep 300 & sleep 300")
+        .await;
     let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
         panic!("expected JobStarted");
     };
+    let lost = std::time::Instant::now();
     session.end_stream();
+    drop(session);
+    drop(fake);
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !support::survivors_of_group(started.pid).await.is_empty(),
+        "the job must keep running within the grace"
+    );
     let exit = wait(child).await;
+    let took = lost.elapsed();
 
     assert_eq!(exit.code, Some(1), "stderr: {}", exit.stderr);
     let last = exit.stderr.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("hodei-worker: lost connection to the server: "),
+        last.starts_with("hodei-worker: cannot reach the server at "),
         "{}",
         exit.stderr
     );
+    assert!(
+        took >= Duration::from_secs(3),
+        "exited after {took:?}: before grace + kill grace"
+    );
+    assert!(took < Duration::from_secs(10), "exited after {took:?}");
     assert_eq!(survivors_of_group(started.pid).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn given_nobody_reads_its_log_any_more_the_binary_keeps_working() {
+    // A local worker's log goes to its server; a server that dies closes the pipe's other end.
+    let mut fake = FakeServer::start().await;
+    let mut child = worker_for(&fake).spawn().expect("spawn");
+    drop(child.stderr.take());
+    drop(child.stdout.take());
+    let mut session = fake.session().await;
+
+    session.assign(JOB_1, "echo still-here").await;
+    let job = session.job_until_finished().await;
+    assert_eq!(job.stdout(), ["still-here"]);
+    session.shutdown("test over", false).await;
+    session.expect_close().await;
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .expect("the worker exits in time")
+        .expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a broken log must not end the worker"
+    );
 }
 
 #[tokio::test]

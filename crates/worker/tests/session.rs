@@ -18,6 +18,8 @@ fn config(url: &str, token: &str) -> Config {
         token_source: TokenSource::Variable,
         tls_ca: None,
         register_timeout: Duration::from_secs(10),
+        reconnect_grace: Duration::from_secs(10),
+        resume_buffer_bytes: hodei_worker::journal::DEFAULT_CAPACITY,
     }
 }
 
@@ -276,45 +278,221 @@ async fn given_no_job_when_the_server_says_shutdown_then_the_worker_exits_0_at_o
     );
 }
 
+/// The lines of a batch with their sequences.
+fn numbered(batch: &hodei_proto::v1::LogBatch) -> Vec<(u64, String)> {
+    batch
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            (
+                batch.first_sequence + i as u64,
+                String::from_utf8_lossy(&chunk.data).into_owned(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
-async fn given_a_running_job_when_the_server_drops_the_stream_then_the_job_is_killed_and_the_worker_fails()
+async fn given_a_running_job_when_the_server_drops_the_stream_then_the_worker_resumes_and_resends_what_was_not_stored()
  {
     let mut fake = FakeServer::start().await;
     let worker = Worker::start(config(&fake.url, TOKEN));
+    let mut session = fake.session().await;
+    session.info(0).await;
+
+    session
+        .assign_numbered(
+            JOB_1,
+            "echo one; echo two; sleep 1; echo three; sleep 300",
+            7,
+        )
+        .await;
+    let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
+        panic!("expected JobStarted");
+    };
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match session.recv_skipping_heartbeats().await {
+            Some(Msg::Logs(batch)) => seen.extend(numbered(&batch)),
+            other => panic!("expected output, got {other:?}"),
+        }
+    }
+    assert_eq!(seen, [(7, "one".to_string()), (8, "two".to_string())]);
+    // Only the first line is acknowledged before the stream breaks.
+    session.ack(JOB_1, 7).await;
+    session.end_stream();
+
+    let mut resumed = fake.raw_session().await;
+    let Some(Msg::Resume(resume)) = resumed.recv().await else {
+        panic!("expected Resume first on the new stream");
+    };
+    assert_eq!(resume.job_id, JOB_1);
+    assert_eq!(resume.attempt, 1);
+    assert_eq!(resume.pid, started.pid, "the same process runs on");
+    assert!(resume.finished.is_none());
+    // The new server says it stored up to 7: the worker re-sends from 8.
+    resumed.info(7).await;
+    let mut again = Vec::new();
+    while again.len() < 2 {
+        match resumed.recv_skipping_heartbeats().await {
+            Some(Msg::Logs(batch)) => again.extend(numbered(&batch)),
+            other => panic!("expected output, got {other:?}"),
+        }
+    }
+    assert_eq!(again, [(8, "two".to_string()), (9, "three".to_string())]);
+    assert!(
+        !survivors_of_group(started.pid).await.is_empty(),
+        "the job kept running"
+    );
+
+    resumed.shutdown("test over", true).await;
+    let record = resumed.job_until_finished().await;
+    assert_eq!(record.outcome(), JobOutcome::Cancelled);
+    resumed.expect_close().await;
+    worker.result().await.expect("clean exit");
+    assert_eq!(survivors_of_group(started.pid).await, Vec::<u32>::new());
+}
+
+#[tokio::test]
+async fn given_a_job_that_ends_while_disconnected_then_its_end_is_resent_until_recorded() {
+    let mut fake = FakeServer::start().await;
+    let worker = Worker::start(config(&fake.url, TOKEN));
+    let mut session = fake.session().await;
+    session.info(0).await;
+    session
+        .assign_numbered(JOB_1, "echo a; sleep 1; echo b", 1)
+        .await;
+    let Some(Msg::JobStarted(_)) = session.recv_skipping_heartbeats().await else {
+        panic!("expected JobStarted");
+    };
+    session.end_stream();
+
+    // Re-connected, but told nothing until the job has ended: nothing is sent meanwhile.
+    let mut second = fake.raw_session().await;
+    assert!(matches!(second.recv().await, Some(Msg::Resume(_))));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    second.info(0).await;
+    let mut lines = Vec::new();
+    let finished = loop {
+        match second.recv_skipping_heartbeats().await {
+            Some(Msg::Logs(batch)) => lines.extend(numbered(&batch)),
+            Some(Msg::JobFinished(finished)) => break finished,
+            other => panic!("expected output then the end, got {other:?}"),
+        }
+    };
+    assert_eq!(lines, [(1, "a".to_string()), (2, "b".to_string())]);
+    assert_eq!(finished.exit_code, Some(0));
+    // The stream breaks before the end is confirmed: it is sent again, and only it.
+    second.end_stream();
+    let mut third = fake.raw_session().await;
+    let Some(Msg::Resume(resume)) = third.recv().await else {
+        panic!("expected Resume");
+    };
+    assert_eq!(resume.job_id, JOB_1);
+    assert_eq!(resume.finished.as_ref().map(|f| f.exit_code), Some(Some(0)));
+    third.info(2).await;
+    match third.recv_skipping_heartbeats().await {
+        Some(Msg::JobFinished(again)) => assert_eq!(again, finished),
+        other => panic!("expected the end again, got {other:?}"),
+    }
+    third.recorded(JOB_1).await;
+    // Idle now: a new job is taken.
+    third.assign_numbered(SECOND, "echo next", 1).await;
+    assert!(matches!(
+        third.recv_skipping_heartbeats().await,
+        Some(Msg::JobStarted(_))
+    ));
+    third.shutdown("test over", false).await;
+    let record = third.job_until_finished().await;
+    assert_eq!(record.stdout(), ["next"]);
+    third.expect_close().await;
+    worker.result().await.expect("clean exit");
+}
+
+#[tokio::test]
+async fn given_an_idle_worker_when_the_stream_fails_with_an_error_then_it_reconnects_idle() {
+    let mut fake = FakeServer::start().await;
+    let worker = Worker::start(config(&fake.url, TOKEN));
+    let mut session = fake.session().await;
+
+    session
+        .fail_stream(tonic::Status::unavailable("server restarting"))
+        .await;
+
+    let mut resumed = fake.raw_session().await;
+    let Some(Msg::Resume(resume)) = resumed.recv().await else {
+        panic!("expected Resume first on the new stream");
+    };
+    assert_eq!(resume.job_id, "", "an idle worker holds nothing");
+    assert!(
+        resume.previous_end.contains("server restarting"),
+        "{}",
+        resume.previous_end
+    );
+    resumed.shutdown("test over", false).await;
+    resumed.expect_close().await;
+    worker.result().await.expect("clean exit");
+}
+
+#[tokio::test]
+async fn given_no_server_for_the_reconnect_grace_then_the_job_is_stopped_and_the_worker_exits_1() {
+    let mut fake = FakeServer::start().await;
+    let mut config = config(&fake.url, TOKEN);
+    config.reconnect_grace = Duration::from_secs(1);
+    let worker = Worker::start(config);
     let mut session = fake.session().await;
 
     session.assign(JOB_1, "sleep 300 & sleep 300").await;
     let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
         panic!("expected JobStarted");
     };
+    let lost = Instant::now();
     session.end_stream();
+    drop(session);
+    drop(fake);
 
     let err = worker.result().await.expect_err("the worker fails");
-    assert!(matches!(err, WorkerError::LostConnection(_)), "{err}");
-    assert!(
-        err.to_string()
-            .starts_with("lost connection to the server: "),
-        "{err}"
-    );
+    assert!(matches!(err, WorkerError::Unreachable { .. }), "{err}");
     assert_eq!(err.exit_code(), 1);
+    assert!(
+        lost.elapsed() >= Duration::from_secs(1),
+        "gave up before the grace: {:?}",
+        lost.elapsed()
+    );
     assert_eq!(survivors_of_group(started.pid).await, Vec::<u32>::new());
 }
 
 #[tokio::test]
-async fn given_an_idle_worker_when_the_stream_fails_with_an_error_then_the_worker_fails_naming_it()
+async fn given_a_running_job_when_the_server_refuses_the_reconnect_then_the_job_is_killed_at_once()
 {
     let mut fake = FakeServer::start().await;
     let worker = Worker::start(config(&fake.url, TOKEN));
     let mut session = fake.session().await;
 
     session
-        .fail_stream(tonic::Status::failed_precondition(
-            "worker is being retired",
-        ))
+        .assign(JOB_1, "trap '' TERM; sleep 300 & sleep 300")
         .await;
+    let Some(Msg::JobStarted(started)) = session.recv_skipping_heartbeats().await else {
+        panic!("expected JobStarted");
+    };
+    // Meanwhile the server declared the worker lost: its credential no longer resolves.
+    fake.refuse_sessions();
+    let lost = Instant::now();
+    session.end_stream();
 
     let err = worker.result().await.expect_err("the worker fails");
-    assert!(err.to_string().contains("worker is being retired"), "{err}");
+    assert!(matches!(err, WorkerError::LostConnection(_)), "{err}");
+    assert!(
+        err.to_string().contains("unknown or expired session"),
+        "{err}"
+    );
+    assert!(
+        lost.elapsed() < Duration::from_secs(5),
+        "not at once: {:?}",
+        lost.elapsed()
+    );
+    assert_eq!(survivors_of_group(started.pid).await, Vec::<u32>::new());
 }
 
 #[tokio::test]

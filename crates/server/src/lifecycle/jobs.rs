@@ -94,6 +94,17 @@ impl Lifecycle {
                     });
                 }
             }
+            // Its worker re-connects (it holds the job, its stream broke): recorded, so the
+            // session that takes the job over stops it, or its lease's expiry ends it cancelled.
+            Some(Phase::Resuming) | None if job.state == JobState::Running => {
+                self.db.request_cancel(id, reason).await?;
+                if let Some(commands) = core.registry.commands(worker) {
+                    let _ = commands.send(SessionCommand::Cancel {
+                        job: id,
+                        reason: reason.to_string(),
+                    });
+                }
+            }
             // Its worker has not started yet (or is gone): end the job here and drop the worker.
             _ => {
                 if let Some(job) = self

@@ -8,26 +8,42 @@ use hodei_domain::{JobId, WorkerId, WorkerState};
 use super::Lifecycle;
 
 impl Lifecycle {
-    /// A previous process of this instance may have died with workers alive: they lost their
-    /// streams with it, so their jobs are re-queued (or failed when out of attempts) and the
-    /// workers are marked lost. Their resources are removed by the orphan sweep that follows.
+    /// A previous process of this instance may have died with workers alive. Connected ones
+    /// (`idle`, `busy`) keep their jobs: they re-connect to this process and resume, or their
+    /// lease expires ([`Lifecycle::expire_leases`]). Workers it was still provisioning or
+    /// destroying had nobody else to finish that: their jobs are re-queued (or failed when out
+    /// of attempts) and they are marked lost; the orphan sweep removes their resources.
     pub async fn recover_previous_run(&self) -> anyhow::Result<()> {
         let core = &self.core;
         let instance = &core.settings.instance;
         let reason = "server restarted while the worker was alive";
+        let orphaned: HashSet<WorkerId> = core
+            .store
+            .alive_workers(instance)
+            .await?
+            .into_iter()
+            .filter(|w| {
+                matches!(
+                    w.state,
+                    WorkerState::Provisioning | WorkerState::Terminating
+                )
+            })
+            .map(|w| w.id)
+            .collect();
         for (job, worker) in core.store.jobs_held_by_instance(instance).await? {
-            self.requeue(job, worker, reason).await;
+            if orphaned.contains(&worker) {
+                self.requeue(job, worker, reason).await;
+            }
         }
-        let workers = core.store.alive_workers(instance).await?;
-        if !workers.is_empty() {
+        if !orphaned.is_empty() {
             tracing::warn!(
-                count = workers.len(),
-                "marking workers of the previous run as lost"
+                count = orphaned.len(),
+                "marking workers the previous run was provisioning or destroying as lost"
             );
         }
-        for worker in workers {
+        for worker in orphaned {
             self.db
-                .set_worker_state(worker.id, WorkerState::Lost, reason)
+                .set_worker_state(worker, WorkerState::Lost, reason)
                 .await?;
         }
         Ok(())
@@ -60,7 +76,9 @@ impl Lifecycle {
 /// that the registry does not know. That happens when a statement's reply was lost to a
 /// database outage (a claim committed but reported failed, a job's end never recorded), and
 /// would otherwise last until the next restart. Something is acted on only when two passes in a
-/// row saw it, so a worker between its claim and its registry entry is never touched.
+/// row saw it, so a worker between its claim and its registry entry is never touched. Connected
+/// workers (`idle`, `busy`) this process does not track are left to their leases: they may be
+/// re-connecting.
 #[derive(Default)]
 pub struct Reconciler {
     suspects: HashSet<(WorkerId, Option<JobId>)>,
@@ -72,6 +90,19 @@ impl Reconciler {
         let instance = &core.settings.instance;
         let held = core.store.jobs_held_by_instance(instance).await?;
         let alive = core.store.alive_workers(instance).await?;
+        let leased: HashSet<WorkerId> = alive
+            .iter()
+            .filter(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy))
+            .map(|w| w.id)
+            .collect();
+        let held: Vec<(JobId, WorkerId)> = held
+            .into_iter()
+            .filter(|(_, worker)| !leased.contains(worker))
+            .collect();
+        let alive: Vec<_> = alive
+            .into_iter()
+            .filter(|w| !leased.contains(&w.id))
+            .collect();
         let holders: HashSet<WorkerId> = held.iter().map(|(_, worker)| *worker).collect();
         let unknown: HashSet<(WorkerId, Option<JobId>)> = held
             .into_iter()

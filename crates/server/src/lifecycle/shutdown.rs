@@ -1,5 +1,6 @@
-//! The graceful shutdown of the lifecycle: running jobs finish or go back to the queue, every
-//! worker is told to go and destroyed, and the server's tasks end.
+//! The graceful shutdown of the lifecycle: running jobs finish or keep running on workers told
+//! to move (they re-connect to the next server process of the instance and resume), idle
+//! workers are told to go and destroyed, and the server's tasks end.
 
 use std::time::Duration;
 
@@ -16,9 +17,11 @@ const DESTROY_SLACK: Duration = Duration::from_secs(15);
 const TASKS_GRACE: Duration = Duration::from_secs(10);
 
 impl Lifecycle {
-    /// Stop taking work → let running jobs finish for `shutdown_grace` → give back what still
-    /// runs → tell every worker to exit → wait until every worker is destroyed → wait for the
-    /// server's tasks. What is left after the bounds is the next start's recovery.
+    /// Stop taking work → let running jobs finish for `shutdown_grace` → tell the workers of
+    /// jobs still running to move (they keep their jobs, and re-connect to the next server of
+    /// the instance — this one restarted — within their reconnect grace) → tell idle workers to
+    /// exit → wait until every worker is destroyed or detached → wait for the server's tasks.
+    /// What is left after the bounds is the next start's recovery (or the workers' leases).
     pub async fn shutdown(&self) {
         let core = &self.core;
         core.start_draining();
@@ -39,10 +42,8 @@ impl Lifecycle {
         };
         for (worker, phase) in core.registry.snapshot() {
             match phase {
-                Phase::Busy { job } => {
-                    give_back(job, worker, "server shut down while the job was running").await;
-                    self.tell_to_exit(worker, true);
-                }
+                // Not re-queued: the job keeps running; its worker resumes on the next server.
+                Phase::Busy { .. } | Phase::Resuming => self.tell_to_move(worker),
                 Phase::Idle | Phase::Reserved => self.tell_to_exit(worker, false),
                 Phase::Provisioning { .. } | Phase::Registered { .. } => {
                     if core.registry.retire_if_unconnected(worker) {
@@ -71,6 +72,15 @@ impl Lifecycle {
                 leftover,
                 "workers still alive at shutdown; the next start will reap them"
             );
+        }
+    }
+
+    /// Asks a connected worker's session to tell its worker to re-connect, keeping its job.
+    fn tell_to_move(&self, worker: WorkerId) {
+        if let Some(commands) = self.core.registry.commands(worker) {
+            let _ = commands.send(SessionCommand::Move {
+                reason: "server shutting down".into(),
+            });
         }
     }
 

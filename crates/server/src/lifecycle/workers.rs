@@ -8,7 +8,8 @@ use futures::FutureExt;
 use hodei_domain::{
     Job, JobId, JobState, OneTimeToken, SessionCredential, WorkerFailure, WorkerId, WorkerState,
 };
-use hodei_store::{StoreError, TokenRejection};
+use hodei_providers::WorkerStatus;
+use hodei_store::{Attached, StoreError, TokenRejection};
 
 use super::Lifecycle;
 use crate::{
@@ -19,6 +20,12 @@ use crate::{
 
 /// How long the re-queue of an interrupted job waits for the provider to say why.
 const PLATFORM_STOP_QUERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// After a worker's stream ends, its provider is asked this often, this many times, whether
+/// its resource is gone: a worker that died is lost at once instead of at its lease's expiry.
+const DETACHED_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+const DETACHED_PROBES: u32 = 8;
+/// Beyond the kill grace, how long destroying a worker whose lease expired may take.
+const EXPIRED_DESTROY_SLACK: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A worker recorded (`provisioning`) together with the job it claimed, to be created now.
 pub struct NewWorker {
@@ -176,6 +183,190 @@ impl Lifecycle {
         self.core.registry.attach(worker, commands)
     }
 
+    /// A session opened with the worker's credential: it holds the worker from now on (the
+    /// epoch moves on, the lease starts). `None`: the worker is no longer alive.
+    pub async fn attach_session(&self, worker: WorkerId) -> Result<Option<Attached>, StoreError> {
+        let core = &self.core;
+        self.db
+            .attach_session(worker, core.server_id, core.settings.worker_lease_ttl())
+            .await
+    }
+
+    /// A worker this process does not track re-connected (its stream broke, or an earlier
+    /// process of this server held it): it enters the registry as `Resuming`.
+    pub fn adopt(&self, worker: WorkerId, commands: Commands) -> Result<(), AttachError> {
+        self.core.registry.adopt(worker, commands)
+    }
+
+    /// An adopted worker's session knows what it holds: `Busy` with `job`, or `Idle` (and the
+    /// dispatcher looks for work for it). Nothing for a worker provisioned by this process,
+    /// which its attach already placed.
+    pub fn resumed(&self, worker: WorkerId, adopted: bool, job: Option<JobId>) {
+        if !adopted {
+            return;
+        }
+        self.core.registry.resumed(worker, job);
+        if job.is_none() {
+            self.core.wake_dispatcher();
+        }
+    }
+
+    /// Whether `job` has ended, run last by `worker` (a worker re-sending its end after a
+    /// reconnect is told it is recorded).
+    pub async fn end_recorded(&self, job: JobId, worker: WorkerId) -> bool {
+        let core = &self.core;
+        matches!(
+            core.retry_db("reading a job", || core.store.get_job(job)).await,
+            Ok(Some(found)) if found.state.is_terminal() && found.worker_id == Some(worker)
+        )
+    }
+
+    /// A worker's stream ended without the worker being retired or lost: it keeps its job and
+    /// is expected back (on this process or another). Jobs handed to the session but never sent
+    /// go back to the queue; the worker is recorded detached (its lease runs on, unrenewed) and
+    /// leaves the registry. If its provider says within a few seconds that its resource is
+    /// gone, it is lost at once.
+    pub async fn session_detached(
+        &self,
+        worker: WorkerId,
+        epoch: i64,
+        why: String,
+        unsent: Vec<JobId>,
+    ) {
+        let core = &self.core;
+        tracing::info!(%worker, why, "worker detached: its stream ended; it may re-connect");
+        for job in unsent {
+            self.give_back(job, worker, "worker went away before the job was sent")
+                .await;
+        }
+        let detached = core
+            .retry_db("recording a worker as detached", || {
+                self.db.detach_session(worker, epoch, &why)
+            })
+            .await;
+        if let Err(e) = detached {
+            tracing::warn!(%worker, error = %e, "cannot record the worker as detached");
+        }
+        core.registry.remove(worker);
+        core.wake_dispatcher();
+        let this = self.clone();
+        core.spawn("probing a detached worker", async move {
+            for _ in 0..DETACHED_PROBES {
+                tokio::time::sleep(DETACHED_PROBE_INTERVAL).await;
+                if this.core.registry.contains(worker) {
+                    return; // it came back
+                }
+                let gone = match this.core.provider.worker_status(&worker).await {
+                    Ok(WorkerStatus::Exited { exit_code, detail }) => {
+                        let code = exit_code.map_or("no exit code".into(), |c| format!("code {c}"));
+                        Some(if detail.is_empty() {
+                            format!("its process exited ({code})")
+                        } else {
+                            format!("its process exited ({code}: {detail})")
+                        })
+                    }
+                    Ok(WorkerStatus::Failed(failure)) => Some(failure.detailed()),
+                    Ok(WorkerStatus::NotFound) => Some("its resource is gone".to_string()),
+                    Ok(_) => None,
+                    Err(e) => {
+                        tracing::debug!(%worker, error = %e, "cannot probe a detached worker");
+                        None
+                    }
+                };
+                if let Some(gone) = gone {
+                    let reason = format!("worker lost: {why}, and {gone}");
+                    this.lose_detached(worker, epoch, reason, false).await;
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Workers whose lease has passed — nobody heard from them for longer than they keep a
+    /// job without a server — are destroyed first (a frozen one must not run on next to the
+    /// next attempt), then lost, and their jobs re-queued. Workers connected here are skipped:
+    /// their sessions renew their leases.
+    pub async fn expire_leases(&self) -> Result<usize, StoreError> {
+        let core = &self.core;
+        let mut lost = 0;
+        for lease in core
+            .store
+            .expired_worker_leases(&core.settings.instance)
+            .await?
+        {
+            if core.registry.contains(lease.worker) {
+                continue;
+            }
+            let worker = lease.worker;
+            let why = lease
+                .last_disconnect
+                .unwrap_or_else(|| "its server stopped hearing from it".into());
+            let reason = format!(
+                "worker lost: {why}, and it did not come back within its lease (reconnect grace {}s)",
+                core.settings.reconnect_grace.as_secs()
+            );
+            let destroy_within = core.settings.kill_grace + EXPIRED_DESTROY_SLACK;
+            match tokio::time::timeout(destroy_within, core.provider.destroy_worker(&worker)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(%worker, error = %e, "cannot destroy a worker whose lease expired; retrying next pass");
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(%worker, "destroying a worker whose lease expired takes too long; retrying next pass");
+                    continue;
+                }
+            }
+            if self.lose_detached(worker, lease.epoch, reason, true).await {
+                lost += 1;
+            }
+        }
+        Ok(lost)
+    }
+
+    /// Loses a worker nobody holds, if it is still at `epoch` (and, with `only_if_expired`,
+    /// its lease has passed), and re-queues its job. `false` when it re-attached meanwhile.
+    async fn lose_detached(
+        &self,
+        worker: WorkerId,
+        epoch: i64,
+        reason: String,
+        only_if_expired: bool,
+    ) -> bool {
+        let core = &self.core;
+        let lost = core
+            .retry_db("recording a worker as lost", || {
+                self.db
+                    .lose_worker_at_epoch(worker, epoch, &reason, only_if_expired)
+            })
+            .await;
+        match lost {
+            Ok(true) => {}
+            Ok(false) => return false,
+            Err(e) => {
+                tracing::warn!(%worker, error = %e, "cannot record a detached worker as lost");
+                return false;
+            }
+        }
+        tracing::warn!(%worker, reason, "worker lost");
+        match core
+            .retry_db("reading a lost worker's job", || {
+                core.store.job_held_by(worker)
+            })
+            .await
+        {
+            Ok(Some(job)) => self.requeue(job.id, worker, &reason).await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%worker, error = %e, "cannot read the job of a lost worker"),
+        }
+        if let Err(e) = core.provider.destroy_worker(&worker).await {
+            tracing::warn!(%worker, error = %e, "destroying a lost worker failed; the orphan sweep will retry");
+        }
+        core.wake_dispatcher();
+        true
+    }
+
     /// The job `worker` was provisioned for, recorded as the job it is busy with — unless it
     /// was cancelled (or otherwise taken) while the worker was starting, in which case the
     /// worker becomes idle.
@@ -275,6 +466,19 @@ impl Lifecycle {
         } else {
             tracing::info!(%worker, reason, "worker retired");
         }
+        let held = match held {
+            Some(job) => Some(job),
+            // An adopted worker's job is known to the database only.
+            None if state == WorkerState::Lost => self
+                .core
+                .store
+                .job_held_by(worker)
+                .await
+                .ok()
+                .flatten()
+                .map(|j| j.id),
+            None => None,
+        };
         if let Some(job) = held {
             self.requeue(job, worker, &reason).await;
         }

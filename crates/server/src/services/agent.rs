@@ -10,7 +10,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    commands::SessionCommand, lifecycle::Lifecycle, registry::AttachError, session::Session,
+    commands::SessionCommand,
+    lifecycle::Lifecycle,
+    registry::{AttachError, Phase},
+    session::Session,
 };
 
 pub struct AgentService {
@@ -66,6 +69,10 @@ impl WorkerAgentService for AgentService {
                     .as_millis(),
             )
             .unwrap_or(u32::MAX),
+            reconnect_grace_ms: u32::try_from(
+                self.lifecycle.core().settings.reconnect_grace.as_millis(),
+            )
+            .unwrap_or(u32::MAX),
         }))
     }
 
@@ -84,27 +91,69 @@ impl WorkerAgentService for AgentService {
             .await
             .map_err(|e| Status::unavailable(format!("cannot check the session now: {e}")))?
             .ok_or_else(|| Status::unauthenticated("unknown or expired session"))?;
-        let (commands_tx, commands_rx) = mpsc::unbounded_channel::<SessionCommand>();
-        let bound_job = self
+        // A previous stream of this worker that this process has not seen end yet: the worker
+        // retries shortly (it opens a stream only after its previous one broke).
+        if let Some(phase) = self.lifecycle.core().registry.phase(worker) {
+            match phase {
+                Phase::Registered { .. } => {}
+                Phase::Retiring => {
+                    return Err(Status::failed_precondition("worker is being retired"));
+                }
+                Phase::Provisioning { .. } => {
+                    return Err(Status::failed_precondition(
+                        "worker has not finished registering",
+                    ));
+                }
+                _ => {
+                    return Err(Status::unavailable(
+                        "the worker's previous session is still closing; retry",
+                    ));
+                }
+            }
+        }
+        let attached = self
             .lifecycle
-            .attach(worker, commands_tx)
-            .map_err(|e| match e {
-                AttachError::Unknown => {
-                    Status::failed_precondition("this server does not manage that worker any more")
-                }
-                AttachError::AlreadyConnected => {
-                    Status::already_exists("worker already has an open session")
-                }
-                AttachError::Retiring => Status::failed_precondition("worker is being retired"),
-            })?;
+            .attach_session(worker)
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot attach the session now: {e}")))?
+            .ok_or_else(|| Status::unauthenticated("unknown or expired session"))?;
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel::<SessionCommand>();
+        let (bound_job, adopted) = match self.lifecycle.attach(worker, commands_tx.clone()) {
+            Ok(bound_job) => (bound_job, false),
+            // Not provisioned by this process, or its stream broke before: adopted.
+            Err(AttachError::Unknown) => {
+                self.lifecycle
+                    .adopt(worker, commands_tx)
+                    .map_err(attach_error)?;
+                (None, true)
+            }
+            Err(e) => return Err(attach_error(e)),
+        };
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
-        let session = Session::new(self.lifecycle.clone(), worker, out_tx);
+        let session = Session::new(
+            self.lifecycle.clone(),
+            worker,
+            out_tx,
+            attached.epoch,
+            attached.jobs_run,
+            adopted,
+        );
         self.lifecycle.spawn_session(
             worker,
             session.run(request.into_inner(), commands_rx, bound_job),
         );
         tracing::info!(%worker, "worker session opened");
         Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+    }
+}
+
+fn attach_error(e: AttachError) -> Status {
+    match e {
+        AttachError::Unknown => Status::failed_precondition("worker has not finished registering"),
+        AttachError::AlreadyConnected => {
+            Status::unavailable("the worker's previous session is still closing; retry")
+        }
+        AttachError::Retiring => Status::failed_precondition("worker is being retired"),
     }
 }
 

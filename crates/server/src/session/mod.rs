@@ -4,8 +4,17 @@
 //! current job (the numbering of its output, the cancel and timeout back-stops) and reacts to
 //! three sources — messages from the worker, commands from the rest of the server (assign,
 //! cancel, retire), and its own timers (heartbeat, idle, back-stops). Every state change it
-//! causes goes through the lifecycle; output ingestion is `output.rs`. When it ends, the worker
-//! is either retired (it was told to go) or lost, and a held job is re-queued.
+//! causes goes through the lifecycle; output ingestion is `output.rs`.
+//!
+//! A session starts with the worker's `Ready` (a fresh worker) or `Resume` (a worker whose
+//! previous stream broke — on this server process or on one that died — and that kept its job
+//! running). It answers `SessionInfo` first, with the stored position of the held job's output,
+//! and reconciles what the worker says it holds with what the database says (`open`).
+//!
+//! When it ends, the worker is retired (it was told to go), lost (it broke the protocol, or
+//! its session panicked: its job is re-queued), or — when only the stream broke — detached: the
+//! job keeps running and the worker is expected back; its lease in the database decides when it
+//! is lost instead.
 
 mod masking;
 mod output;
@@ -14,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use hodei_contract::{
     Assignment,
-    convert::{WorkerReport, report_from_proto},
+    convert::{Held, WorkerReport, held_from_resume, report_from_proto},
 };
 use hodei_domain::{Job, JobId, JobSecrets, JobState, WorkerId, WorkerState};
 use hodei_proto::v1::{self as pb, server_message, worker_message};
@@ -36,7 +45,11 @@ struct CurrentJob {
     job: Job,
     /// Its secret values, replaced in its output.
     masker: Masker,
+    /// The sequence the next line stored gets.
     next_sequence: u64,
+    /// The attempt's first sequence, when this session assigned it (a worker numbering its own
+    /// lines never goes below it).
+    first_sequence: Option<u64>,
     cancel_reason: Option<String>,
     /// When the server gives up waiting for the worker to report.
     backstop: Option<Instant>,
@@ -45,6 +58,12 @@ struct CurrentJob {
 pub struct Session {
     lifecycle: Lifecycle,
     worker: WorkerId,
+    /// This session's epoch (`workers.session_epoch`): what it records about the worker is
+    /// fenced by it, so a session replaced by a newer one changes nothing.
+    epoch: i64,
+    /// A worker this process did not provision (it re-connected): it waits in the registry as
+    /// `Resuming` until `open` knows what it holds.
+    adopted: bool,
     out: Outbound,
     current: Option<CurrentJob>,
     jobs_run: u32,
@@ -64,19 +83,39 @@ enum End {
     /// The worker's platform stopped it (SIGTERM) while it held a job, with the worker's words:
     /// an infrastructure failure, so the job is re-queued, not ended.
     Interrupted(String),
+    /// Only the stream ended (it broke, the worker went silent, the server is moving it): the
+    /// worker keeps its job and is expected to re-connect; its lease decides otherwise.
+    Detached(String),
     /// The server is being killed: leave everything as it is.
     Killed,
 }
 
+/// The first message of a session.
+enum First {
+    Ready,
+    Resume(pb::Resume),
+}
+
 impl Session {
-    pub fn new(lifecycle: Lifecycle, worker: WorkerId, out: Outbound) -> Self {
+    /// `jobs_run` is the database's count (a worker that moved keeps its budget); `adopted`:
+    /// a worker this process did not provision.
+    pub fn new(
+        lifecycle: Lifecycle,
+        worker: WorkerId,
+        out: Outbound,
+        epoch: i64,
+        jobs_run: u32,
+        adopted: bool,
+    ) -> Self {
         let now = Instant::now();
         Self {
             lifecycle,
             worker,
+            epoch,
+            adopted,
             out,
             current: None,
-            jobs_run: 0,
+            jobs_run,
             retiring: None,
             idle_since: Some(now),
             last_seen: now,
@@ -96,16 +135,11 @@ impl Session {
         mut commands: CommandInbox,
         bound_job: Option<JobId>,
     ) {
-        let end = match self.expect_ready(&mut inbound).await {
-            // The job it was provisioned for was never handed over: it is held all the same.
+        let end = match self.first_message(&mut inbound).await {
+            // The job it was provisioned for was never handed over: it is held all the same
+            // (re-queued if the worker is lost; still bound to it if it only went away).
             Err(end) => return self.finish(end, bound_job, commands).await,
-            Ok(()) => match bound_job {
-                Some(job) => self.assign_bound(job).await,
-                None => {
-                    self.lifecycle.core().wake_dispatcher();
-                    Ok(())
-                }
-            },
+            Ok(first) => self.open(first, bound_job).await,
         };
         let end = match end {
             Ok(()) => self.event_loop(&mut inbound, &mut commands).await,
@@ -115,30 +149,201 @@ impl Session {
         self.finish(end, held, commands).await;
     }
 
-    async fn expect_ready(
+    async fn first_message(
         &mut self,
         inbound: &mut Streaming<pb::WorkerMessage>,
-    ) -> Result<(), End> {
+    ) -> Result<First, End> {
         let first = tokio::time::timeout(self.settings().heartbeat_timeout, inbound.message());
         match first.await {
             Ok(Ok(Some(pb::WorkerMessage {
                 msg: Some(worker_message::Msg::Ready(_)),
-            }))) => Ok(()),
+            }))) => Ok(First::Ready),
+            Ok(Ok(Some(pb::WorkerMessage {
+                msg: Some(worker_message::Msg::Resume(resume)),
+            }))) => Ok(First::Resume(resume)),
             Ok(Ok(Some(_))) => {
                 let _ = self
                     .out
                     .send(Err(Status::invalid_argument(
-                        "the first message on a worker session must be `ready`",
+                        "the first message on a worker session must be `ready` or `resume`",
                     )))
                     .await;
                 Err(End::Lost(
-                    "protocol violation: first message was not `ready`".into(),
+                    "protocol violation: first message was neither `ready` nor `resume`".into(),
                 ))
             }
-            Ok(Ok(None)) => Err(End::Lost("stream closed before `ready`".into())),
-            Ok(Err(status)) => Err(End::Lost(format!("stream error before `ready`: {status}"))),
-            Err(_) => Err(End::Lost("no `ready` message in time".into())),
+            Ok(Ok(None)) => Err(End::Detached(
+                "stream closed before its first message".into(),
+            )),
+            Ok(Err(status)) => Err(End::Detached(format!(
+                "stream error before its first message: {}",
+                status.message()
+            ))),
+            Err(_) => Err(End::Detached("no first message in time".into())),
         }
+    }
+
+    /// Answers the first message: `SessionInfo`, then what the worker should do. A fresh
+    /// worker provisioned by this process gets the job it was provisioned for, as before
+    /// resuming existed. Otherwise what the worker holds is reconciled with the database:
+    /// - the job it still holds in the same attempt: the session takes it over where the
+    ///   output stored so far ends;
+    /// - a job assigned to it that it never got: sent (again), no attempt spent;
+    /// - an end the database already recorded: `JobRecorded`;
+    /// - a job the database no longer gives it: it is told to stop (`Shutdown{now}`);
+    /// - a job the database says it runs, but that it does not hold: re-queued.
+    async fn open(&mut self, first: First, bound_job: Option<JobId>) -> Result<(), End> {
+        let worker = self.worker;
+        let resume = match first {
+            First::Ready if !self.adopted => {
+                self.send_info(0).await?;
+                return match bound_job {
+                    Some(job) => self.assign_bound(job).await,
+                    None => {
+                        self.lifecycle.core().wake_dispatcher();
+                        Ok(())
+                    }
+                };
+            }
+            First::Ready => None,
+            First::Resume(resume) => {
+                tracing::info!(%worker, job = resume.job_id, attempt = resume.attempt,
+                    next_sequence = resume.next_sequence, finished = resume.finished.is_some(),
+                    previous_end = resume.previous_end, "worker session resumed");
+                Some(resume)
+            }
+        };
+        let claim = match resume.as_ref().map(held_from_resume).transpose() {
+            Ok(claim) => claim.flatten(),
+            Err(e) => {
+                let _ = self
+                    .out
+                    .send(Err(Status::invalid_argument(format!("bad `resume`: {e}"))))
+                    .await;
+                return Err(End::Lost(format!("protocol violation: bad `resume`: {e}")));
+            }
+        };
+        let core = self.lifecycle.core().clone();
+        let held = core
+            .retry_db("reading the job a worker holds", || {
+                core.store.job_held_by(worker)
+            })
+            .await
+            .map_err(|e| End::Detached(format!("cannot read the worker's job: {e}")))?;
+        match (held, claim) {
+            (Some(job), Some(claim)) if claim.job_id == job.id && claim.attempt == job.attempts => {
+                self.take_over(job, claim).await
+            }
+            (Some(job), None) if job.state == JobState::Assigned => {
+                self.send_info(0).await?;
+                self.lifecycle
+                    .resumed(worker, std::mem::take(&mut self.adopted), Some(job.id));
+                self.assign_bound(job.id).await
+            }
+            (Some(job), claim) => {
+                self.send_info(0).await?;
+                self.lifecycle
+                    .requeue(job.id, worker, "worker lost: it came back without the job")
+                    .await;
+                self.lifecycle
+                    .resumed(worker, std::mem::take(&mut self.adopted), None);
+                match claim {
+                    Some(claim) => self.not_held(claim).await,
+                    None => Ok(()),
+                }
+            }
+            (None, Some(claim)) => {
+                self.send_info(0).await?;
+                self.lifecycle
+                    .resumed(worker, std::mem::take(&mut self.adopted), None);
+                self.not_held(claim).await
+            }
+            (None, None) => {
+                self.send_info(0).await?;
+                self.lifecycle
+                    .resumed(worker, std::mem::take(&mut self.adopted), None);
+                Ok(())
+            }
+        }
+    }
+
+    /// The worker holds a job the database does not give it: if it only re-sends an end that is
+    /// already recorded, it is told so; otherwise its job must stop and the worker go.
+    async fn not_held(&mut self, claim: Held) -> Result<(), End> {
+        if claim.finished.is_some() && self.lifecycle.end_recorded(claim.job_id, self.worker).await
+        {
+            return self
+                .send(server_message::Msg::JobRecorded(pb::JobRecorded {
+                    job_id: claim.job_id.to_string(),
+                }))
+                .await;
+        }
+        let reason = format!("job {} is no longer held by this worker", claim.job_id);
+        tracing::warn!(worker = %self.worker, reason, "telling a resumed worker to stop");
+        self.retire(&reason, true).await
+    }
+
+    /// Continues the worker's current attempt of `job` after a reconnect: the worker re-sends
+    /// the output after what is stored, then its end if it has one.
+    async fn take_over(&mut self, job: Job, claim: Held) -> Result<(), End> {
+        let worker = self.worker;
+        let core = self.lifecycle.core().clone();
+        let stored = core
+            .retry_db("reading a job's last output line", || {
+                core.store.last_log_sequence(job.id)
+            })
+            .await
+            .map_err(|e| End::Detached(format!("cannot read the job's output position: {e}")))?;
+        let secrets = if job.secret_names.is_empty() {
+            Ok(JobSecrets::default())
+        } else {
+            core.retry_db("reading a job's secrets", || core.store.job_secrets(job.id))
+                .await
+        }
+        .map_err(|e| End::Detached(format!("cannot read the job's secrets: {e}")))?;
+        let cancel = core
+            .retry_db("reading a job's cancel request", || {
+                core.store.cancel_request_of(job.id)
+            })
+            .await
+            .map_err(|e| End::Detached(format!("cannot read the job's cancel request: {e}")))?;
+        self.send_info(stored).await?;
+        if job.state == JobState::Assigned && claim.pid != 0 {
+            // Its JobStarted was lost with the previous stream.
+            self.lifecycle.job_started(&job, worker, claim.pid).await;
+        }
+        let settings = self.settings();
+        let backstop = Instant::now() + job.spec.timeout + settings.kill_grace + BACKSTOP_SLACK;
+        let id = job.id;
+        self.idle_since = None;
+        self.current = Some(CurrentJob {
+            masker: Masker::new(secrets.expose().values().map(String::as_str)),
+            next_sequence: stored + 1,
+            first_sequence: None,
+            cancel_reason: None,
+            backstop: Some(backstop),
+            job,
+        });
+        self.lifecycle
+            .resumed(worker, std::mem::take(&mut self.adopted), Some(id));
+        tracing::info!(%worker, job = %id, stored, "running job taken over");
+        match cancel {
+            Some(reason) => {
+                self.on_command(SessionCommand::Cancel { job: id, reason })
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn send_info(&self, persisted_sequence: u64) -> Result<(), End> {
+        let core = self.lifecycle.core();
+        self.send(server_message::Msg::Info(pb::SessionInfo {
+            server_id: core.server_id.to_string(),
+            worker_addresses: vec![core.worker_address.clone()],
+            persisted_sequence,
+        }))
+        .await
     }
 
     async fn event_loop(
@@ -192,6 +397,20 @@ impl Session {
                 handled
             }
             Ok(None) => Err(self.stream_ended("worker closed its stream")),
+            // A message the server could not take (over the size limit, undecodable) is what
+            // the worker sent, not a broken connection: it broke the protocol.
+            Err(status)
+                if self.retiring.is_none()
+                    && matches!(
+                        status.code(),
+                        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted
+                    ) =>
+            {
+                Err(End::Lost(format!(
+                    "protocol violation: {}",
+                    status.message()
+                )))
+            }
             Err(status) => Err(self.stream_ended(&format!("stream error: {}", status.message()))),
         }
     }
@@ -209,7 +428,7 @@ impl Session {
     fn stream_ended(&self, what: &str) -> End {
         match &self.retiring {
             Some((reason, _)) => End::Retired(reason.clone()),
-            None => End::Lost(what.to_string()),
+            None => End::Detached(what.to_string()),
         }
     }
 
@@ -234,7 +453,7 @@ impl Session {
         let now = Instant::now();
         let settings = self.settings();
         if now >= self.last_seen + settings.heartbeat_timeout {
-            return Err(End::Lost(format!(
+            return Err(End::Detached(format!(
                 "no heartbeat for {}s",
                 settings.heartbeat_timeout.as_secs()
             )));
@@ -298,6 +517,19 @@ impl Session {
                 .await
             }
             SessionCommand::Retire { reason, now } => self.retire(&reason, now).await,
+            SessionCommand::Move { reason } => {
+                if self.retiring.is_some() {
+                    return Ok(());
+                }
+                let address = self.lifecycle.core().worker_address.clone();
+                self.send(server_message::Msg::Move(pb::Move {
+                    reason: reason.clone(),
+                    worker_addresses: vec![address],
+                    exclude: String::new(),
+                }))
+                .await?;
+                Err(End::Detached(format!("told to move: {reason}")))
+            }
         }
     }
 
@@ -372,7 +604,8 @@ impl Session {
         };
         let masker = Masker::new(secrets.expose().values().map(String::as_str));
         let settings = self.settings();
-        let message = Assignment::for_job(&job, secrets, settings.kill_grace).to_wire();
+        let message =
+            Assignment::for_job(&job, secrets, settings.kill_grace, next_sequence).to_wire();
         // Until the worker reports the start, the back-stop covers a worker that never does.
         let backstop = Instant::now() + job.spec.timeout + settings.kill_grace + BACKSTOP_SLACK;
         self.idle_since = None;
@@ -381,6 +614,7 @@ impl Session {
             job,
             masker,
             next_sequence,
+            first_sequence: Some(next_sequence),
             cancel_reason: None,
             backstop: Some(backstop),
         });
@@ -396,26 +630,38 @@ impl Session {
             return Ok(());
         };
         match message {
-            worker_message::Msg::Ready(_) => Ok(()),
-            worker_message::Msg::Heartbeat(_) => {
-                self.on_heartbeat().await;
-                Ok(())
-            }
+            worker_message::Msg::Ready(_) | worker_message::Msg::Resume(_) => Ok(()),
+            worker_message::Msg::Heartbeat(_) => self.on_heartbeat().await,
             worker_message::Msg::JobStarted(started) => self.on_started(started).await,
             worker_message::Msg::Logs(batch) => self.on_logs(batch, inbound).await,
             worker_message::Msg::JobFinished(finished) => self.on_finished(finished).await,
         }
     }
 
-    /// Heartbeats are recorded at most once per interval (the deadline is in memory).
-    async fn on_heartbeat(&mut self) {
+    /// Heartbeats renew the worker's lease, at most once per interval (the deadline is in
+    /// memory). A lease this session can no longer renew belongs to a newer session.
+    async fn on_heartbeat(&mut self) -> Result<(), End> {
         let core = self.lifecycle.core();
         if self.last_heartbeat_write.elapsed() >= core.settings.heartbeat_interval {
             self.last_heartbeat_write = Instant::now();
-            if let Err(e) = core.store.record_heartbeat(self.worker).await {
-                tracing::warn!(worker = %self.worker, error = %e, "cannot record heartbeat");
+            let ttl = core.settings.worker_lease_ttl();
+            match core
+                .store
+                .renew_worker_lease(self.worker, self.epoch, ttl)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(End::Detached(
+                        "a newer session holds the worker (or it is no longer alive)".into(),
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(worker = %self.worker, error = %e, "cannot renew the worker's lease")
+                }
             }
         }
+        Ok(())
     }
 
     fn current_for(&mut self, job_id: &str) -> Option<&mut CurrentJob> {
@@ -451,6 +697,16 @@ impl Session {
     async fn on_finished(&mut self, finished: pb::JobFinished) -> Result<(), End> {
         let worker = self.worker;
         let Some(current) = self.current_for(&finished.job_id) else {
+            // A worker re-sending an end recorded before its stream broke is told so.
+            if let Ok(job) = finished.job_id.parse::<JobId>()
+                && self.lifecycle.end_recorded(job, worker).await
+            {
+                return self
+                    .send(server_message::Msg::JobRecorded(pb::JobRecorded {
+                        job_id: finished.job_id,
+                    }))
+                    .await;
+            }
             tracing::warn!(%worker, job = finished.job_id, "finish reported for a job the worker does not hold");
             return Ok(());
         };
@@ -464,6 +720,10 @@ impl Session {
         let recorded_idle = self
             .end_current(outcome.state(), outcome.exit_code(), &reason)
             .await;
+        self.send(server_message::Msg::JobRecorded(pb::JobRecorded {
+            job_id: finished.job_id,
+        }))
+        .await?;
         match self
             .lifecycle
             .after_job(worker, self.jobs_run, recorded_idle)
@@ -493,8 +753,8 @@ impl Session {
         let message = pb::ServerMessage { msg: Some(message) };
         match tokio::time::timeout(SEND_TIMEOUT, self.out.send(Ok(message))).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Lost("worker stream closed".into())),
-            Err(_) => Err(End::Lost("worker does not read its stream".into())),
+            Ok(Err(_)) => Err(End::Detached("worker stream closed".into())),
+            Err(_) => Err(End::Detached("worker does not read its stream".into())),
         }
     }
 
@@ -503,6 +763,19 @@ impl Session {
     async fn finish(self, end: End, held: Option<JobId>, mut commands: CommandInbox) {
         let (state, reason) = match end {
             End::Killed => return,
+            End::Detached(why) => {
+                commands.close();
+                let mut unsent = Vec::new();
+                while let Ok(command) = commands.try_recv() {
+                    if let SessionCommand::Assign(job) = command {
+                        unsent.push(job.id);
+                    }
+                }
+                self.lifecycle
+                    .session_detached(self.worker, self.epoch, why, unsent)
+                    .await;
+                return;
+            }
             End::Retired(reason) => (WorkerState::Terminated, reason),
             End::Lost(reason) => (WorkerState::Lost, format!("worker lost: {reason}")),
             End::Interrupted(message) => (

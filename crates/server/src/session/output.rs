@@ -1,6 +1,11 @@
 //! A session's output ingestion: batches the worker has already sent are merged, numbered,
-//! masked (the job's secret values become `***`), stored by one insert, and only then
-//! published to followers.
+//! masked (the job's secret values become `***`), stored by one insert, acknowledged to the
+//! worker (`LogAck`), and only then published to followers.
+//!
+//! A worker that resumes numbers its own lines (`LogBatch.first_sequence`) and re-sends what was
+//! not acknowledged: lines below the next expected sequence are dropped here, and the insert
+//! skips any sequence already stored, so every line is stored once. An agent that predates
+//! resuming sends 0 and the session numbers its lines, as it always did.
 
 use std::sync::Arc;
 
@@ -50,16 +55,24 @@ impl Session {
         let pb::LogBatch {
             job_id,
             lines: mut chunks,
+            first_sequence,
         } = batch;
         let mut bytes: usize = chunks.iter().map(|c| c.data.len()).sum();
         while chunks.len() < COALESCE_LINES && bytes < COALESCE_BYTES {
             let Some(next) = inbound.message().now_or_never() else {
                 break;
             };
+            // Only a batch that continues this one is merged.
+            let continues = |more: &pb::LogBatch| {
+                more.job_id == job_id
+                    && (more.first_sequence == 0) == (first_sequence == 0)
+                    && (first_sequence == 0
+                        || more.first_sequence == first_sequence + chunks.len() as u64)
+            };
             match next {
                 Ok(Some(pb::WorkerMessage {
                     msg: Some(worker_message::Msg::Logs(more)),
-                })) if more.job_id == job_id => {
+                })) if continues(&more) => {
                     check_batch(&more)?;
                     self.last_seen = std::time::Instant::now();
                     bytes += more.lines.iter().map(|c| c.data.len()).sum::<usize>();
@@ -78,8 +91,39 @@ impl Session {
             return Ok(());
         };
         let job = current.job.id;
+        let attempt = current.job.attempts;
         let now = Utc::now();
-        let first = current.next_sequence;
+        let first = if first_sequence == 0 {
+            current.next_sequence
+        } else {
+            if first_sequence < current.first_sequence.unwrap_or(1) {
+                return Err(End::Lost(format!(
+                    "protocol violation: output numbered from {first_sequence}, before the \
+                     attempt's first line {}",
+                    current.first_sequence.unwrap_or(1)
+                )));
+            }
+            // Lines already stored (re-sent after a reconnect) are dropped.
+            let stored = current.next_sequence.saturating_sub(first_sequence);
+            let stored = usize::try_from(stored)
+                .unwrap_or(usize::MAX)
+                .min(chunks.len());
+            chunks.drain(..stored);
+            let first = first_sequence + stored as u64;
+            if first > current.next_sequence {
+                // Lines are missing in between: the stream ends (not the worker), and the
+                // worker resumes from what is stored, re-sending the missing lines.
+                return Err(End::Detached(format!(
+                    "output of job {job} skipped from {} to {first}",
+                    current.next_sequence
+                )));
+            }
+            first
+        };
+        if chunks.is_empty() {
+            let persisted = current.next_sequence - 1;
+            return self.acknowledge(&job_id, persisted).await;
+        }
         let lines: Vec<NewLogLine> = chunks
             .into_iter()
             .enumerate()
@@ -90,18 +134,33 @@ impl Session {
                 emitted_at: datetime(chunk.emitted_at.as_ref()).unwrap_or(now),
             })
             .collect();
-        current.next_sequence += lines.len() as u64;
-        let core = self.lifecycle.core();
+        current.next_sequence = first + lines.len() as u64;
+        let persisted = current.next_sequence - 1;
+        let core = self.lifecycle.core().clone();
         let stored = core
-            .retry_db("storing output", || core.store.append_logs(job, &lines))
+            .retry_db("storing output", || {
+                core.store.append_logs_held(job, worker, attempt, &lines)
+            })
             .await;
-        if let Err(e) = stored {
-            // Losing output silently would be worse than losing the attempt: re-queue it.
-            return Err(End::Lost(format!(
-                "cannot persist output of job {job}: {e}"
-            )));
+        match stored {
+            Ok(appended) if appended.held => {
+                core.metrics.log_lines.inc_by(appended.inserted);
+            }
+            Ok(_) => {
+                // The attempt was re-queued or ended meanwhile: nothing of it may be stored.
+                self.current = None;
+                let reason = format!("job {job} is no longer held by this worker");
+                tracing::warn!(%worker, reason, "output refused");
+                return self.retire(&reason, true).await;
+            }
+            Err(e) => {
+                // Losing output silently would be worse than losing the attempt: re-queue it.
+                return Err(End::Lost(format!(
+                    "cannot persist output of job {job}: {e}"
+                )));
+            }
         }
-        core.metrics.log_lines.inc_by(lines.len() as u64);
+        self.acknowledge(&job_id, persisted).await?;
         let published: Arc<[LogLine]> = lines
             .into_iter()
             .map(|line| LogLine {
@@ -114,5 +173,14 @@ impl Session {
             .collect();
         core.hub.publish(job, published);
         Ok(())
+    }
+
+    /// Tells the worker that its lines of `job_id` up to `persisted` are stored.
+    async fn acknowledge(&self, job_id: &str, persisted: u64) -> Result<(), End> {
+        self.send(pb::server_message::Msg::LogAck(pb::LogAck {
+            job_id: job_id.to_string(),
+            persisted_sequence: persisted,
+        }))
+        .await
     }
 }

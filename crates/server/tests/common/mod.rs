@@ -61,6 +61,10 @@ pub fn test_settings() -> Settings {
         heartbeat_interval: Duration::from_millis(500),
         heartbeat_timeout: Duration::from_secs(3),
         kill_grace: Duration::from_secs(1),
+        // A worker left without a server gives up after 2 s; its lease (2 s + the kill grace +
+        // 1 s) passes 4 s after its session last heard from it.
+        reconnect_grace: Duration::from_secs(2),
+        lease_slack: Duration::from_secs(1),
         shutdown_grace: Duration::from_secs(10),
         orphan_sweep_interval: Duration::from_secs(2),
         ..Settings::default()

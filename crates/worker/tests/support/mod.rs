@@ -35,6 +35,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 #[derive(Default)]
 struct Inner {
     registrations: Vec<pb::RegisterRequest>,
+    /// Refuse every further session, as a server that declared the worker lost does.
+    refuse_sessions: bool,
 }
 
 #[derive(Clone)]
@@ -103,12 +105,22 @@ impl FakeServer {
         self.inner.lock().unwrap().registrations.clone()
     }
 
-    /// The next worker session, after checking that its first message is `ready`.
-    pub async fn session(&mut self) -> FakeSession {
-        let mut session = tokio::time::timeout(DEADLINE, self.sessions.recv())
+    /// From now on, `Connect` answers `UNAUTHENTICATED` (the credential no longer resolves).
+    pub fn refuse_sessions(&self) {
+        self.inner.lock().unwrap().refuse_sessions = true;
+    }
+
+    /// The next worker session, its first message not yet read.
+    pub async fn raw_session(&mut self) -> FakeSession {
+        tokio::time::timeout(DEADLINE, self.sessions.recv())
             .await
             .expect("a worker connects in time")
-            .expect("fake server running");
+            .expect("fake server running")
+    }
+
+    /// The next worker session, after checking that its first message is `ready`.
+    pub async fn session(&mut self) -> FakeSession {
+        let mut session = self.raw_session().await;
         match session.recv().await {
             Some(Msg::Ready(_)) => session,
             other => panic!("the first message of a session must be ready, got {other:?}"),
@@ -134,6 +146,8 @@ impl WorkerAgentService for Fake {
         Ok(Response::new(pb::RegisterResponse {
             session_token: SESSION_TOKEN.into(),
             heartbeat_interval_ms: HEARTBEAT_MS,
+            // As a server that predates reconnection: the worker keeps its own grace.
+            reconnect_grace_ms: 0,
         }))
     }
 
@@ -148,6 +162,9 @@ impl WorkerAgentService for Fake {
             .get("authorization")
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
+        if self.inner.lock().unwrap().refuse_sessions {
+            return Err(Status::unauthenticated("unknown or expired session"));
+        }
         if authorization.as_deref() != Some(&format!("Bearer {SESSION_TOKEN}")) {
             return Err(Status::unauthenticated(format!(
                 "bad authorization {authorization:?}"
@@ -222,6 +239,47 @@ impl FakeSession {
             timeout_seconds,
             kill_grace_ms,
             secrets: Default::default(),
+            first_sequence: 0,
+        }))
+        .await;
+    }
+
+    /// Assigns attempt 1 of `job_id` as a server that lets the worker number its lines.
+    pub async fn assign_numbered(&self, job_id: &str, command: &str, first_sequence: u64) {
+        self.send(server_message::Msg::Assign(pb::AssignJob {
+            job_id: job_id.into(),
+            attempt: 1,
+            command: command.into(),
+            env: Default::default(),
+            timeout_seconds: NO_TEST_REACHES,
+            kill_grace_ms: 1000,
+            secrets: Default::default(),
+            first_sequence,
+        }))
+        .await;
+    }
+
+    /// `SessionInfo`, as a server that stores output idempotently and acknowledges it.
+    pub async fn info(&self, persisted_sequence: u64) {
+        self.send(server_message::Msg::Info(pb::SessionInfo {
+            server_id: "fake".into(),
+            worker_addresses: Vec::new(),
+            persisted_sequence,
+        }))
+        .await;
+    }
+
+    pub async fn recorded(&self, job_id: &str) {
+        self.send(server_message::Msg::JobRecorded(pb::JobRecorded {
+            job_id: job_id.into(),
+        }))
+        .await;
+    }
+
+    pub async fn ack(&self, job_id: &str, persisted_sequence: u64) {
+        self.send(server_message::Msg::LogAck(pb::LogAck {
+            job_id: job_id.into(),
+            persisted_sequence,
         }))
         .await;
     }
