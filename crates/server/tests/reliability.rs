@@ -674,7 +674,14 @@ async fn garbage_bytes_and_silent_connections_on_the_port_leave_the_server_servi
 async fn oversized_and_overfull_messages_from_a_worker_end_its_session_and_its_job_runs_elsewhere()
 -> anyhow::Result<()> {
     let db = TestDatabase::create().await?;
-    let server = RealServer::start(db.url(), &["--max-workers", "2"]).await?;
+    // A heartbeat timeout no load can reach: building and reading a million-line message takes
+    // seconds on a busy machine, and a session closed for silence only detaches its worker (the
+    // job would then wait for the lease). What must end the session is the message itself.
+    let server = RealServer::start(
+        db.url(),
+        &["--max-workers", "2", "--heartbeat-timeout", "60s"],
+    )
+    .await?;
     server.run_one("echo warm").await?;
     let before = server.rss_kib()?;
 
@@ -726,7 +733,12 @@ async fn oversized_and_overfull_messages_from_a_worker_end_its_session_and_its_j
             describe(&job)
         );
         assert_eq!(job.attempts, 2, "{what}: {}", describe(&job));
-        eprintln!("{what}: first attempt ended: {:?}", job.attempt_history[0]);
+        let first = &job.attempt_history[0];
+        eprintln!("{what}: first attempt ended: {first:?}");
+        assert!(
+            first.reason.contains("protocol violation"),
+            "{what}: the session was ended by the bad message, not by something else: {first:?}"
+        );
         let (stored,): (i64,) =
             sqlx::query_as("SELECT count(*) FROM job_logs WHERE job_id = $1::uuid")
                 .bind(&id)
@@ -848,33 +860,26 @@ impl RealServer {
         )?;
         std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))?;
         let instance = format!("rel-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let mut args: Vec<OsString> = [
-            "--database-url",
-            database_url,
-            "--instance",
-            &instance,
-            "--provider",
-            "local",
-            "--max-jobs-per-worker",
-            "1",
-            "--heartbeat-interval",
-            "500ms",
-            "--heartbeat-timeout",
-            "3s",
-            "--provisioning-timeout",
-            "30s",
-            "--orphan-sweep-interval",
-            "1s",
-            "--kill-grace",
-            "1s",
-            "--shutdown-grace",
-            "5s",
-            "--idle-timeout",
-            "10s",
-        ]
-        .iter()
-        .map(OsString::from)
-        .collect();
+        // The harness's settings, each replaced by the test's own when `extra` names its flag
+        // (the server refuses a flag given twice).
+        let defaults = [
+            ("--database-url", database_url),
+            ("--instance", &instance),
+            ("--provider", "local"),
+            ("--max-jobs-per-worker", "1"),
+            ("--heartbeat-interval", "500ms"),
+            ("--heartbeat-timeout", "3s"),
+            ("--provisioning-timeout", "30s"),
+            ("--orphan-sweep-interval", "1s"),
+            ("--kill-grace", "1s"),
+            ("--shutdown-grace", "5s"),
+            ("--idle-timeout", "10s"),
+        ];
+        let mut args: Vec<OsString> = defaults
+            .iter()
+            .filter(|(flag, _)| !extra.contains(flag))
+            .flat_map(|(flag, value)| [OsString::from(flag), OsString::from(value)])
+            .collect();
         args.push("--worker-binary".into());
         args.push(wrapper.into_os_string());
         args.extend(extra.iter().map(OsString::from));
