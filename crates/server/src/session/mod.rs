@@ -764,13 +764,7 @@ impl Session {
         let (state, reason) = match end {
             End::Killed => return,
             End::Detached(why) => {
-                commands.close();
-                let mut unsent = Vec::new();
-                while let Ok(command) = commands.try_recv() {
-                    if let SessionCommand::Assign(job) = command {
-                        unsent.push(job.id);
-                    }
-                }
+                let unsent = unsent_assignments(&mut commands);
                 self.lifecycle
                     .session_detached(self.worker, self.epoch, why, unsent)
                     .await;
@@ -785,15 +779,22 @@ impl Session {
                     .await,
             ),
         };
-        commands.close();
-        let mut unsent = Vec::new();
-        while let Ok(command) = commands.try_recv() {
-            if let SessionCommand::Assign(job) = command {
-                unsent.push(job.id);
-            }
-        }
+        let unsent = unsent_assignments(&mut commands);
         self.lifecycle
             .session_ended(self.worker, state, reason, held, unsent)
             .await;
     }
+}
+
+/// Closes a finished session's inbox and takes the jobs still waiting in it: claimed for this
+/// worker, never sent to it.
+fn unsent_assignments(commands: &mut CommandInbox) -> Vec<JobId> {
+    commands.close();
+    let mut unsent = Vec::new();
+    while let Ok(command) = commands.try_recv() {
+        if let SessionCommand::Assign(job) = command {
+            unsent.push(job.id);
+        }
+    }
+    unsent
 }
