@@ -265,6 +265,10 @@ impl Config {
             "--heartbeat-timeout must be longer than --heartbeat-interval"
         );
         anyhow::ensure!(
+            self.server_lease >= std::time::Duration::from_secs(1),
+            "--server-lease must be at least 1s (it is renewed every third of it)"
+        );
+        anyhow::ensure!(
             hodei_providers::labels::is_valid_label_value(&self.instance)
                 && !self.instance.is_empty(),
             "--instance {:?} is not a valid label value (letters, digits, '-', '_', '.', at most 63)",
@@ -620,6 +624,25 @@ mod tests {
             err.contains("--idle-timeout") && err.contains("too long"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_server_lease_under_a_second_is_refused_with_the_flag_named() {
+        let lease = |value: &str| {
+            Config::try_parse_from([
+                "hodei-server",
+                "--database-url",
+                "postgres://x/y",
+                "--server-lease",
+                value,
+            ])
+            .expect("valid flags")
+            .settings()
+            .map(|s| s.server_lease)
+        };
+        assert_eq!(lease("3s").expect("accepted"), Duration::from_secs(3));
+        let err = lease("200ms").expect_err("too short").to_string();
+        assert!(err.contains("--server-lease must be at least 1s"), "{err}");
     }
 
     #[test]
