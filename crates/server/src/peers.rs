@@ -44,6 +44,10 @@ enum Progress {
 /// mark.
 #[derive(Default)]
 pub struct Announcements {
+    /// Whether another live server of the instance was seen at the last lease renewal: alone,
+    /// nobody listens, and nothing is sent (a server that starts meanwhile is told from the
+    /// next renewal on; its dispatcher's tick and its followers' re-checks cover the gap).
+    others: AtomicBool,
     work: AtomicBool,
     output: Mutex<HashMap<JobId, Progress>>,
     pending: Notify,
@@ -81,9 +85,14 @@ impl Announcements {
 }
 
 /// Records this server in the instance's `servers` table (before it serves, so the first
-/// workers already see it among the addresses they may re-connect to).
+/// workers already see it among the addresses they may re-connect to), and says so to the
+/// servers already there: they stop thinking they are alone at once.
 pub async fn register(core: &Core) -> Result<(), hodei_store::StoreError> {
-    renew(core).await
+    renew(core).await?;
+    let me = core.server_id.to_string();
+    core.store
+        .notify(DISPATCH_CHANNEL, std::slice::from_ref(&me))
+        .await
 }
 
 async fn renew(core: &Core) -> Result<(), hodei_store::StoreError> {
@@ -94,7 +103,10 @@ async fn renew(core: &Core) -> Result<(), hodei_store::StoreError> {
             &core.worker_address,
             core.settings.server_lease,
         )
-        .await
+        .await?;
+    let others = others_alive(core).await;
+    core.announcements.others.store(others, Ordering::SeqCst);
+    Ok(())
 }
 
 /// The lease renewal, the sender and the listener.
@@ -193,6 +205,9 @@ fn missed_anything(core: &Core) {
 
 fn on_notification(core: &Core, me: &str, notification: &Notification) {
     let payload = notification.payload.as_str();
+    if !payload.starts_with(me) {
+        core.announcements.others.store(true, Ordering::SeqCst);
+    }
     match notification.channel.as_str() {
         DISPATCH_CHANNEL if payload != me => core.wake_dispatcher(),
         OUTPUT_CHANNEL => {
