@@ -46,7 +46,8 @@ against a real single-node Kind cluster:
   2. builds the worker image ${WORKER_IMAGE} with scripts/build-worker-image.sh and the server
      image ${SERVER_IMAGE} with scripts/build-server-image.sh if the Docker engine does not
      have them (each skipped when its HODEI_*_IMAGE_ARCHIVE is set);
-  3. builds the suites (cargo test --workspace --test ... --no-run) before any cluster exists;
+  3. builds the suites (cargo test --workspace --test ... --no-run) and the hodei CLI (one
+     test serves it to a Pod) before any cluster exists;
   4. brings the cluster up with scripts/e2e/setup-kind-cluster.sh: node image (below), kind
      create cluster, node and CoreDNS Ready, deploy/kubernetes/*-test.yaml applied, both
      images loaded with kind load image-archive;
@@ -332,6 +333,10 @@ prepare_image "${SERVER_IMAGE}" "${SERVER_IMAGE_ARCHIVE}" HODEI_SERVER_IMAGE_ARC
 # error is not mistaken for a cluster problem. nextest reuses these test binaries.
 step "Building the suites"
 (cd "${REPO_ROOT}" && cargo test --workspace "${SUITE_TARGETS[@]}" --no-run)
+# The hodei CLI, which a_job_in_a_pod_cannot_use_the_api_to_cancel_read_or_queue_jobs serves to a
+# Pod: built here, or the testkit compiles it inside that test while its victim job's 60 s
+# timeout runs (it did, and the victim timed out).
+(cd "${REPO_ROOT}" && cargo build -p hodei-cli --bin hodei)
 
 step "Bringing up the Kind cluster"
 setup_started=${SECONDS}
