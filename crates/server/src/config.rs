@@ -118,6 +118,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
     #[arg(long, env = "HODEI_ORPHAN_SWEEP_INTERVAL", default_value = "30s", value_parser = duration::parse)]
     pub orphan_sweep_interval: Duration,
+    /// How long this server counts as alive after it last renewed its row in the database
+    /// (renewed three times per period): when it passes, another server of the instance takes
+    /// over the workers it was provisioning or destroying.
+    #[arg(long, env = "HODEI_SERVER_LEASE", default_value = "15s", value_parser = duration::parse)]
+    pub server_lease: Duration,
     #[arg(long, env = "HODEI_DEFAULT_JOB_TIMEOUT", default_value = "1h", value_parser = duration::parse)]
     pub default_job_timeout: Duration,
     /// Wait before the second attempt of a job re-queued after an infrastructure failure;
@@ -306,6 +311,7 @@ impl Config {
             lease_slack: self.lease_slack,
             shutdown_grace: self.shutdown_grace,
             orphan_sweep_interval: self.orphan_sweep_interval,
+            server_lease: self.server_lease,
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => Some(TlsFiles {
                     cert: cert.clone(),

@@ -19,7 +19,9 @@ use hodei_store::{Store, StoreError};
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{Settings, log_hub::LogHub, metrics::Metrics, registry::Registry};
+use crate::{
+    Settings, log_hub::LogHub, metrics::Metrics, peers::Announcements, registry::Registry,
+};
 
 pub struct Core {
     pub settings: Settings,
@@ -36,6 +38,8 @@ pub struct Core {
     pub server_id: uuid::Uuid,
     /// Wakes the dispatcher: a job was queued, a worker became idle or went away.
     dispatch: Notify,
+    /// What the other servers of the instance are told (`peers`).
+    pub announcements: Announcements,
     /// A re-queued job's retry wait has ended: the dispatcher makes such jobs claimable.
     retries_due: AtomicBool,
     /// Set once a graceful shutdown begins: no new jobs are accepted or dispatched.
@@ -68,6 +72,7 @@ impl Core {
             worker_address,
             server_id: uuid::Uuid::now_v7(),
             dispatch: Notify::new(),
+            announcements: Announcements::default(),
             retries_due: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             stop: kill.child_token(),
@@ -88,6 +93,13 @@ impl Core {
         self.dispatch.notify_one();
     }
 
+    /// Work for any server of the instance: a job became claimable, or a worker's slot was
+    /// freed. Wakes this server's dispatcher and, through the database, the others'.
+    pub fn announce_work(&self) {
+        self.wake_dispatcher();
+        self.announcements.work();
+    }
+
     /// Resolves when the dispatcher is woken.
     pub async fn dispatcher_woken(&self) {
         self.dispatch.notified().await;
@@ -102,7 +114,7 @@ impl Core {
     /// and nothing else may happen meanwhile to wake it sooner than its safety tick.
     pub fn wake_dispatcher_after(self: &Arc<Self>, delay: Duration) {
         if delay.is_zero() {
-            return self.wake_dispatcher();
+            return self.announce_work();
         }
         let core = self.clone();
         self.spawn("retry timer", async move {

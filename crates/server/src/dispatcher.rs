@@ -19,7 +19,7 @@ pub async fn run(lifecycle: Lifecycle) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // The safety tick also releases retries whose timer this process does not hold (jobs
-        // re-queued by a previous run, or by start-up recovery before this loop started).
+        // re-queued by another server, a previous process, or the maintenance's takeover).
         let tick = tokio::select! {
             _ = core.kill.cancelled() => return,
             _ = core.dispatcher_woken() => false,

@@ -13,6 +13,7 @@ mod lifecycle;
 mod log_hub;
 mod maintenance;
 mod metrics;
+mod peers;
 mod provisioning;
 mod registry;
 pub mod server;

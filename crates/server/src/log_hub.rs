@@ -23,6 +23,9 @@ const CHANNEL_CAPACITY: usize = 32;
 pub enum HubEvent {
     /// Persisted lines, in sequence order.
     Lines(Arc<[LogLine]>),
+    /// Another server stored the job's lines up to this sequence (`u64::MAX`: maybe, look):
+    /// they are read from the database.
+    StoredElsewhere(u64),
     /// The job reached a final state; no more lines will come.
     Finished,
 }
@@ -57,6 +60,22 @@ impl LogHub {
         let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(sender) = channels.get(&job) {
             let _ = sender.send(HubEvent::Lines(lines));
+        }
+    }
+
+    /// Another server stored lines of `job` up to `up_to`: its followers here read them.
+    pub fn stored_elsewhere(&self, job: JobId, up_to: u64) {
+        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = channels.get(&job) {
+            let _ = sender.send(HubEvent::StoredElsewhere(up_to));
+        }
+    }
+
+    /// Every follower looks at the database (notifications from other servers may be lost).
+    pub fn nudge_all(&self) {
+        let channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
+        for sender in channels.values() {
+            let _ = sender.send(HubEvent::StoredElsewhere(u64::MAX));
         }
     }
 

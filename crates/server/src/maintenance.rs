@@ -1,11 +1,14 @@
-//! The periodic work of a server: reconciliation with the database, workers whose lease
-//! expired (away for longer than they keep a job without a server), the sweep for resources
-//! nobody owns, and workers that registered but never connected. With one server per instance
-//! this server does it all; electing one server for it among several is a later step.
+//! The periodic work of a server. Its own: reconciliation of what it provisions with the
+//! database, and workers that registered with it but never connected. The instance's, run by
+//! one elected server at a time (the holder of the instance's maintenance lock, a PostgreSQL
+//! advisory lock on a connection of its own, released when the holder dies): the takeover of
+//! what dead servers left, workers whose lease expired (away for longer than they keep a job
+//! without a server), the sweep for resources nobody owns, and dead servers' rows.
 
 use std::collections::HashSet;
 
 use hodei_domain::WorkerId;
+use hodei_store::MaintenanceLock;
 
 use crate::{
     core::Core,
@@ -45,11 +48,15 @@ pub async fn sweep_orphans(core: &Core) -> anyhow::Result<usize> {
     Ok(removed)
 }
 
-/// Runs the reconciliation, the orphan sweep, and retires workers that registered but never
-/// opened their session, every `orphan_sweep_interval` (at most every heartbeat timeout).
+/// How long past its lease a dead server's row is kept (for operators looking at the table).
+const DEAD_SERVER_ROWS_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs this server's part, and the instance's part while elected, every
+/// `orphan_sweep_interval` (at most every heartbeat timeout).
 pub async fn run(lifecycle: Lifecycle) {
     let core = lifecycle.core().clone();
     let mut reconciler = Reconciler::default();
+    let mut lock: Option<MaintenanceLock> = None;
     let interval = core
         .settings
         .orphan_sweep_interval
@@ -58,16 +65,61 @@ pub async fn run(lifecycle: Lifecycle) {
         if let Err(e) = reconciler.pass(&lifecycle).await {
             tracing::warn!(error = %e, "reconciliation with the database failed");
         }
-        if let Err(e) = lifecycle.expire_leases().await {
-            tracing::warn!(error = %e, "expiring workers' leases failed");
-        }
-        if let Err(e) = sweep_orphans(&core).await {
-            tracing::warn!(error = %e, "orphan sweep failed");
-        }
         lifecycle.retire_stale_registrations().await;
+        if elected(&core, &mut lock).await {
+            instance_pass(&lifecycle).await;
+        }
         tokio::select! {
             _ = core.kill.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+    }
+}
+
+/// Whether this server holds the instance's maintenance lock, taking it if it is free.
+async fn elected(core: &Core, lock: &mut Option<MaintenanceLock>) -> bool {
+    if let Some(held) = lock {
+        if held.still_held().await {
+            return true;
+        }
+        tracing::warn!("the maintenance lock's connection broke; another server may take over");
+        *lock = None;
+    }
+    match core
+        .store
+        .try_maintenance_lock(&core.settings.instance)
+        .await
+    {
+        Ok(Some(taken)) => {
+            tracing::info!("this server runs the instance's maintenance now");
+            *lock = Some(taken);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot ask for the maintenance lock"),
+    }
+    core.metrics
+        .maintenance_leader
+        .set(i64::from(lock.is_some()));
+    lock.is_some()
+}
+
+async fn instance_pass(lifecycle: &Lifecycle) {
+    let core = lifecycle.core();
+    core.metrics.maintenance_passes.inc();
+    if let Err(e) = lifecycle.take_over_stranded().await {
+        tracing::warn!(error = %e, "taking over what dead servers left failed");
+    }
+    if let Err(e) = lifecycle.expire_leases().await {
+        tracing::warn!(error = %e, "expiring workers' leases failed");
+    }
+    if let Err(e) = sweep_orphans(core).await {
+        tracing::warn!(error = %e, "orphan sweep failed");
+    }
+    if let Err(e) = core
+        .store
+        .forget_dead_servers(&core.settings.instance, DEAD_SERVER_ROWS_KEPT_FOR)
+        .await
+    {
+        tracing::warn!(error = %e, "cannot remove dead servers' rows");
     }
 }

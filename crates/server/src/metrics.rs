@@ -43,6 +43,10 @@ pub struct Metrics {
     pub dispatch_seconds: Histogram,
     jobs_finished: Family<OutcomeLabel, Counter>,
     pub log_lines: Counter,
+    /// 1 while this server holds its instance's maintenance lock.
+    pub maintenance_leader: Gauge,
+    /// Instance-wide maintenance passes this server ran (as the elected server).
+    pub maintenance_passes: Counter,
 }
 
 impl Default for Metrics {
@@ -84,6 +88,18 @@ impl Default for Metrics {
             jobs_finished.clone(),
         );
         registry.register("log_lines", "Output lines persisted", log_lines.clone());
+        let maintenance_leader = Gauge::default();
+        registry.register(
+            "maintenance_leader",
+            "1 while this server runs the instance-wide maintenance (orphan sweep, leases, takeover)",
+            maintenance_leader.clone(),
+        );
+        let maintenance_passes = Counter::default();
+        registry.register(
+            "maintenance_passes",
+            "Instance-wide maintenance passes run by this server",
+            maintenance_passes.clone(),
+        );
         Self {
             registry,
             jobs,
@@ -93,6 +109,8 @@ impl Default for Metrics {
             dispatch_seconds,
             jobs_finished,
             log_lines,
+            maintenance_leader,
+            maintenance_passes,
         }
     }
 }

@@ -99,7 +99,12 @@ pub async fn provision(lifecycle: Lifecycle, new: NewWorker) {
         }
         match core.provider.worker_status(&worker).await {
             Ok(WorkerStatus::Pending { detail }) => last_seen = format!("pending: {detail}"),
-            Ok(WorkerStatus::Running) => last_seen = "running, not registered".into(),
+            Ok(WorkerStatus::Running) => {
+                if lifecycle.registered_elsewhere(worker).await {
+                    return;
+                }
+                last_seen = "running, not registered".into();
+            }
             Ok(WorkerStatus::Failed(failure)) => {
                 return lifecycle
                     .provisioning_failed_with(worker, job.id, &failure)

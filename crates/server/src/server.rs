@@ -36,7 +36,7 @@ use crate::{
     core::Core,
     dispatcher, incoming,
     lifecycle::Lifecycle,
-    maintenance, metrics,
+    maintenance, metrics, peers,
     services::{AgentService, JobsService, LogsService, TokensService, WorkersService},
     settings::AuthMode,
     web,
@@ -53,7 +53,7 @@ pub struct RunningServer {
     serve: JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
-/// Binds, recovers what a previous run of this instance left behind, and starts serving.
+/// Binds, records this server among the instance's servers, and starts serving.
 pub async fn start(
     settings: Settings,
     store: Store,
@@ -127,16 +127,18 @@ pub async fn start(
     ));
     let core = Arc::new(Core::new(settings, store, provider, worker_address));
     let lifecycle = Lifecycle::new(core.clone());
-    lifecycle
-        .recover_previous_run()
+    // What an earlier process of this server left is taken over by the instance's maintenance
+    // server (this one, if it is alone) once that process's lease has passed.
+    peers::register(&core)
         .await
-        .context("recovering the previous run")?;
+        .context("recording this server in the database")?;
 
     let stop_serving = CancellationToken::new();
     let mut tasks = vec![
         tokio::spawn(dispatcher::run(lifecycle.clone())),
         tokio::spawn(maintenance::run(lifecycle.clone())),
     ];
+    tasks.extend(peers::spawn(&core));
     let metrics_addr = match core.settings.metrics_listen {
         Some(listen) => {
             let (addr, task) = metrics::serve(
@@ -243,7 +245,7 @@ pub async fn start(
             .await
     });
     tracing::info!(%addr, worker_address = core.worker_address, provider = core.provider.name(),
-        instance = core.settings.instance, "hodei-server listening");
+        instance = core.settings.instance, server_id = %core.server_id, "hodei-server listening");
     core.wake_dispatcher();
     Ok(RunningServer {
         lifecycle,
@@ -273,6 +275,11 @@ impl RunningServer {
     /// The `HODEI_SERVER` value given to workers.
     pub fn worker_address(&self) -> &str {
         &self.lifecycle.core().worker_address
+    }
+
+    /// This process's id in the instance's `servers` table.
+    pub fn server_id(&self) -> uuid::Uuid {
+        self.lifecycle.core().server_id
     }
 
     /// Workers this server currently accounts for (provisioning, connected or being destroyed).

@@ -63,6 +63,9 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// How often resources unknown to the database are looked for (also at start-up).
     pub orphan_sweep_interval: Duration,
+    /// How long this server counts as alive after renewing its row (every third of it): then
+    /// another server takes over what it was provisioning or destroying.
+    pub server_lease: Duration,
     pub job_limits: JobSpecLimits,
     pub tls: Option<TlsFiles>,
     /// PEM of the CA workers should trust (passed as `HODEI_TLS_CA_PEM`).
@@ -146,6 +149,7 @@ impl Default for Settings {
             lease_slack: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             orphan_sweep_interval: Duration::from_secs(30),
+            server_lease: Duration::from_secs(15),
             job_limits: JobSpecLimits::default(),
             tls: None,
             worker_ca_pem: None,

@@ -295,27 +295,36 @@ async fn bad_registration_tokens_are_unauthenticated_with_distinct_messages_and_
 
     let (fresh, fresh_token) = (WorkerId::new(), OneTimeToken::generate());
     store
-        .insert_worker(fresh, instance, "local", fresh_token.hash(), soon)
+        .insert_worker(&hodei_store::NewWorkerRow {
+            id: fresh,
+            instance,
+            provider: "local",
+            server: Some(server.server().server_id()),
+            token: fresh_token.hash(),
+            token_expires_at: soon,
+        })
         .await?;
     let (other, _) = (WorkerId::new(), OneTimeToken::generate());
     store
-        .insert_worker(
-            other,
+        .insert_worker(&hodei_store::NewWorkerRow {
+            id: other,
             instance,
-            "local",
-            OneTimeToken::generate().hash(),
-            soon,
-        )
+            provider: "local",
+            server: Some(server.server().server_id()),
+            token: OneTimeToken::generate().hash(),
+            token_expires_at: soon,
+        })
         .await?;
     let (expired, expired_token) = (WorkerId::new(), OneTimeToken::generate());
     store
-        .insert_worker(
-            expired,
+        .insert_worker(&hodei_store::NewWorkerRow {
+            id: expired,
             instance,
-            "local",
-            expired_token.hash(),
-            chrono::Utc::now() - chrono::Duration::seconds(1),
-        )
+            provider: "local",
+            server: Some(server.server().server_id()),
+            token: expired_token.hash(),
+            token_expires_at: chrono::Utc::now() - chrono::Duration::seconds(1),
+        })
         .await?;
 
     let mut messages = HashSet::new();
@@ -689,11 +698,16 @@ async fn a_job_claimed_for_a_worker_the_server_does_not_know_is_requeued_and_run
     let ghost = WorkerId::new();
     let claimed = hodei_store::Transitions::new(&server.store)
         .claim_job_for_new_worker(
-            ghost,
-            &server.settings.instance,
-            "local",
-            OneTimeToken::generate().hash(),
-            chrono::Utc::now() + chrono::Duration::minutes(2),
+            &hodei_store::NewWorkerRow {
+                id: ghost,
+                instance: &server.settings.instance,
+                provider: "local",
+                // This server's own claim, whose reply it lost.
+                server: Some(server.server().server_id()),
+                token: OneTimeToken::generate().hash(),
+                token_expires_at: chrono::Utc::now() + chrono::Duration::minutes(2),
+            },
+            None,
         )
         .await?
         .ok_or_else(|| anyhow::anyhow!("nothing was left to claim"))?;

@@ -336,7 +336,7 @@ async fn a_server_killed_with_sigkill_and_restarted_reaps_its_orphans_and_runs_e
             assert!(
                 job.attempt_history[0]
                     .reason
-                    .contains("server restarted while the worker was alive"),
+                    .contains("the server that was provisioning or destroying it is gone"),
                 "{id}: {:?}",
                 job.attempt_history[0]
             );
@@ -874,6 +874,7 @@ impl RealServer {
             ("--kill-grace", "1s"),
             ("--shutdown-grace", "5s"),
             ("--idle-timeout", "10s"),
+            ("--server-lease", "3s"),
         ];
         let mut args: Vec<OsString> = defaults
             .iter()

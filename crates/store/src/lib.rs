@@ -13,6 +13,7 @@ mod jobs;
 mod logs;
 mod rows;
 mod secrets;
+mod servers;
 mod tokens;
 mod transitions;
 mod workers;
@@ -27,9 +28,10 @@ use sqlx::{
 pub use error::StoreError;
 pub use jobs::{RequeueOutcome, RetryBackoff};
 pub use logs::{Appended, NewLogLine};
+pub use servers::{Listener, MaintenanceLock, Notification, PeerServer, Stranded};
 pub use tokens::TokenRejection;
 pub use transitions::Transitions;
-pub use workers::{Attached, ExpiredLease};
+pub use workers::{Attached, ExpiredLease, NewWorkerRow};
 
 /// Migrations embedded at compile time from `crates/store/migrations`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

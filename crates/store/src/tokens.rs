@@ -41,12 +41,15 @@ impl Store {
 
 impl Transitions {
     /// Consumes the token of `worker` and binds a session credential to the worker, atomically:
-    /// either the token is consumed *and* the worker registered, or nothing changes.
+    /// either the token is consumed *and* the worker registered, or nothing changes. Its lease
+    /// starts (`lease_ttl`): until its session attaches, only the lease says it is expected,
+    /// and a worker whose server died before it connected is lost when it passes.
     pub async fn register_worker(
         &self,
         worker: WorkerId,
         token: SecretHash,
         session: SecretHash,
+        lease_ttl: std::time::Duration,
     ) -> Result<Result<(), TokenRejection>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let consumed = sqlx::query(
@@ -65,10 +68,12 @@ impl Transitions {
         }
         let registered = sqlx::query(
             "UPDATE workers SET state = 'idle', session_hash = $2, registered_at = now(), \
-             last_heartbeat_at = now() WHERE id = $1 AND state = 'provisioning'",
+             last_heartbeat_at = now(), lease_expires_at = now() + $3 \
+             WHERE id = $1 AND state = 'provisioning'",
         )
         .bind(worker.as_uuid())
         .bind(session.as_bytes().as_slice())
+        .bind(crate::workers::interval(lease_ttl))
         .execute(&mut *tx)
         .await?;
         if registered.rows_affected() == 0 {

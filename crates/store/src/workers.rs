@@ -31,7 +31,7 @@ pub struct ExpiredLease {
     pub last_disconnect: Option<String>,
 }
 
-fn interval(ttl: std::time::Duration) -> sqlx::postgres::types::PgInterval {
+pub(crate) fn interval(ttl: std::time::Duration) -> sqlx::postgres::types::PgInterval {
     sqlx::postgres::types::PgInterval {
         months: 0,
         days: 0,
@@ -60,8 +60,8 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    /// Workers of `instance` whose lease has passed (a worker that registered but never
-    /// attached has none: it is expired too).
+    /// Workers of `instance` whose lease has passed (registration starts it; a row without one
+    /// predates leases and is expired too).
     pub async fn expired_worker_leases(
         &self,
         instance: &str,
@@ -204,69 +204,52 @@ impl Store {
     }
 }
 
+/// A worker to record as `provisioning`, with its one-time token (hash only).
+#[derive(Debug, Clone, Copy)]
+pub struct NewWorkerRow<'a> {
+    pub id: WorkerId,
+    pub instance: &'a str,
+    pub provider: &'a str,
+    /// The server provisioning it (`None`: recorded outside any server, as tests do).
+    pub server: Option<Uuid>,
+    pub token: SecretHash,
+    pub token_expires_at: DateTime<Utc>,
+}
+
 /// The worker row and its token, on the caller's transaction.
-async fn insert_worker_in(
+pub(crate) async fn insert_worker_in(
     conn: &mut sqlx::PgConnection,
-    id: WorkerId,
-    instance: &str,
-    provider: &str,
-    token: SecretHash,
-    token_expires_at: DateTime<Utc>,
+    new: &NewWorkerRow<'_>,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO workers (id, instance, provider, state) VALUES ($1, $2, $3, 'provisioning')",
+        "INSERT INTO workers (id, instance, provider, state, server_id) \
+         VALUES ($1, $2, $3, 'provisioning', $4)",
     )
-    .bind(id.as_uuid())
-    .bind(instance)
-    .bind(provider)
+    .bind(new.id.as_uuid())
+    .bind(new.instance)
+    .bind(new.provider)
+    .bind(new.server)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
         "INSERT INTO worker_tokens (token_hash, worker_id, expires_at) VALUES ($1, $2, $3)",
     )
-    .bind(token.as_bytes().as_slice())
-    .bind(id.as_uuid())
-    .bind(token_expires_at)
+    .bind(new.token.as_bytes().as_slice())
+    .bind(new.id.as_uuid())
+    .bind(new.token_expires_at)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
 impl Transitions {
-    /// Records a `Provisioning` worker and its one-time token (hash only) in one transaction.
-    pub async fn insert_worker(
-        &self,
-        id: WorkerId,
-        instance: &str,
-        provider: &str,
-        token: SecretHash,
-        token_expires_at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    /// Records a `Provisioning` worker and its one-time token (hash only) in one transaction,
+    /// without a job (tools and tests; servers record theirs with their claims).
+    pub async fn insert_worker(&self, new: &NewWorkerRow<'_>) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        insert_worker_in(&mut tx, id, instance, provider, token, token_expires_at).await?;
+        insert_worker_in(&mut tx, new).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    /// Claims the oldest queued job for a worker that does not exist yet, and records that
-    /// worker (`Provisioning`) with its token, all in one transaction: either the job is bound
-    /// to a recorded worker, or nothing changed (`None`: the queue was empty).
-    pub async fn claim_job_for_new_worker(
-        &self,
-        id: WorkerId,
-        instance: &str,
-        provider: &str,
-        token: SecretHash,
-        token_expires_at: DateTime<Utc>,
-    ) -> Result<Option<hodei_domain::Job>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let Some(job) = crate::jobs::claim_next_job_in(&mut tx, id).await? else {
-            tx.rollback().await?;
-            return Ok(None);
-        };
-        insert_worker_in(&mut tx, id, instance, provider, token, token_expires_at).await?;
-        tx.commit().await?;
-        Ok(Some(job))
     }
 
     /// `Idle → Busy` with `job`.

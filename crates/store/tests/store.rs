@@ -41,13 +41,14 @@ fn spec(command: &str, max_attempts: u32) -> JobSpec {
 async fn worker(tx: &Transitions) -> (WorkerId, OneTimeToken) {
     let id = WorkerId::new();
     let token = OneTimeToken::generate();
-    tx.insert_worker(
+    tx.insert_worker(&hodei_store::NewWorkerRow {
         id,
-        "test",
-        "local",
-        token.hash(),
-        Utc::now() + chrono::Duration::seconds(60),
-    )
+        instance: "test",
+        provider: "local",
+        server: None,
+        token: token.hash(),
+        token_expires_at: Utc::now() + chrono::Duration::seconds(60),
+    })
     .await
     .unwrap();
     (id, token)
@@ -386,19 +387,24 @@ async fn a_token_is_consumed_once_and_each_rejection_is_distinct() {
 
     // Wrong worker, unknown token: refused, and the token is still usable afterwards.
     assert_eq!(
-        tx.register_worker(other, token.hash(), session.hash())
+        tx.register_worker(other, token.hash(), session.hash(), Duration::from_secs(60))
             .await
             .unwrap(),
         Err(TokenRejection::WrongWorker)
     );
     assert_eq!(
-        tx.register_worker(w, OneTimeToken::generate().hash(), session.hash())
-            .await
-            .unwrap(),
+        tx.register_worker(
+            w,
+            OneTimeToken::generate().hash(),
+            session.hash(),
+            Duration::from_secs(60)
+        )
+        .await
+        .unwrap(),
         Err(TokenRejection::Unknown)
     );
     assert_eq!(
-        tx.register_worker(w, token.hash(), session.hash())
+        tx.register_worker(w, token.hash(), session.hash(), Duration::from_secs(60))
             .await
             .unwrap(),
         Ok(())
@@ -413,9 +419,14 @@ async fn a_token_is_consumed_once_and_each_rejection_is_distinct() {
     );
     // Replay.
     assert_eq!(
-        tx.register_worker(w, token.hash(), OneTimeToken::generate().hash())
-            .await
-            .unwrap(),
+        tx.register_worker(
+            w,
+            token.hash(),
+            OneTimeToken::generate().hash(),
+            Duration::from_secs(60)
+        )
+        .await
+        .unwrap(),
         Err(TokenRejection::AlreadyUsed)
     );
 }
@@ -425,19 +436,25 @@ async fn an_expired_token_is_refused_as_expired() {
     let (_db, store, tx) = store().await;
     let id = WorkerId::new();
     let token = OneTimeToken::generate();
-    tx.insert_worker(
+    tx.insert_worker(&hodei_store::NewWorkerRow {
         id,
-        "test",
-        "local",
-        token.hash(),
-        Utc::now() - chrono::Duration::seconds(1),
-    )
+        instance: "test",
+        provider: "local",
+        server: None,
+        token: token.hash(),
+        token_expires_at: Utc::now() - chrono::Duration::seconds(1),
+    })
     .await
     .unwrap();
     assert_eq!(
-        tx.register_worker(id, token.hash(), OneTimeToken::generate().hash())
-            .await
-            .unwrap(),
+        tx.register_worker(
+            id,
+            token.hash(),
+            OneTimeToken::generate().hash(),
+            Duration::from_secs(60)
+        )
+        .await
+        .unwrap(),
         Err(TokenRejection::Expired)
     );
     assert_eq!(
@@ -454,9 +471,14 @@ async fn a_failed_worker_cannot_register_and_keeps_its_token() {
         .await
         .unwrap();
     assert!(matches!(
-        tx.register_worker(w, token.hash(), OneTimeToken::generate().hash())
-            .await
-            .unwrap(),
+        tx.register_worker(
+            w,
+            token.hash(),
+            OneTimeToken::generate().hash(),
+            Duration::from_secs(60)
+        )
+        .await
+        .unwrap(),
         Err(TokenRejection::WorkerNotExpected { .. })
     ));
     // The failed registration rolled back: the token was not consumed.
@@ -678,11 +700,15 @@ async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
     let soon = Utc::now() + chrono::Duration::seconds(60);
     let empty = tx
         .claim_job_for_new_worker(
-            WorkerId::new(),
-            "test",
-            "local",
-            OneTimeToken::generate().hash(),
-            soon,
+            &hodei_store::NewWorkerRow {
+                id: WorkerId::new(),
+                instance: "test",
+                provider: "local",
+                server: None,
+                token: OneTimeToken::generate().hash(),
+                token_expires_at: soon,
+            },
+            None,
         )
         .await
         .unwrap();
@@ -699,11 +725,15 @@ async fn a_new_worker_is_recorded_only_together_with_the_job_it_claims() {
     let worker = WorkerId::new();
     let claimed = tx
         .claim_job_for_new_worker(
-            worker,
-            "test",
-            "local",
-            OneTimeToken::generate().hash(),
-            soon,
+            &hodei_store::NewWorkerRow {
+                id: worker,
+                instance: "test",
+                provider: "local",
+                server: None,
+                token: OneTimeToken::generate().hash(),
+                token_expires_at: soon,
+            },
+            None,
         )
         .await
         .unwrap()
@@ -726,10 +756,15 @@ async fn a_connected_worker_is_recorded_busy_with_the_job_it_claims_and_idle_onc
         .await
         .unwrap();
     let (w, token) = worker(&tx).await;
-    tx.register_worker(w, token.hash(), OneTimeToken::generate().hash())
-        .await
-        .unwrap()
-        .unwrap();
+    tx.register_worker(
+        w,
+        token.hash(),
+        OneTimeToken::generate().hash(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(
         store.get_worker(w).await.unwrap().unwrap().state,
         WorkerState::Idle
@@ -898,7 +933,7 @@ async fn a_detached_worker_is_lost_only_at_its_epoch_and_once_its_lease_has_pass
     let (_db, store, tx) = store().await;
     let (w, token) = worker(&tx).await;
     let session = SessionCredential::generate();
-    tx.register_worker(w, token.hash(), session.hash())
+    tx.register_worker(w, token.hash(), session.hash(), Duration::from_secs(60))
         .await
         .unwrap()
         .unwrap();
@@ -976,4 +1011,148 @@ async fn a_detached_worker_is_lost_only_at_its_epoch_and_once_its_lease_has_pass
     assert_eq!(tx.attach_session(w, server, hour).await.unwrap(), None);
     let lost = store.get_worker(w).await.unwrap().unwrap();
     assert_eq!(lost.state, WorkerState::Lost);
+}
+
+/// Several servers claiming new workers at once, each believing it has room: the database's
+/// count under the per-instance lock lets exactly `max_workers` through.
+#[tokio::test]
+async fn claims_for_new_workers_from_many_servers_never_exceed_max_workers() {
+    let (_db, store, tx) = store().await;
+    for _ in 0..12 {
+        tx.insert_job(&spec("true", 1), &JobSecrets::default(), None)
+            .await
+            .unwrap();
+    }
+    let claims = (0..12).map(|_| {
+        let tx = tx.clone();
+        async move {
+            tx.claim_job_for_new_worker(
+                &hodei_store::NewWorkerRow {
+                    id: WorkerId::new(),
+                    instance: "test",
+                    provider: "local",
+                    server: Some(uuid::Uuid::now_v7()),
+                    token: OneTimeToken::generate().hash(),
+                    token_expires_at: Utc::now() + chrono::Duration::seconds(60),
+                },
+                Some(3),
+            )
+            .await
+            .unwrap()
+        }
+    });
+    let claimed = futures::future::join_all(claims).await;
+    assert_eq!(claimed.iter().flatten().count(), 3, "{claimed:?}");
+    assert_eq!(store.alive_workers("test").await.unwrap().len(), 3);
+    // Another instance has its own limit.
+    let other = tx
+        .claim_job_for_new_worker(
+            &hodei_store::NewWorkerRow {
+                id: WorkerId::new(),
+                instance: "other",
+                provider: "local",
+                server: None,
+                token: OneTimeToken::generate().hash(),
+                token_expires_at: Utc::now() + chrono::Duration::seconds(60),
+            },
+            Some(3),
+        )
+        .await
+        .unwrap();
+    assert!(other.is_some(), "the limit is per instance");
+}
+
+/// One maintenance lock per instance: a second server is refused while the first holds it,
+/// and gets it once the first's connection is gone (a dead process).
+#[tokio::test]
+async fn the_maintenance_lock_is_held_by_one_server_at_a_time() {
+    let (_db, store, _tx) = store().await;
+    let mut first = store
+        .try_maintenance_lock("a")
+        .await
+        .unwrap()
+        .expect("free at first");
+    assert!(first.still_held().await);
+    assert!(
+        store.try_maintenance_lock("a").await.unwrap().is_none(),
+        "a second holder while the first lives"
+    );
+    let other_instance = store.try_maintenance_lock("b").await.unwrap();
+    assert!(other_instance.is_some(), "each instance has its own lock");
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if store.try_maintenance_lock("a").await.unwrap().is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock was not released within 10 s of its holder's connection closing"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Workers a dead server was provisioning are stranded; a live server's are not, nor are the
+/// asking server's own.
+#[tokio::test]
+async fn workers_of_a_server_whose_lease_passed_are_stranded() {
+    let (_db, store, tx) = store().await;
+    let (live, dead, me) = (
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
+    );
+    store
+        .renew_server_lease(live, "test", "http://live", Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .renew_server_lease(dead, "test", "http://dead", Duration::ZERO)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for server in [live, dead, me] {
+        let job = tx
+            .insert_job(&spec("true", 1), &JobSecrets::default(), None)
+            .await
+            .unwrap();
+        let id = WorkerId::new();
+        tx.claim_job_for_new_worker(
+            &hodei_store::NewWorkerRow {
+                id,
+                instance: "test",
+                provider: "local",
+                server: Some(server),
+                token: OneTimeToken::generate().hash(),
+                token_expires_at: Utc::now() + chrono::Duration::seconds(60),
+            },
+            Some(10),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        ids.push((id, job.id));
+    }
+    let stranded = store.stranded_workers("test", me).await.unwrap();
+    assert_eq!(
+        stranded,
+        vec![hodei_store::Stranded {
+            worker: ids[1].0,
+            job: Some(ids[1].1)
+        }]
+    );
+    let peers = store.peer_servers("test").await.unwrap();
+    assert_eq!(
+        peers.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![live],
+        "only live servers are offered to workers"
+    );
+    assert_eq!(
+        store
+            .forget_dead_servers("test", Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
 }

@@ -46,7 +46,14 @@ impl Db {
         let (id, token) = (WorkerId::new(), OneTimeToken::generate());
         let expires = Utc::now() + chrono::Duration::seconds(60);
         self.tx
-            .insert_worker(id, "guards", "local", token.hash(), expires)
+            .insert_worker(&hodei_store::NewWorkerRow {
+                id,
+                instance: "guards",
+                provider: "local",
+                server: None,
+                token: token.hash(),
+                token_expires_at: expires,
+            })
             .await
             .expect("insert worker");
         sqlx::query("UPDATE workers SET state = $2 WHERE id = $1")
@@ -162,11 +169,15 @@ async fn every_job_statement_moves_exactly_as_the_domain_table_says() {
                 let _ = db
                     .tx
                     .claim_job_for_new_worker(
-                        WorkerId::new(),
-                        "guards",
-                        "local",
-                        OneTimeToken::generate().hash(),
-                        Utc::now() + chrono::Duration::seconds(60),
+                        &hodei_store::NewWorkerRow {
+                            id: WorkerId::new(),
+                            instance: "guards",
+                            provider: "local",
+                            server: None,
+                            token: OneTimeToken::generate().hash(),
+                            token_expires_at: Utc::now() + chrono::Duration::seconds(60),
+                        },
+                        None,
                     )
                     .await
                     .expect("claim");
@@ -283,7 +294,12 @@ async fn every_worker_statement_moves_exactly_as_the_domain_table_says() {
         // A refusal is an answer too: only the state it leaves matters here.
         let _refused = db
             .tx
-            .register_worker(worker, token.hash(), SessionCredential::generate().hash())
+            .register_worker(
+                worker,
+                token.hash(),
+                SessionCredential::generate().hash(),
+                Duration::from_secs(60),
+            )
             .await
             .expect("register");
         check_worker(

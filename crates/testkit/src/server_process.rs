@@ -32,8 +32,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lines of the server's log quoted in error messages.
 const LOG_TAIL_LINES: usize = 60;
 
-/// How to start the server: everything but `--listen` and `--metrics-listen`, which the
-/// harness sets.
+/// How to start the server: everything but `--listen`, which the harness sets, and
+/// `--metrics-listen`, which it turns off unless given.
 #[derive(Debug, Clone)]
 pub struct ServerCommand {
     pub binary: PathBuf,
@@ -175,8 +175,12 @@ impl ServerProcess {
         let mut command = Command::new(&self.command.binary);
         command
             .args(&self.command.args)
-            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
-            .args(["--metrics-listen", "off"])
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)]);
+        // Metrics off unless the command asks for them.
+        if !self.command.args.iter().any(|a| a == "--metrics-listen") {
+            command.args(["--metrics-listen", "off"]);
+        }
+        command
             .env("RUST_LOG", &self.command.log_filter)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -24,7 +24,7 @@ use tonic::{
 };
 
 use crate::{
-    config::Config,
+    config::{Config, TlsCa},
     error::{WorkerError, root_cause},
     heartbeat,
 };
@@ -63,38 +63,43 @@ pub struct SessionStreams {
 
 /// The endpoint for `HODEI_SERVER`: timeouts, keep-alives, and TLS for `https://`.
 pub fn endpoint(config: &Config) -> Result<Endpoint, WorkerError> {
-    let endpoint = Endpoint::from_shared(config.server.clone())
-        .map_err(|err| WorkerError::Config(invalid_server(config, &err)))?
+    if !config.uses_tls()
+        && let Some(ca) = &config.tls_ca
+    {
+        tracing::warn!(
+            ca = ca.source,
+            "a CA is configured but the server address is http://; the CA is not used"
+        );
+    }
+    endpoint_for(&config.server, config.tls_ca.as_ref())
+        .map_err(|reason| WorkerError::Config(invalid_server(config, reason)))
+}
+
+/// The endpoint for `address` (`HODEI_SERVER`, or another server of the instance a server told
+/// this worker about), trusting `tls_ca` (or the system's roots) for `https://`. `Err`: why the
+/// address is unusable.
+pub fn endpoint_for(address: &str, tls_ca: Option<&TlsCa>) -> Result<Endpoint, String> {
+    let endpoint = Endpoint::from_shared(address.to_string())
+        .map_err(|err| root_cause(&err))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_keepalive(Some(TCP_KEEPALIVE))
         .http2_keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
         .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
-    if !config.uses_tls() {
-        if let Some(ca) = &config.tls_ca {
-            tracing::warn!(
-                ca = ca.source,
-                "a CA is configured but the server address is http://; the CA is not used"
-            );
-        }
+    if !address.starts_with("https://") {
         return Ok(endpoint);
     }
-    let tls = match &config.tls_ca {
+    let tls = match tls_ca {
         Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca.pem)),
         None => ClientTlsConfig::new().with_native_roots(),
     };
-    endpoint
-        .tls_config(tls)
-        .map_err(|err| WorkerError::Config(invalid_server(config, &err)))
+    endpoint.tls_config(tls).map_err(|err| root_cause(&err))
 }
 
-fn invalid_server(
-    config: &Config,
-    err: &(dyn std::error::Error + 'static),
-) -> crate::config::ConfigError {
+fn invalid_server(config: &Config, reason: String) -> crate::config::ConfigError {
     crate::config::ConfigError::InvalidServer {
         value: config.server.clone(),
-        reason: root_cause(err),
+        reason,
     }
 }
 
@@ -183,26 +188,43 @@ pub async fn open_session(
     .await
 }
 
+/// A server to try: its address (for logs) and the endpoint that reaches it.
+#[derive(Clone)]
+pub struct Target {
+    pub address: String,
+    pub endpoint: Endpoint,
+}
+
 /// Re-opens the session after its stream broke, with `first` (a `resume`) as first message,
-/// on a fresh connection to `endpoint`, retrying with backoff and jitter until `deadline`.
-/// Every failure is retried — the server may be restarting, another server may not know the
-/// worker yet, a previous stream may still be closing — except a refused credential
-/// (`UNAUTHENTICATED`): the worker was declared lost or retired meanwhile.
+/// on a fresh connection to each of `targets` in turn (the servers of the instance), retrying
+/// every round with backoff and jitter until `deadline`. Every failure is retried — a server
+/// may be dead or restarting, another may not know the worker yet, a previous stream may still
+/// be closing — except a refused credential (`UNAUTHENTICATED`): the worker was declared lost
+/// or retired meanwhile (servers share one database, so one refusal is every server's).
+/// Returns the streams and the index of the target that answered.
 pub async fn reopen_session(
-    endpoint: &Endpoint,
-    server: &str,
+    targets: &[Target],
     credential: &SessionCredential,
     first: WorkerMessage,
     deadline: Instant,
-) -> Result<SessionStreams, WorkerError> {
+) -> Result<(SessionStreams, usize), WorkerError> {
     let authorization = authorization(credential)?;
     let started = Instant::now();
     let mut delay = FIRST_RETRY_DELAY;
-    let mut attempts = 0u32;
+    let mut attempts = 0usize;
     loop {
+        let index = attempts % targets.len().max(1);
+        let Some(target) = targets.get(index) else {
+            return Err(WorkerError::Unreachable {
+                server: "(no server address)".into(),
+                waited: started.elapsed(),
+                cause: "no server to re-connect to".into(),
+            });
+        };
         attempts += 1;
         let attempt = async {
-            let channel = endpoint
+            let channel = target
+                .endpoint
                 .connect()
                 .await
                 .map_err(|err| Failure::Retry(root_cause(&err)))?;
@@ -221,10 +243,11 @@ pub async fn reopen_session(
             Ok(Ok(streams)) => {
                 tracing::info!(
                     attempts,
+                    server = target.address,
                     waited_ms = started.elapsed().as_millis() as u64,
                     "session re-opened"
                 );
-                return Ok(streams);
+                return Ok((streams, index));
             }
             Ok(Err(Failure::Fatal(status))) if status.code() == tonic::Code::Unauthenticated => {
                 return Err(WorkerError::Refused {
@@ -242,21 +265,30 @@ pub async fn reopen_session(
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(WorkerError::Unreachable {
-                server: server.to_string(),
+                server: target.address.clone(),
                 waited: started.elapsed(),
                 cause,
             });
         }
-        // Many workers lose the same server at once: spread their attempts (±50 %).
-        let pause = jittered(delay).min(remaining);
+        // The next server of the round at once; after a whole round, a pause. Many workers
+        // lose the same server at once: their attempts are spread (±50 %).
+        let round_done = attempts.is_multiple_of(targets.len());
+        let pause = if round_done {
+            jittered(delay).min(remaining)
+        } else {
+            Duration::ZERO
+        };
         tracing::warn!(
             attempts,
+            server = target.address,
             %cause,
             retry_in_ms = pause.as_millis() as u64,
             "cannot re-open the session yet; retrying"
         );
         tokio::time::sleep(pause).await;
-        delay = (delay * 2).min(MAX_RETRY_DELAY);
+        if round_done {
+            delay = (delay * 2).min(MAX_RETRY_DELAY);
+        }
     }
 }
 

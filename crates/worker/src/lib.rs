@@ -25,6 +25,7 @@ pub mod job;
 pub mod journal;
 pub mod output;
 pub mod process;
+pub mod servers;
 pub mod session;
 pub mod signals;
 pub mod token_file;
@@ -89,8 +90,7 @@ pub async fn run(
         None => config.reconnect_grace,
     };
     let link = session::Link {
-        endpoint,
-        server: config.server.clone(),
+        servers: servers::Servers::new(&config),
         credential: registration.session_credential,
         reconnect_grace,
         journal_capacity: config.resume_buffer_bytes,

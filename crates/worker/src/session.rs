@@ -29,7 +29,7 @@ use hodei_proto::v1::{
     server_message, worker_message::Msg,
 };
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tonic::{Status, Streaming, transport::Endpoint};
+use tonic::{Status, Streaming};
 
 use crate::{
     connection::{self, SessionStreams},
@@ -38,6 +38,7 @@ use crate::{
     job::{RunningJob, Stop},
     journal::{Journal, Unsent},
     process,
+    servers::Servers,
 };
 
 /// How long the worker waits, after closing its side of the stream, for the server to close its
@@ -71,7 +72,7 @@ const STREAM_CLOSED: &str = "the stream to the server closed";
 
 enum Event {
     Server(Result<Option<ServerMessage>, Status>),
-    Reconnected(Result<SessionStreams, WorkerError>),
+    Reconnected(Result<(SessionStreams, String), WorkerError>),
     JobFinished(JobFinished),
     Unsent(Option<Unsent>),
     Heartbeat,
@@ -80,8 +81,8 @@ enum Event {
 
 /// How to reach the server again.
 pub struct Link {
-    pub endpoint: Endpoint,
-    pub server: String,
+    /// The servers it may re-connect to.
+    pub servers: Servers,
     pub credential: SessionCredential,
     /// How long the worker keeps its job while no server can be reached.
     pub reconnect_grace: Duration,
@@ -89,7 +90,9 @@ pub struct Link {
     pub journal_capacity: usize,
 }
 
-type Reconnecting = Pin<Box<dyn Future<Output = Result<SessionStreams, WorkerError>> + Send>>;
+/// The re-opened streams and the address of the server that answered.
+type Reconnecting =
+    Pin<Box<dyn Future<Output = Result<(SessionStreams, String), WorkerError>> + Send>>;
 
 pub struct Session {
     link: Link,
@@ -97,6 +100,8 @@ pub struct Session {
     out: Option<mpsc::Sender<WorkerMessage>>,
     inbound: Option<Streaming<ServerMessage>>,
     reconnecting: Option<Reconnecting>,
+    /// The server that told the worker to move: tried last when re-connecting.
+    moved_from: Option<String>,
     /// When the stream was lost (the grace counts from here).
     disconnected_at: Option<Instant>,
     /// The current server stores output idempotently and acknowledges it (`SessionInfo`).
@@ -123,6 +128,7 @@ impl Session {
             out: Some(streams.outbound),
             inbound: Some(streams.inbound),
             reconnecting: None,
+            moved_from: None,
             disconnected_at: None,
             acknowledged: false,
             awaiting_info: false,
@@ -167,7 +173,8 @@ impl Session {
                     Flow::Disconnected("the server ended the session".into())
                 }
                 Event::Server(Err(status)) => Flow::Disconnected(describe(&status)),
-                Event::Reconnected(Ok(streams)) => {
+                Event::Reconnected(Ok((streams, address))) => {
+                    self.link.servers.connected_to(address);
                     tracing::info!(
                         after_ms = self
                             .disconnected_at
@@ -276,6 +283,7 @@ impl Session {
                     "session info"
                 );
                 self.acknowledged = true;
+                self.link.servers.learn(&info.worker_addresses);
                 if let Some(journal) = &self.journal
                     && self.awaiting_info
                 {
@@ -299,6 +307,10 @@ impl Session {
                 tracing::debug!(job = recorded.job_id, "recorded end of a job not held");
             }
             server_message::Msg::Move(moved) => {
+                self.link.servers.learn(&moved.worker_addresses);
+                if !moved.exclude.is_empty() {
+                    self.moved_from = Some(moved.exclude);
+                }
                 return Flow::Disconnected(format!("the server moved us: {}", moved.reason));
             }
         }
@@ -469,11 +481,20 @@ impl Session {
         let first = WorkerMessage {
             msg: Some(Msg::Resume(self.resume(cause))),
         };
-        let endpoint = self.link.endpoint.clone();
-        let server = self.link.server.clone();
+        let lost = self
+            .moved_from
+            .take()
+            .unwrap_or_else(|| self.link.servers.connected().to_string());
+        let targets = self.link.servers.reconnect_targets(&lost);
         let credential = self.link.credential.clone();
         self.reconnecting = Some(Box::pin(async move {
-            connection::reopen_session(&endpoint, &server, &credential, first, deadline).await
+            let (streams, index) =
+                connection::reopen_session(&targets, &credential, first, deadline).await?;
+            let address = targets
+                .get(index)
+                .map(|t| t.address.clone())
+                .unwrap_or_default();
+            Ok((streams, address))
         }));
         None
     }
@@ -579,7 +600,7 @@ async fn receive(
 /// The re-opened session, or never while connected.
 async fn reconnected(
     reconnecting: &mut Option<Reconnecting>,
-) -> Result<SessionStreams, WorkerError> {
+) -> Result<(SessionStreams, String), WorkerError> {
     match reconnecting {
         Some(reconnecting) => reconnecting.await,
         None => std::future::pending().await,

@@ -48,7 +48,7 @@ impl Lifecycle {
         }
         let job = self.db.insert_job(spec, secrets, owner).await?;
         tracing::info!(job = %job.id, owner, "job queued");
-        self.core.wake_dispatcher();
+        self.core.announce_work();
         Ok(job)
     }
 
@@ -231,7 +231,7 @@ impl Lifecycle {
         match released {
             Ok(true) => {
                 tracing::info!(%job, %worker, why, "job released before it was sent");
-                self.core.wake_dispatcher();
+                self.core.announce_work();
             }
             Ok(false) => {}
             Err(e) => {
@@ -251,5 +251,6 @@ impl Lifecycle {
         debug_assert!(state.is_terminal());
         self.core.metrics.job_finished(state);
         self.core.hub.finish(job);
+        self.core.announcements.ended(job);
     }
 }

@@ -1,5 +1,6 @@
-//! Putting the database right after what a crash or a lost reply left: start-up recovery, the
-//! reconciliation pass, and workers that registered but never opened their session.
+//! Putting the database right after what a crash or a lost reply left: the takeover of what a
+//! dead server left, the reconciliation pass, and workers that registered but never opened
+//! their session.
 
 use std::collections::HashSet;
 
@@ -8,45 +9,33 @@ use hodei_domain::{JobId, WorkerId, WorkerState};
 use super::Lifecycle;
 
 impl Lifecycle {
-    /// A previous process of this instance may have died with workers alive. Connected ones
-    /// (`idle`, `busy`) keep their jobs: they re-connect to this process and resume, or their
-    /// lease expires ([`Lifecycle::expire_leases`]). Workers it was still provisioning or
-    /// destroying had nobody else to finish that: their jobs are re-queued (or failed when out
-    /// of attempts) and they are marked lost; the orphan sweep removes their resources.
-    pub async fn recover_previous_run(&self) -> anyhow::Result<()> {
+    /// What no live server will finish (run by the instance's maintenance server): workers a
+    /// dead server — its lease passed, or a process of a version before server leases — was
+    /// provisioning or destroying have their jobs re-queued (or failed when out of attempts) and
+    /// are marked lost, and the orphan sweep removes their resources; a job still held by a
+    /// worker in a final state (its re-queue lost to an outage) is re-queued. The dead server's
+    /// connected workers (`idle`, `busy`) are not touched: they re-connect to another server
+    /// and resume, or their own leases expire ([`Lifecycle::expire_leases`]).
+    pub async fn take_over_stranded(&self) -> anyhow::Result<usize> {
         let core = &self.core;
-        let instance = &core.settings.instance;
-        let reason = "server restarted while the worker was alive";
-        let orphaned: HashSet<WorkerId> = core
+        let stranded = core
             .store
-            .alive_workers(instance)
-            .await?
-            .into_iter()
-            .filter(|w| {
-                matches!(
-                    w.state,
-                    WorkerState::Provisioning | WorkerState::Terminating
-                )
-            })
-            .map(|w| w.id)
-            .collect();
-        for (job, worker) in core.store.jobs_held_by_instance(instance).await? {
-            if orphaned.contains(&worker) {
-                self.requeue(job, worker, reason).await;
+            .stranded_workers(&core.settings.instance, core.server_id)
+            .await?;
+        let reason = "worker lost: the server that was provisioning or destroying it is gone";
+        for found in &stranded {
+            tracing::warn!(worker = %found.worker, job = ?found.job, "taking over a worker of a server that is gone");
+            if let Some(job) = found.job {
+                self.requeue(job, found.worker, reason).await;
             }
-        }
-        if !orphaned.is_empty() {
-            tracing::warn!(
-                count = orphaned.len(),
-                "marking workers the previous run was provisioning or destroying as lost"
-            );
-        }
-        for worker in orphaned {
             self.db
-                .set_worker_state(worker, WorkerState::Lost, reason)
+                .set_worker_state(found.worker, WorkerState::Lost, reason)
                 .await?;
         }
-        Ok(())
+        if !stranded.is_empty() {
+            core.announce_work();
+        }
+        Ok(stranded.len())
     }
 
     /// Gives up workers that registered but never opened their session within the heartbeat
@@ -71,14 +60,13 @@ impl Lifecycle {
     }
 }
 
-/// Finds what the database records for this instance that no part of this process will ever
-/// finish: a job held by a worker the registry does not know, or a worker alive in the database
-/// that the registry does not know. That happens when a statement's reply was lost to a
-/// database outage (a claim committed but reported failed, a job's end never recorded), and
-/// would otherwise last until the next restart. Something is acted on only when two passes in a
-/// row saw it, so a worker between its claim and its registry entry is never touched. Connected
-/// workers (`idle`, `busy`) this process does not track are left to their leases: they may be
-/// re-connecting.
+/// Finds what the database says this server is provisioning or destroying that no part of
+/// this process will ever finish: a worker (and the job it holds) that the registry does not
+/// know. That happens when a statement's reply was lost to a database outage (a claim committed
+/// but reported failed), and would otherwise last until the next restart. Something is acted
+/// on only when two passes in a row saw it, so a worker between its claim and its registry
+/// entry is never touched. Connected workers (`idle`, `busy`) are left to their leases, and
+/// other servers' workers to them (or, when they die, to the takeover).
 #[derive(Default)]
 pub struct Reconciler {
     suspects: HashSet<(WorkerId, Option<JobId>)>,
@@ -87,32 +75,12 @@ pub struct Reconciler {
 impl Reconciler {
     pub async fn pass(&mut self, lifecycle: &Lifecycle) -> anyhow::Result<usize> {
         let core = &lifecycle.core;
-        let instance = &core.settings.instance;
-        let held = core.store.jobs_held_by_instance(instance).await?;
-        let alive = core.store.alive_workers(instance).await?;
-        let leased: HashSet<WorkerId> = alive
-            .iter()
-            .filter(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy))
-            .map(|w| w.id)
-            .collect();
-        let held: Vec<(JobId, WorkerId)> = held
+        let unknown: HashSet<(WorkerId, Option<JobId>)> = core
+            .store
+            .unattached_workers_of(core.server_id)
+            .await?
             .into_iter()
-            .filter(|(_, worker)| !leased.contains(worker))
-            .collect();
-        let alive: Vec<_> = alive
-            .into_iter()
-            .filter(|w| !leased.contains(&w.id))
-            .collect();
-        let holders: HashSet<WorkerId> = held.iter().map(|(_, worker)| *worker).collect();
-        let unknown: HashSet<(WorkerId, Option<JobId>)> = held
-            .into_iter()
-            .map(|(job, worker)| (worker, Some(job)))
-            .chain(
-                alive
-                    .into_iter()
-                    .filter(|w| !holders.contains(&w.id))
-                    .map(|w| (w.id, None)),
-            )
+            .map(|found| (found.worker, found.job))
             .filter(|(worker, _)| !core.registry.contains(*worker))
             .collect();
         let confirmed: Vec<_> = unknown.intersection(&self.suspects).copied().collect();

@@ -1,6 +1,6 @@
-//! The graceful shutdown of the lifecycle: running jobs finish or keep running on workers told
-//! to move (they re-connect to the next server process of the instance and resume), idle
-//! workers are told to go and destroyed, and the server's tasks end.
+//! The graceful shutdown of the lifecycle: running jobs keep running on workers told to move
+//! (they re-connect to another server of the instance, or to the next process of this one, and
+//! resume), idle workers move too or are told to go, and the server's tasks end.
 
 use std::time::Duration;
 
@@ -17,19 +17,30 @@ const DESTROY_SLACK: Duration = Duration::from_secs(15);
 const TASKS_GRACE: Duration = Duration::from_secs(10);
 
 impl Lifecycle {
-    /// Stop taking work → let running jobs finish for `shutdown_grace` → tell the workers of
-    /// jobs still running to move (they keep their jobs, and re-connect to the next server of
-    /// the instance — this one restarted — within their reconnect grace) → tell idle workers to
-    /// exit → wait until every worker is destroyed or detached → wait for the server's tasks.
-    /// What is left after the bounds is the next start's recovery (or the workers' leases).
+    /// Stop taking work (and say so in the database, so no worker is sent here) → when another
+    /// server of the instance is alive, tell every connected worker to move there at once;
+    /// when this one is alone, let running jobs finish for `shutdown_grace`, then tell the
+    /// workers of jobs still running to move (they re-connect to the next process of this
+    /// server within their reconnect grace) and idle ones to exit → wait until every worker is
+    /// destroyed or detached → wait for the server's tasks → remove this server's row. What is
+    /// left after the bounds is taken over by the instance's maintenance server once this
+    /// server's lease passes (or the workers' own leases).
     pub async fn shutdown(&self) {
         let core = &self.core;
         core.start_draining();
-        tracing::info!("shutting down: waiting for running jobs");
-        let grace = tokio::time::Instant::now() + core.settings.shutdown_grace;
-        core.registry
-            .wait_until(grace, |r| r.busy_count() == 0)
-            .await;
+        if let Err(e) = core.store.set_server_draining(core.server_id).await {
+            tracing::warn!(error = %e, "cannot record this server as draining");
+        }
+        let others = crate::peers::others_alive(core).await;
+        if others {
+            tracing::info!("shutting down: moving every worker to the other servers");
+        } else {
+            tracing::info!("shutting down: waiting for running jobs");
+            let grace = tokio::time::Instant::now() + core.settings.shutdown_grace;
+            core.registry
+                .wait_until(grace, |r| r.busy_count() == 0)
+                .await;
+        }
 
         // Giving jobs back waits out a database outage (retry_db), but not for longer than this
         // in all: what is left is re-queued by the next start's recovery instead.
@@ -44,6 +55,7 @@ impl Lifecycle {
             match phase {
                 // Not re-queued: the job keeps running; its worker resumes on the next server.
                 Phase::Busy { .. } | Phase::Resuming => self.tell_to_move(worker),
+                Phase::Idle | Phase::Reserved if others => self.tell_to_move(worker),
                 Phase::Idle | Phase::Reserved => self.tell_to_exit(worker, false),
                 Phase::Provisioning { .. } | Phase::Registered { .. } => {
                     if core.registry.retire_if_unconnected(worker) {
@@ -70,8 +82,10 @@ impl Lifecycle {
         if leftover > 0 {
             tracing::warn!(
                 leftover,
-                "workers still alive at shutdown; the next start will reap them"
+                "workers still alive at shutdown; the instance's maintenance takes them over once this server's lease passes"
             );
+        } else if let Err(e) = core.store.remove_server(core.server_id).await {
+            tracing::warn!(error = %e, "cannot remove this server's row; it expires with its lease");
         }
     }
 

@@ -9,7 +9,7 @@ use hodei_domain::{
     Job, JobId, JobState, OneTimeToken, SessionCredential, WorkerFailure, WorkerId, WorkerState,
 };
 use hodei_providers::WorkerStatus;
-use hodei_store::{Attached, StoreError, TokenRejection};
+use hodei_store::{Attached, NewWorkerRow, StoreError, TokenRejection};
 
 use super::Lifecycle;
 use crate::{
@@ -78,8 +78,9 @@ impl Lifecycle {
     }
 
     /// Claims the oldest queued job for a worker that does not exist yet, recorded
-    /// (`provisioning`) with its token in the same transaction, and counts it against the
-    /// maximum from now on. `None` when nothing was claimable.
+    /// (`provisioning`, held by this server) with its token in the same transaction, if the
+    /// instance has room: `max_workers` counts the alive workers of every server of the
+    /// instance, in the database. `None` when nothing was claimable or there was no room.
     pub async fn claim_for_new_worker(&self) -> Result<Option<NewWorker>, StoreError> {
         let core = &self.core;
         let id = WorkerId::new();
@@ -90,11 +91,15 @@ impl Lifecycle {
         let claimed = self
             .db
             .claim_job_for_new_worker(
-                id,
-                &core.settings.instance,
-                core.provider.name(),
-                token.hash(),
-                expires,
+                &NewWorkerRow {
+                    id,
+                    instance: &core.settings.instance,
+                    provider: core.provider.name(),
+                    server: Some(core.server_id),
+                    token: token.hash(),
+                    token_expires_at: expires,
+                },
+                Some(u32::try_from(core.settings.max_workers).unwrap_or(u32::MAX)),
             )
             .await?;
         let Some(job) = claimed else {
@@ -130,13 +135,16 @@ impl Lifecycle {
         if !core.registry.retire_if_provisioning(worker) {
             return;
         }
-        tracing::warn!(%worker, %job, reason, permanent, "provisioning failed");
-        let _ = core
+        let recorded = core
             .retry_db("recording a failed worker", || {
                 self.db
                     .set_worker_state(worker, WorkerState::Failed, reason)
             })
             .await;
+        if matches!(recorded, Ok(false)) && self.registered_in_database(worker).await {
+            return self.let_go(worker);
+        }
+        tracing::warn!(%worker, %job, reason, permanent, "provisioning failed");
         if permanent {
             self.job_ended(job, worker, JobState::Failed, None, reason)
                 .await;
@@ -147,7 +155,36 @@ impl Lifecycle {
             tracing::warn!(%worker, error = %e, "cleaning up a failed worker failed; the orphan sweep will retry");
         }
         core.registry.remove(worker);
-        core.wake_dispatcher();
+        core.announce_work();
+    }
+
+    /// A worker this server is provisioning registered through another server of the instance
+    /// (its workers dial a Service in front of several): that server holds it now, and this
+    /// one lets it go without touching it. `false` when the database says otherwise, or when
+    /// this server's own session has it meanwhile.
+    pub async fn registered_elsewhere(&self, worker: WorkerId) -> bool {
+        if !self.registered_in_database(worker).await
+            || !self.core.registry.retire_if_provisioning(worker)
+        {
+            return false;
+        }
+        self.let_go(worker);
+        true
+    }
+
+    /// Whether the database records `worker` as registered (`idle` or `busy`).
+    async fn registered_in_database(&self, worker: WorkerId) -> bool {
+        matches!(
+            self.core.store.get_worker(worker).await,
+            Ok(Some(w)) if matches!(w.state, WorkerState::Idle | WorkerState::Busy)
+        )
+    }
+
+    /// Forgets a worker another server's session holds.
+    fn let_go(&self, worker: WorkerId) {
+        tracing::info!(%worker, "worker registered through another server; that server holds it now");
+        self.core.registry.remove(worker);
+        self.core.wake_dispatcher();
     }
 
     /// `Provisioning → Idle`: the worker's one-time token is consumed and its session
@@ -160,7 +197,12 @@ impl Lifecycle {
     ) -> Result<Result<(), TokenRejection>, StoreError> {
         let registered = self
             .db
-            .register_worker(worker, token.hash(), session.hash())
+            .register_worker(
+                worker,
+                token.hash(),
+                session.hash(),
+                self.core.settings.worker_lease_ttl(),
+            )
             .await?;
         if registered.is_ok()
             && let Some(took) = self.core.registry.mark_registered(worker)
@@ -363,7 +405,7 @@ impl Lifecycle {
         if let Err(e) = core.provider.destroy_worker(&worker).await {
             tracing::warn!(%worker, error = %e, "destroying a lost worker failed; the orphan sweep will retry");
         }
-        core.wake_dispatcher();
+        core.announce_work();
         true
     }
 
@@ -572,7 +614,7 @@ impl Lifecycle {
                 tracing::error!(%worker, error = %e, "cannot record worker state");
             }
             core.registry.remove(worker);
-            core.wake_dispatcher();
+            core.announce_work();
         });
     }
 

@@ -113,7 +113,8 @@ impl LogStreamService for LogsService {
 }
 
 /// Sends one subscriber its lines: history from the database, then live lines from the hub,
-/// falling back to the database whenever it lags, until the job ends or the client leaves.
+/// falling back to the database whenever it lags, and reading what another server stored when
+/// it says so, until the job ends or the client leaves.
 struct Follower {
     core: Arc<Core>,
     access: Arc<Access>,
@@ -180,6 +181,11 @@ impl Follower {
                         }
                     }
                 }
+                // Stored by the server its worker is connected to.
+                Ok(HubEvent::StoredElsewhere(up_to)) if up_to >= self.next => {
+                    self.catch_up().await?
+                }
+                Ok(HubEvent::StoredElsewhere(_)) => {}
                 Ok(HubEvent::Finished) | Err(RecvError::Closed) => return self.catch_up().await,
                 Err(RecvError::Lagged(_)) => self.catch_up().await?,
             }

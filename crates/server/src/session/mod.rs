@@ -340,7 +340,7 @@ impl Session {
         let core = self.lifecycle.core();
         self.send(server_message::Msg::Info(pb::SessionInfo {
             server_id: core.server_id.to_string(),
-            worker_addresses: vec![core.worker_address.clone()],
+            worker_addresses: crate::peers::worker_addresses(core).await,
             persisted_sequence,
         }))
         .await
@@ -521,11 +521,11 @@ impl Session {
                 if self.retiring.is_some() {
                     return Ok(());
                 }
-                let address = self.lifecycle.core().worker_address.clone();
+                let core = self.lifecycle.core();
                 self.send(server_message::Msg::Move(pb::Move {
                     reason: reason.clone(),
-                    worker_addresses: vec![address],
-                    exclude: String::new(),
+                    worker_addresses: crate::peers::worker_addresses(core).await,
+                    exclude: core.worker_address.clone(),
                 }))
                 .await?;
                 Err(End::Detached(format!("told to move: {reason}")))

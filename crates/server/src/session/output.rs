@@ -171,6 +171,7 @@ impl Session {
                 emitted_at: line.emitted_at,
             })
             .collect();
+        core.announcements.stored(job, persisted);
         core.hub.publish(job, published);
         Ok(())
     }

@@ -67,6 +67,7 @@ pub fn test_settings() -> Settings {
         lease_slack: Duration::from_secs(1),
         shutdown_grace: Duration::from_secs(10),
         orphan_sweep_interval: Duration::from_secs(2),
+        server_lease: Duration::from_secs(3),
         ..Settings::default()
     }
 }
