@@ -152,7 +152,7 @@ on_exit() {
     printf '\nFAILED (exit %s) during: %s\n' "${status}" "${CURRENT_STEP}" >&2
   fi
   if ((CLUSTER_TOUCHED)); then
-    step "Cleanup: worker Pods and Secrets (${SELECTOR}) in ${NAMESPACE}"
+    step "Cleanup: deploy/kubernetes/server, and worker Pods and Secrets (${SELECTOR}) in ${NAMESPACE} and ${SERVER_WORKER_NAMESPACE}"
     delete_managed_objects || cleanup_failed=1
     if [[ "${KEEP_CLUSTER}" == "1" ]]; then
       step "Cleanup: keeping the Kind cluster (HODEI_KEEP_CLUSTER=1)"

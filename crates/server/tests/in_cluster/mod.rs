@@ -289,8 +289,8 @@ impl ServersInCluster {
 
     /// The server Pod whose stream holds `worker`, with that server's id. The database says
     /// which server (`workers.server_id`); the Pod is the one that logged that id when it
-    /// started. A server that does not log its id (before issue 14's several-servers step) is
-    /// found by the log line of the worker's session instead.
+    /// started ("hodei-server listening"). A server that does not log its id (before issue 14's
+    /// several-servers step) is found by the log line of the worker's session instead.
     pub async fn pod_holding(&self, worker: &str) -> anyhow::Result<(String, String)> {
         let server_id = wait_for(
             &format!("workers.server_id of worker {worker} to be set (its stream attached)"),
@@ -317,7 +317,11 @@ impl ServersInCluster {
                         .server_pods_api()
                         .logs(&name, &LogParams::default())
                         .await?;
-                    if log.contains(&server_id) {
+                    // Its own start-up line, not another server's mention of it (a takeover).
+                    if log
+                        .lines()
+                        .any(|line| line.contains(&server_id) && line.contains("listening"))
+                    {
                         by_server.push(name.clone());
                     }
                     if log
