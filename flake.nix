@@ -1,11 +1,12 @@
 # Hodei Jobs as a Nix flake: a reproducible environment for building and testing, including the
 # end-to-end suites. Read docs/nix.md first. Table of contents:
 #
-#   nix/constants.nix     shared values: worker image name/tag, Kind cluster, node images
+#   nix/constants.nix     shared values: worker and server image name/tag, Kind cluster, node images
 #   nix/kubectl.nix       kubectl within one minor of the node's Kubernetes
 #   nix/toolchain.nix     Rust from rust-toolchain.toml (rust-overlay)
 #   nix/packages.nix      hodei-server, hodei-worker, hodei (crane, dependencies cached apart)
 #   nix/worker-image.nix  packages.worker-image (Linux): the worker image, no Docker needed
+#   nix/server-image.nix  packages.server-image (Linux): the server image, no Docker needed
 #   nix/shell.nix         devShells.default: `nix develop -c cargo nextest run`
 #   nix/apps.nix          apps: e2e-k8s, e2e-docker, kind-up, kind-down, demo
 #   nix/checks.nix        checks: fmt, clippy, nextest, shellcheck, apps
@@ -83,6 +84,16 @@
             else
               null;
 
+          serverImage =
+            if isLinux then
+              import ./nix/server-image.nix {
+                inherit pkgs constants;
+                inherit (rust) hodei-server;
+                revision = self.rev or self.dirtyRev or "unknown";
+              }
+            else
+              null;
+
           apps = import ./nix/apps.nix {
             inherit
               pkgs
@@ -92,6 +103,7 @@
               kindNodeImage
               kubectl
               workerImage
+              serverImage
               ;
           };
         in
@@ -100,7 +112,10 @@
             inherit (rust) hodei-server hodei-worker hodei;
             default = rust.hodei;
           }
-          // lib.optionalAttrs isLinux { worker-image = workerImage; };
+          // lib.optionalAttrs isLinux {
+            worker-image = workerImage;
+            server-image = serverImage;
+          };
 
           devShells.default = import ./nix/shell.nix {
             inherit

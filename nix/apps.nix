@@ -7,10 +7,10 @@
 # checks.apps builds them all. The shell is in nix/apps/*.sh, so it can be read and linted
 # as shell.
 #
-# Apps that use the worker image exist on Linux only, like the image.
+# Apps that use the worker or server image exist on Linux only, like the images.
 #
-# Each app gets only the settings it reads (runtimeEnv), so an app that needs neither the worker
-# image nor the node image neither builds nor evaluates them: `nix run .#kind-down`, CI's
+# Each app gets only the settings it reads (runtimeEnv), so an app that needs neither the images
+# nor the node image neither builds nor evaluates them: `nix run .#kind-down`, CI's
 # always-run cleanup, builds nothing of the workspace, and an evaluation error in the image
 # cannot break it.
 {
@@ -21,6 +21,7 @@
   kindNodeImage,
   kubectl,
   workerImage ? null,
+  serverImage ? null,
 }:
 let
   inherit (pkgs) lib;
@@ -89,6 +90,11 @@ let
     HODEI_NIX_WORKER_IMAGE = "${constants.workerImage.name}:${constants.workerImage.tag}";
     HODEI_NIX_WORKER_IMAGE_STREAM = "${workerImage}";
   };
+  # The Kubernetes suite deploys deploy/kubernetes/server with this image (nix/server-image.nix).
+  serverImageEnv = {
+    HODEI_NIX_SERVER_IMAGE = "${constants.serverImage.name}:${constants.serverImage.tag}";
+    HODEI_NIX_SERVER_IMAGE_STREAM = "${serverImage}";
+  };
 
   mkApp =
     {
@@ -124,9 +130,9 @@ let
   // lib.optionalAttrs isLinux {
     e2e-k8s = mkApp {
       name = "e2e-k8s";
-      description = "Run the Kubernetes E2E suite on a pinned Kind cluster with the Nix-built worker image";
+      description = "Run the Kubernetes E2E suite on a pinned Kind cluster with the Nix-built worker and server images";
       runtimeInputs = baseInputs ++ rustInputs ++ clusterInputs;
-      env = postgresEnv // clusterEnv // nodeImageEnv // workerImageEnv;
+      env = postgresEnv // clusterEnv // nodeImageEnv // workerImageEnv // serverImageEnv;
     };
     e2e-docker = mkApp {
       name = "e2e-docker";
@@ -136,9 +142,9 @@ let
     };
     kind-up = mkApp {
       name = "kind-up";
-      description = "Create the E2E Kind cluster from the pinned node image and load the worker image";
+      description = "Create the E2E Kind cluster from the pinned node image and load the worker and server images";
       runtimeInputs = baseInputs ++ clusterInputs;
-      env = clusterEnv // nodeImageEnv // workerImageEnv;
+      env = clusterEnv // nodeImageEnv // workerImageEnv // serverImageEnv;
     };
   };
 in

@@ -10,6 +10,18 @@
     user = "hodei";
   };
 
+  # The server image deploy/kubernetes/server names and the Kubernetes suite loads
+  # (scripts/build-server-image.sh's default). Never `latest`, for the same reason.
+  serverImage = {
+    name = "hodei-server";
+    tag = "e2e-test";
+    # The uid deploy/kubernetes/server/deployment.yaml runs the server as.
+    uid = 65532;
+    user = "hodei";
+    # The gRPC port (HODEI_LISTEN in the Deployment).
+    port = 50051;
+  };
+
   # scripts/e2e/setup-kind-cluster.sh's default, repeated so the apps and CI name the same cluster.
   kindClusterName = "hodei-e2e";
 

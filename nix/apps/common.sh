@@ -97,6 +97,21 @@ use_nix_worker_image() {
   export HODEI_WORKER_IMAGE="${HODEI_NIX_WORKER_IMAGE}"
 }
 
+# Likewise for the server image deploy/kubernetes/server runs (nix/server-image.nix).
+use_nix_server_image() {
+  if [[ -n "${HODEI_SERVER_IMAGE:-}" && "${HODEI_SERVER_IMAGE}" != "${HODEI_NIX_SERVER_IMAGE}" ]]; then
+    warn "ignoring HODEI_SERVER_IMAGE=${HODEI_SERVER_IMAGE}: the Nix-built image is ${HODEI_NIX_SERVER_IMAGE}"
+  fi
+  export HODEI_SERVER_IMAGE="${HODEI_NIX_SERVER_IMAGE}"
+}
+
+# Writes the Nix-built server image to the file $1 (a `docker save`-style tarball).
+write_server_image() {
+  step "Writing the Nix-built server image ${HODEI_NIX_SERVER_IMAGE} to $1"
+  "${HODEI_NIX_SERVER_IMAGE_STREAM}" >"$1"
+  info "$(du -h "$1" | cut -f1) $1"
+}
+
 # Writes the Nix-built worker image to the file $1 (a `docker save`-style tarball).
 write_worker_image() {
   step "Writing the Nix-built worker image ${HODEI_NIX_WORKER_IMAGE} to $1"

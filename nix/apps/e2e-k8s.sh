@@ -9,10 +9,11 @@ Usage: nix run .#e2e-k8s [-- ARGS...]
 
 Runs the Kubernetes E2E suite against a Kind cluster:
   1. checks that the host's Docker daemon answers (the flake pins only the docker client);
-  2. writes the Nix-built worker image ${HODEI_NIX_WORKER_IMAGE} to a temporary archive;
+  2. writes the Nix-built worker image ${HODEI_NIX_WORKER_IMAGE} and server image
+     ${HODEI_NIX_SERVER_IMAGE} to temporary archives;
   3. runs scripts/e2e/run-kubernetes-e2e.sh: it creates or reuses the cluster from the pinned
      node image (or, without access to Docker Hub, from one it builds locally), applies
-     deploy/kubernetes/*-test.yaml, loads the archive (kind load image-archive), runs the suite
+     deploy/kubernetes/*-test.yaml, loads the archives (kind load image-archive), runs the suite
      with cargo nextest, and cleans up on every exit path, deleting the cluster unless
      HODEI_KEEP_CLUSTER=1.
 ARGS go to run-kubernetes-e2e.sh.
@@ -50,10 +51,13 @@ require_script scripts/e2e/cleanup-kind.sh
 export_pins
 export HODEI_PG_BIN="${HODEI_PG_BIN:-${HODEI_NIX_PG_BIN}}"
 use_nix_worker_image
+use_nix_server_image
 
-ARCHIVE_DIR="$(mktemp -d -t hodei-worker-image.XXXXXX)"
+ARCHIVE_DIR="$(mktemp -d -t hodei-images.XXXXXX)"
 export HODEI_WORKER_IMAGE_ARCHIVE="${ARCHIVE_DIR}/worker-image.tar"
 write_worker_image "${HODEI_WORKER_IMAGE_ARCHIVE}"
+export HODEI_SERVER_IMAGE_ARCHIVE="${ARCHIVE_DIR}/server-image.tar"
+write_server_image "${HODEI_SERVER_IMAGE_ARCHIVE}"
 
 step "Running scripts/e2e/run-kubernetes-e2e.sh on the Kind cluster ${KIND_CLUSTER_NAME}"
 status=0

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs the Kubernetes E2E suite (crates/server/tests/e2e_kubernetes_provider.rs) against a real
-# Kind cluster: brings the cluster up (from the pinned kindest/node, or from a node image built
-# here without any registry), builds the worker image if missing, runs the suite with cargo
-# nextest, and cleans up on every exit path.
+# Runs the Kubernetes E2E suites against a real Kind cluster: the provider's
+# (crates/server/tests/e2e_kubernetes_provider.rs, a server on this machine, worker Pods) and the
+# servers' (e2e_kubernetes_servers.rs, deploy/kubernetes/server with three replicas in the
+# cluster). Brings the cluster up (from the pinned kindest/node, or from a node image built here
+# without any registry), builds the worker and server images if missing, runs the suites with
+# cargo nextest, and cleans up on every exit path.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -13,6 +15,12 @@ source "${SCRIPT_DIR}/lib/kind.sh"
 
 WORKER_IMAGE="${HODEI_WORKER_IMAGE:-hodei-worker:e2e-test}"
 IMAGE_ARCHIVE="${HODEI_WORKER_IMAGE_ARCHIVE:-}"
+SERVER_IMAGE="${HODEI_SERVER_IMAGE:-hodei-server:e2e-test}"
+SERVER_IMAGE_ARCHIVE="${HODEI_SERVER_IMAGE_ARCHIVE:-}"
+# Where deploy/kubernetes/server puts its worker Pods (HODEI_K8S_NAMESPACE there).
+SERVER_WORKER_NAMESPACE=hodei-workers
+# The test binaries, each a suite of #[ignore]d tests.
+SUITES=(e2e_kubernetes_provider e2e_kubernetes_servers)
 NAMESPACE="${HODEI_K8S_TEST_NAMESPACE:-hodei-e2e}"
 KEEP_CLUSTER="${HODEI_KEEP_CLUSTER:-0}"
 PROFILE="${NEXTEST_PROFILE:-default}"
@@ -32,24 +40,29 @@ usage() {
   cat <<USAGE
 Usage: $(basename "$0") [--keep-cluster] [--rebuild-image] [--help] [-- NEXTEST_ARGS...]
 
-Runs the Kubernetes E2E suite against a real single-node Kind cluster:
+Runs the Kubernetes E2E suites (${SUITES[*]})
+against a real single-node Kind cluster:
   1. checks the tools it needs (and says how to install a missing one);
-  2. builds the worker image ${WORKER_IMAGE} with scripts/build-worker-image.sh if the Docker
-     engine does not have it (skipped when HODEI_WORKER_IMAGE_ARCHIVE is set);
-  3. builds the suite (cargo test --workspace --test e2e_kubernetes_provider --no-run)
-     before any cluster exists;
+  2. builds the worker image ${WORKER_IMAGE} with scripts/build-worker-image.sh and the server
+     image ${SERVER_IMAGE} with scripts/build-server-image.sh if the Docker engine does not
+     have them (each skipped when its HODEI_*_IMAGE_ARCHIVE is set);
+  3. builds the suites (cargo test --workspace --test ... --no-run) and the hodei CLI (one
+     test serves it to a Pod) before any cluster exists;
   4. brings the cluster up with scripts/e2e/setup-kind-cluster.sh: node image (below), kind
-     create cluster, node and CoreDNS Ready, deploy/kubernetes/*-test.yaml applied, the worker
-     image loaded with kind load image-archive;
+     create cluster, node and CoreDNS Ready, deploy/kubernetes/*-test.yaml applied, both
+     images loaded with kind load image-archive;
   5. runs: cargo nextest run --workspace --test e2e_kubernetes_provider
-           --profile \$NEXTEST_PROFILE --run-ignored only
-           -E 'binary(e2e_kubernetes_provider)' [NEXTEST_ARGS...]
-     with KUBECONFIG, HODEI_E2E_K8S=1, HODEI_K8S_TEST_NAMESPACE and HODEI_WORKER_IMAGE exported,
-     saving 'kubectl get pods -A' while worker Pods run to ${SNAPSHOT_FILE#"${REPO_ROOT}/"};
+           --test e2e_kubernetes_servers --profile \$NEXTEST_PROFILE --run-ignored only
+           -E 'binary(e2e_kubernetes_provider) | binary(e2e_kubernetes_servers)'
+           [NEXTEST_ARGS...]
+     with KUBECONFIG, HODEI_E2E_K8S=1, HODEI_K8S_TEST_NAMESPACE, HODEI_WORKER_IMAGE and
+     HODEI_SERVER_IMAGE exported, saving 'kubectl get pods -A' while worker Pods run to
+     ${SNAPSHOT_FILE#"${REPO_ROOT}/"};
   6. on every exit path (success, failure, Ctrl-C): deletes the Pods and Secrets labelled
-     ${SELECTOR}, then the cluster with scripts/e2e/cleanup-kind.sh, which verifies
-     that no node container, volume, 'kind' network or kubeconfig is left, unless
-     HODEI_KEEP_CLUSTER=1.
+     ${SELECTOR} (in ${NAMESPACE} and ${SERVER_WORKER_NAMESPACE}) and the servers'
+     deploy/kubernetes/server objects, then the cluster with scripts/e2e/cleanup-kind.sh,
+     which verifies that no node container, volume, 'kind' network or kubeconfig is left,
+     unless HODEI_KEEP_CLUSTER=1.
 
 The node image, unless KIND_NODE_IMAGE names one, follows HODEI_KIND_NODE_SOURCE: registry
 (the pinned kindest/node from Docker Hub), local (built here without any registry by
@@ -57,7 +70,8 @@ scripts/e2e/build-kind-node-image.sh; root, ~15 min the first time) or auto (reg
 Docker Hub answers, else local; the default).
 
   --keep-cluster    keep the cluster afterwards (same as HODEI_KEEP_CLUSTER=1)
-  --rebuild-image   rebuild the worker image even if it exists (after changing the worker)
+  --rebuild-image   rebuild the worker and server images even if they exist (after changing
+                    the worker or the server)
   -h, --help        this text
   -- ARGS           passed to cargo nextest, e.g. -- --no-capture test_k8s_pod_cleanup
 
@@ -69,6 +83,8 @@ Environment (defaults in brackets):
   HODEI_WORKER_IMAGE          worker image, never :latest [hodei-worker:e2e-test]
   HODEI_WORKER_IMAGE_ARCHIVE  load this image tarball instead of the Docker engine's image
                               (what 'nix run .#e2e-k8s' passes) [none]
+  HODEI_SERVER_IMAGE          server image, never :latest [hodei-server:e2e-test]
+  HODEI_SERVER_IMAGE_ARCHIVE  likewise for the server image [none]
   HODEI_K8S_TEST_NAMESPACE    test namespace [hodei-e2e]
   HODEI_E2E_SERVER_HOST       host address Pods use to reach the tests' server
                               [gateway of the 'kind' Docker network]
@@ -91,6 +107,24 @@ stop_pod_watch() {
   rm -f "${SNAPSHOT_FILE}.partial"
 }
 
+# delete_worker_objects NAMESPACE: the Pods and Secrets a provider created there.
+delete_worker_objects() {
+  local namespace=$1
+  if ! kctl get namespace "${namespace}" >/dev/null 2>&1; then
+    info "namespace ${namespace} does not exist"
+    return 0
+  fi
+  kctl -n "${namespace}" delete pods,secrets -l "${SELECTOR}" \
+    --ignore-not-found --wait --timeout=120s | sed 's/^/    /'
+  local left
+  left="$(kctl -n "${namespace}" get pods,secrets -l "${SELECTOR}" -o name 2>/dev/null || true)"
+  if [[ -n "${left}" ]]; then
+    warn "still present after 120s: ${left//$'\n'/ }"
+    return 1
+  fi
+  info "no worker Pod or Secret left in ${namespace}"
+}
+
 delete_managed_objects() {
   if [[ -z "${KUBECONFIG:-}" || ! -f "${KUBECONFIG}" ]]; then
     info "no kubeconfig: no cluster to clean"
@@ -100,19 +134,14 @@ delete_managed_objects() {
     warn "the API server does not answer: Pods and Secrets are left to the cluster cleanup"
     return 0
   fi
-  if ! kctl get namespace "${NAMESPACE}" >/dev/null 2>&1; then
-    info "namespace ${NAMESPACE} does not exist"
-    return 0
-  fi
-  kctl -n "${NAMESPACE}" delete pods,secrets -l "${SELECTOR}" \
-    --ignore-not-found --wait --timeout=120s | sed 's/^/    /'
-  local left
-  left="$(kctl -n "${NAMESPACE}" get pods,secrets -l "${SELECTOR}" -o name 2>/dev/null || true)"
-  if [[ -n "${left}" ]]; then
-    warn "still present after 120s: ${left//$'\n'/ }"
-    return 1
-  fi
-  info "no worker Pod or Secret left in ${NAMESPACE}"
+  local failed=0
+  # The servers first, so that none of them creates a worker Pod while those are deleted.
+  # Each test of the servers' suite deletes them itself; this is for a test that was killed.
+  kctl delete -k "${REPO_ROOT}/deploy/kubernetes/server" --ignore-not-found --wait \
+    --timeout=120s 2>&1 | indent || failed=1
+  delete_worker_objects "${NAMESPACE}" || failed=1
+  delete_worker_objects "${SERVER_WORKER_NAMESPACE}" || failed=1
+  return "${failed}"
 }
 
 on_exit() {
@@ -123,7 +152,7 @@ on_exit() {
     printf '\nFAILED (exit %s) during: %s\n' "${status}" "${CURRENT_STEP}" >&2
   fi
   if ((CLUSTER_TOUCHED)); then
-    step "Cleanup: worker Pods and Secrets (${SELECTOR}) in ${NAMESPACE}"
+    step "Cleanup: deploy/kubernetes/server, and worker Pods and Secrets (${SELECTOR}) in ${NAMESPACE} and ${SERVER_WORKER_NAMESPACE}"
     delete_managed_objects || cleanup_failed=1
     if [[ "${KEEP_CLUSTER}" == "1" ]]; then
       step "Cleanup: keeping the Kind cluster (HODEI_KEEP_CLUSTER=1)"
@@ -167,27 +196,30 @@ require_tools() {
   fi
 }
 
+# check_image_name VARIABLE IMAGE
 check_image_name() {
-  local last="${WORKER_IMAGE##*/}"
+  local last="${2##*/}"
   if [[ "${last}" != *:* || "${last##*:}" == "latest" ]]; then
-    die "HODEI_WORKER_IMAGE=${WORKER_IMAGE} has no tag or ':latest': use a fixed tag such as hodei-worker:e2e-test"
+    die "$1=$2 has no tag or ':latest': use a fixed tag such as ${last%%:*}:e2e-test"
   fi
 }
 
 # --- steps -----------------------------------------------------------------------------------
 
+# prepare_image IMAGE ARCHIVE ARCHIVE_VARIABLE IMAGE_VARIABLE BUILD_SCRIPT
 prepare_image() {
-  if [[ -n "${IMAGE_ARCHIVE}" ]]; then
-    [[ -f "${IMAGE_ARCHIVE}" ]] || die "HODEI_WORKER_IMAGE_ARCHIVE=${IMAGE_ARCHIVE} does not exist"
-    info "the Kind setup loads the archive ${IMAGE_ARCHIVE}"
+  local image=$1 archive=$2 archive_variable=$3 image_variable=$4 script=$5
+  if [[ -n "${archive}" ]]; then
+    [[ -f "${archive}" ]] || die "${archive_variable}=${archive} does not exist"
+    info "the Kind setup loads the archive ${archive}"
     return
   fi
-  if ((REBUILD_IMAGE == 0)) && docker image inspect "${WORKER_IMAGE}" >/dev/null 2>&1; then
-    info "${WORKER_IMAGE} exists ($(docker image inspect --format '{{.Id}}' "${WORKER_IMAGE}" | cut -c1-19)); --rebuild-image rebuilds it"
+  if ((REBUILD_IMAGE == 0)) && docker image inspect "${image}" >/dev/null 2>&1; then
+    info "${image} exists ($(docker image inspect --format '{{.Id}}' "${image}" | cut -c1-19)); --rebuild-image rebuilds it"
     return
   fi
-  info "building ${WORKER_IMAGE} with scripts/build-worker-image.sh"
-  HODEI_WORKER_IMAGE="${WORKER_IMAGE}" bash "${REPO_ROOT}/scripts/build-worker-image.sh"
+  info "building ${image} with ${script}"
+  env "${image_variable}=${image}" bash "${REPO_ROOT}/${script}"
 }
 
 bring_up_cluster() {
@@ -232,17 +264,18 @@ show_pod_snapshots() {
 run_suite() {
   export HODEI_E2E_K8S=1 HODEI_E2E_CLUSTER=kind
   export HODEI_K8S_TEST_NAMESPACE="${NAMESPACE}" HODEI_WORKER_IMAGE="${WORKER_IMAGE}"
-  info "KUBECONFIG=${KUBECONFIG} namespace ${NAMESPACE} image ${WORKER_IMAGE} profile ${PROFILE}"
+  export HODEI_SERVER_IMAGE="${SERVER_IMAGE}"
+  info "KUBECONFIG=${KUBECONFIG} namespace ${NAMESPACE} images ${WORKER_IMAGE} ${SERVER_IMAGE} profile ${PROFILE}"
   mkdir -p "$(dirname "${SNAPSHOT_FILE}")"
   : >"${SNAPSHOT_FILE}"
   watch_pods &
   WATCH_PID=$!
   local status=0
-  # Only this test target is built: the other suites' binaries are not needed here.
+  # Only these test targets are built: the other suites' binaries are not needed here.
   # --workspace, like the default suite, so cargo resolves the same features and reuses its
   # build instead of compiling part of the dependency graph again.
-  (cd "${REPO_ROOT}" && cargo nextest run --workspace --test e2e_kubernetes_provider \
-    --profile "${PROFILE}" --run-ignored only -E 'binary(e2e_kubernetes_provider)' \
+  (cd "${REPO_ROOT}" && cargo nextest run --workspace "${SUITE_TARGETS[@]}" \
+    --profile "${PROFILE}" --run-ignored only -E "${SUITE_FILTER}" \
     "${NEXTEST_ARGS[@]}") || status=$?
   stop_pod_watch
   show_pod_snapshots
@@ -276,18 +309,34 @@ step "Checking tools and settings"
 if [[ -n "${HODEI_E2E_CLUSTER:-}" && "${HODEI_E2E_CLUSTER}" != kind ]]; then
   die "HODEI_E2E_CLUSTER=${HODEI_E2E_CLUSTER}: only kind is supported (the air-gapped local cluster was replaced by a locally built Kind node image: HODEI_KIND_NODE_SOURCE=local)"
 fi
-[[ -z "${IMAGE_ARCHIVE}" ]] && check_image_name
+[[ -n "${IMAGE_ARCHIVE}" ]] || check_image_name HODEI_WORKER_IMAGE "${WORKER_IMAGE}"
+[[ -n "${SERVER_IMAGE_ARCHIVE}" ]] || check_image_name HODEI_SERVER_IMAGE "${SERVER_IMAGE}"
+SUITE_TARGETS=()
+SUITE_FILTER=""
+for suite in "${SUITES[@]}"; do
+  SUITE_TARGETS+=(--test "${suite}")
+  SUITE_FILTER+="${SUITE_FILTER:+ | }binary(${suite})"
+done
 require_tools
 export HODEI_KEEP_CLUSTER="${KEEP_CLUSTER}"
 info "$(cargo nextest --version | head -n 1)"
 
 step "Worker image ${WORKER_IMAGE}"
-prepare_image
+prepare_image "${WORKER_IMAGE}" "${IMAGE_ARCHIVE}" HODEI_WORKER_IMAGE_ARCHIVE HODEI_WORKER_IMAGE \
+  scripts/build-worker-image.sh
+
+step "Server image ${SERVER_IMAGE}"
+prepare_image "${SERVER_IMAGE}" "${SERVER_IMAGE_ARCHIVE}" HODEI_SERVER_IMAGE_ARCHIVE HODEI_SERVER_IMAGE \
+  scripts/build-server-image.sh
 
 # Compile first: the cluster then lives only as long as the tests need it, and a compile
 # error is not mistaken for a cluster problem. nextest reuses these test binaries.
-step "Building the suite"
-(cd "${REPO_ROOT}" && cargo test --workspace --test e2e_kubernetes_provider --no-run)
+step "Building the suites"
+(cd "${REPO_ROOT}" && cargo test --workspace "${SUITE_TARGETS[@]}" --no-run)
+# The hodei CLI, which a_job_in_a_pod_cannot_use_the_api_to_cancel_read_or_queue_jobs serves to a
+# Pod: built here, or the testkit compiles it inside that test while its victim job's 60 s
+# timeout runs (it did, and the victim timed out).
+(cd "${REPO_ROOT}" && cargo build -p hodei-cli --bin hodei)
 
 step "Bringing up the Kind cluster"
 setup_started=${SECONDS}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates (or reuses) the Kind cluster of the Kubernetes E2E suite, from the pinned kindest/node
 # or from a node image built here without any registry, applies the test namespace and the
-# provider's RBAC, and loads the worker image into the node.
+# provider's RBAC, and loads the worker and server images into the node.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,6 +15,8 @@ CLUSTER="${KIND_CLUSTER_NAME:-hodei-e2e}"
 NAMESPACE="${HODEI_K8S_TEST_NAMESPACE:-hodei-e2e}"
 WORKER_IMAGE="${HODEI_WORKER_IMAGE:-hodei-worker:e2e-test}"
 IMAGE_ARCHIVE="${HODEI_WORKER_IMAGE_ARCHIVE:-}"
+SERVER_IMAGE="${HODEI_SERVER_IMAGE:-hodei-server:e2e-test}"
+SERVER_IMAGE_ARCHIVE="${HODEI_SERVER_IMAGE_ARCHIVE:-}"
 KUBECONFIG_FILE="${HODEI_E2E_KUBECONFIG:-${REPO_ROOT}/target/e2e/kubeconfig}"
 ENV_FILE="$(dirname "${KUBECONFIG_FILE}")/kind.env"
 WAIT_SECONDS="${HODEI_KIND_WAIT_SECONDS:-180}"
@@ -29,8 +31,8 @@ Usage: $(basename "$0") [--skip-image] [--help]
 Creates the single-node Kind cluster ${CLUSTER} if it does not exist (reuses it if it does),
 writes its kubeconfig to a file of its own (never ~/.kube/config), waits for the node and
 CoreDNS to be Ready, applies deploy/kubernetes/namespace-test.yaml and rbac-test.yaml, loads the
-worker image with 'kind load image-archive' and writes an env file for the suite. Safe to run
-again.
+worker image and the server image (deploy/kubernetes/server runs it) with
+'kind load image-archive' and writes an env file for the suite. Safe to run again.
 
 The node image, unless KIND_NODE_IMAGE names one (HODEI_KIND_NODE_SOURCE):
   registry  the pinned ${KIND_REGISTRY_NODE_IMAGE%@*}@… (scripts/e2e/versions.env), pulled
@@ -40,7 +42,7 @@ The node image, unless KIND_NODE_IMAGE names one (HODEI_KIND_NODE_SOURCE):
   auto      registry when the engine has the pinned image or Docker Hub answers, else local
             (the default)
 
-  --skip-image   do not load the worker image (cluster and manifests only)
+  --skip-image   do not load the images (cluster and manifests only)
   -h, --help     this text
 
 Environment (defaults in brackets):
@@ -51,6 +53,10 @@ Environment (defaults in brackets):
   HODEI_WORKER_IMAGE          worker image, never :latest [hodei-worker:e2e-test]
   HODEI_WORKER_IMAGE_ARCHIVE  load this image tarball (docker save, nix build output)
                               instead of the image in the Docker engine
+  HODEI_SERVER_IMAGE          server image, never :latest [hodei-server:e2e-test]
+  HODEI_SERVER_IMAGE_ARCHIVE  likewise for the server image; without it and without the
+                              image in the engine, the server image is not loaded (the
+                              servers' suite then fails saying so)
   HODEI_E2E_KUBECONFIG        kubeconfig written for the cluster [<repo>/target/e2e/kubeconfig]
   HODEI_E2E_SERVER_HOST       host address Pods use to reach a server on this machine
                               [gateway of the 'kind' Docker network]
@@ -58,8 +64,8 @@ Environment (defaults in brackets):
   HODEI_KIND_BIN, HODEI_KUBECTL_BIN   kind and kubectl to run [see scripts/e2e/lib/kind.sh]
 
 Afterwards: source ${ENV_FILE}
-(exports KUBECONFIG, KIND_CLUSTER_NAME, HODEI_K8S_TEST_NAMESPACE, HODEI_WORKER_IMAGE and
-HODEI_E2E_SERVER_HOST). Tear down: scripts/e2e/cleanup-kind.sh.
+(exports KUBECONFIG, KIND_CLUSTER_NAME, HODEI_K8S_TEST_NAMESPACE, HODEI_WORKER_IMAGE,
+HODEI_SERVER_IMAGE and HODEI_E2E_SERVER_HOST). Tear down: scripts/e2e/cleanup-kind.sh.
 USAGE
 }
 
@@ -77,10 +83,11 @@ trap cleanup EXIT
 
 kctl() { "${KUBECTL[@]}" --kubeconfig "${KUBECONFIG_FILE}" "$@"; }
 
+# check_image_name VARIABLE IMAGE
 check_image_name() {
-  local last="${WORKER_IMAGE##*/}"
+  local last="${2##*/}"
   if [[ "${last}" != *:* || "${last##*:}" == "latest" ]]; then
-    die "HODEI_WORKER_IMAGE=${WORKER_IMAGE} has no tag or ':latest': a moving tag lets a stale image pass the tests unnoticed, and Pods without an explicit imagePullPolicy then pull from a registry instead of using the loaded image; use a fixed tag such as hodei-worker:e2e-test"
+    die "$1=$2 has no tag or ':latest': a moving tag lets a stale image pass the tests unnoticed, and Pods without an explicit imagePullPolicy then pull from a registry instead of using the loaded image; use a fixed tag such as ${last%%:*}:e2e-test"
   fi
 }
 
@@ -88,33 +95,35 @@ cluster_exists() {
   "${KIND[@]}" get clusters 2>/dev/null | grep -qx -- "${CLUSTER}"
 }
 
-# The worker image enters the node as an archive: `kind load image-archive` works with both of
-# Docker's image stores, unlike `kind load docker-image` with the containerd store (the default
-# of new Docker 29 installs; kind issue 3795).
+# Images enter the node as archives: `kind load image-archive` works with both of Docker's image
+# stores, unlike `kind load docker-image` with the containerd store (the default of new Docker 29
+# installs; kind issue 3795).
+# load_image IMAGE ARCHIVE ARCHIVE_VARIABLE BUILD_SCRIPT: loads ARCHIVE if given, else IMAGE
+# from the Docker engine.
 load_image() {
-  local archive="${IMAGE_ARCHIVE}"
+  local image=$1 archive=$2 variable=$3 script=$4
   if [[ -n "${archive}" ]]; then
-    [[ -f "${archive}" ]] || die "HODEI_WORKER_IMAGE_ARCHIVE=${archive} does not exist"
+    [[ -f "${archive}" ]] || die "${variable}=${archive} does not exist"
     info "archive ${archive}"
   else
-    docker image inspect "${WORKER_IMAGE}" >/dev/null 2>&1 ||
-      die "image ${WORKER_IMAGE} is not in the Docker engine: build it with scripts/build-worker-image.sh (or set HODEI_WORKER_IMAGE_ARCHIVE to an image tarball)"
-    WORK_DIR="$(mktemp -d)"
-    archive="${WORK_DIR}/worker-image.tar"
+    docker image inspect "${image}" >/dev/null 2>&1 ||
+      die "image ${image} is not in the Docker engine: build it with ${script} (or set ${variable} to an image tarball)"
+    [[ -n "${WORK_DIR}" ]] || WORK_DIR="$(mktemp -d)"
+    archive="${WORK_DIR}/${image//[:\/]/_}.tar"
     local platform
     platform="linux/$(docker version --format '{{.Server.Arch}}')"
     # A single-platform archive; engines older than API 1.48 have no --platform, and their
     # archives are single-platform anyway.
-    if ! docker image save --platform "${platform}" --output "${archive}" "${WORKER_IMAGE}" 2>/dev/null; then
-      docker image save --output "${archive}" "${WORKER_IMAGE}"
+    if ! docker image save --platform "${platform}" --output "${archive}" "${image}" 2>/dev/null; then
+      docker image save --output "${archive}" "${image}"
     fi
-    info "docker image save ${WORKER_IMAGE} ($(docker image inspect --format '{{.Id}}' "${WORKER_IMAGE}" | cut -c8-19), $(du -h "${archive}" | cut -f1))"
+    info "docker image save ${image} ($(docker image inspect --format '{{.Id}}' "${image}" | cut -c8-19), $(du -h "${archive}" | cut -f1))"
   fi
   "${KIND[@]}" load image-archive "${archive}" --name "${CLUSTER}" 2>&1 | indent
   local node
   for node in $("${KIND[@]}" get nodes --name "${CLUSTER}"); do
-    docker exec "${node}" crictl images 2>/dev/null | grep -F "${WORKER_IMAGE%:*}" | indent ||
-      die "the worker image is not in ${node}'s containerd after kind load image-archive"
+    docker exec "${node}" crictl images 2>/dev/null | grep -F "${image%:*}" | indent ||
+      die "${image} is not in ${node}'s containerd after kind load image-archive"
   done
 }
 
@@ -162,7 +171,10 @@ command -v docker >/dev/null 2>&1 ||
 docker info >/dev/null 2>&1 ||
   die "the Docker daemon does not answer ('docker info' failed): start it (e.g. 'sudo systemctl start docker', or scripts/e2e/start-dockerd.sh as root) and check that your user may use it"
 if ((SKIP_IMAGE == 0)) && [[ -z "${IMAGE_ARCHIVE}" ]]; then
-  check_image_name
+  check_image_name HODEI_WORKER_IMAGE "${WORKER_IMAGE}"
+fi
+if ((SKIP_IMAGE == 0)) && [[ -z "${SERVER_IMAGE_ARCHIVE}" ]]; then
+  check_image_name HODEI_SERVER_IMAGE "${SERVER_IMAGE}"
 fi
 [[ "${NAMESPACE}" =~ ^[a-z0-9]([-a-z0-9]*[a-z0-9])?$ ]] ||
   die "HODEI_K8S_TEST_NAMESPACE=${NAMESPACE} is not a valid namespace name (lower-case letters, digits, '-')"
@@ -216,9 +228,17 @@ wait_until "ServiceAccount ${NAMESPACE}/default" 60 default_service_account ||
 
 if ((SKIP_IMAGE == 0)); then
   step "Loading the worker image ${IMAGE_ARCHIVE:-${WORKER_IMAGE}} into ${CLUSTER} (kind load image-archive)"
-  load_image
+  load_image "${WORKER_IMAGE}" "${IMAGE_ARCHIVE}" HODEI_WORKER_IMAGE_ARCHIVE scripts/build-worker-image.sh
+  # Only the servers' suite (deploy/kubernetes/server in the cluster) needs it; the provider's
+  # suite runs its server on this machine.
+  if [[ -n "${SERVER_IMAGE_ARCHIVE}" ]] || docker image inspect "${SERVER_IMAGE}" >/dev/null 2>&1; then
+    step "Loading the server image ${SERVER_IMAGE_ARCHIVE:-${SERVER_IMAGE}} into ${CLUSTER} (kind load image-archive)"
+    load_image "${SERVER_IMAGE}" "${SERVER_IMAGE_ARCHIVE}" HODEI_SERVER_IMAGE_ARCHIVE scripts/build-server-image.sh
+  else
+    warn "the server image ${SERVER_IMAGE} is not in the Docker engine: not loaded (build it with scripts/build-server-image.sh; only the servers' suite needs it)"
+  fi
 else
-  step "Not loading the worker image (--skip-image)"
+  step "Not loading the images (--skip-image)"
 fi
 
 step "Writing ${ENV_FILE}"
@@ -236,6 +256,7 @@ fi
   printf 'export KIND_CLUSTER_NAME=%q\n' "${CLUSTER}"
   printf 'export HODEI_K8S_TEST_NAMESPACE=%q\n' "${NAMESPACE}"
   printf 'export HODEI_WORKER_IMAGE=%q\n' "${WORKER_IMAGE}"
+  printf 'export HODEI_SERVER_IMAGE=%q\n' "${SERVER_IMAGE}"
   if [[ -n "${server_host}" ]]; then
     printf 'export HODEI_E2E_SERVER_HOST=%q\n' "${server_host}"
   fi
