@@ -28,6 +28,15 @@ struct Args {
     /// authentication costs.
     #[arg(long, global = true)]
     insecure_no_auth: bool,
+    /// Server processes of one instance on the one database, each on its own port
+    /// (`--max-workers` is the instance's limit); clients spread their calls over them round
+    /// robin. For throughput and dispatch [default: 1].
+    #[arg(long, global = true, value_name = "N")]
+    servers: Option<usize>,
+    /// Keep the servers' logs after the run (dispatch and throughput; the directory is
+    /// printed).
+    #[arg(long, global = true)]
+    keep_logs: bool,
     #[command(subcommand)]
     benchmark: Benchmark,
 }
@@ -66,7 +75,7 @@ enum Benchmark {
         #[arg(long, default_value_t = 100)]
         workers: usize,
     },
-    /// Every benchmark above with its defaults.
+    /// Every benchmark above with its defaults, on one server.
     All,
 }
 
@@ -100,6 +109,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ));
     print_machine();
     let log_filter = args.log_filter.clone();
+    if let Some(servers) = args.servers {
+        anyhow::ensure!(servers >= 1, "--servers must be at least 1");
+        anyhow::ensure!(
+            servers == 1
+                || matches!(
+                    args.benchmark,
+                    Benchmark::Dispatch { .. } | Benchmark::Throughput { .. }
+                ),
+            "--servers applies to dispatch and throughput only"
+        );
+    }
+    let common = Common {
+        log_filter,
+        auth: !args.insecure_no_auth,
+        servers: args.servers,
+        keep_logs: args.keep_logs,
+    };
     let benchmarks = match args.benchmark {
         Benchmark::All => vec![
             Benchmark::Dispatch {
@@ -118,52 +144,79 @@ async fn run(args: Args) -> anyhow::Result<()> {
         one => vec![one],
     };
     for benchmark in benchmarks {
-        let (title, figures) =
-            run_one(&binaries, benchmark, &log_filter, !args.insecure_no_auth).await?;
+        let (title, figures) = run_one(&binaries, benchmark, &common).await?;
         print_section(&title, &figures);
     }
     Ok(())
 }
 
+/// The global options every benchmark takes.
+struct Common {
+    log_filter: String,
+    auth: bool,
+    servers: Option<usize>,
+    keep_logs: bool,
+}
+
+/// `" (N servers)"` in a title, when there are several.
+fn servers_in_title(servers: usize) -> String {
+    if servers > 1 {
+        format!(" ({servers} servers)")
+    } else {
+        String::new()
+    }
+}
+
 async fn run_one(
     binaries: &Binaries,
     benchmark: Benchmark,
-    log_filter: &str,
-    auth: bool,
+    common: &Common,
 ) -> anyhow::Result<(String, Vec<Figure>)> {
-    let log_filter = log_filter.to_string();
+    let log_filter = common.log_filter.clone();
+    let auth = common.auth;
+    let keep_logs = common.keep_logs;
     Ok(match benchmark {
-        Benchmark::Dispatch { jobs, interval_ms } => (
-            "dispatch latency".into(),
-            dispatch::run(
-                binaries,
-                &dispatch::Options {
-                    jobs,
-                    interval: Duration::from_millis(interval_ms),
-                    log_filter,
-                    auth,
-                },
+        Benchmark::Dispatch { jobs, interval_ms } => {
+            let servers = common.servers.unwrap_or(1);
+            (
+                format!("dispatch latency{}", servers_in_title(servers)),
+                dispatch::run(
+                    binaries,
+                    &dispatch::Options {
+                        jobs,
+                        interval: Duration::from_millis(interval_ms),
+                        servers,
+                        log_filter,
+                        auth,
+                        keep_logs,
+                    },
+                )
+                .await?,
             )
-            .await?,
-        ),
+        }
         Benchmark::Throughput {
             jobs,
             workers,
             clients,
-        } => (
-            "throughput".into(),
-            throughput::run(
-                binaries,
-                &throughput::Options {
-                    jobs,
-                    workers,
-                    clients,
-                    log_filter,
-                    auth,
-                },
+        } => {
+            let servers = common.servers.unwrap_or(1);
+            (
+                format!("throughput{}", servers_in_title(servers)),
+                throughput::run(
+                    binaries,
+                    &throughput::Options {
+                        jobs,
+                        workers,
+                        clients,
+                        servers,
+                        log_filter,
+                        auth,
+                        keep_logs,
+                    },
+                )
+                .await?,
             )
-            .await?,
-        ),
+        }
         Benchmark::Logs { lines } => (
             "log streaming".into(),
             logs::run(
