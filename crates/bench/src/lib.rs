@@ -13,4 +13,5 @@ pub mod harness;
 pub mod logs;
 pub mod measure;
 pub mod provisioning;
+pub mod takeover;
 pub mod throughput;

@@ -8,7 +8,7 @@ use hodei_bench::{
     harness::Binaries,
     logs,
     measure::{Figure, print_section, step},
-    provisioning, throughput,
+    provisioning, takeover, throughput,
 };
 
 /// Benchmarks of Hodei Jobs against a private PostgreSQL and release binaries.
@@ -28,13 +28,13 @@ struct Args {
     /// authentication costs.
     #[arg(long, global = true)]
     insecure_no_auth: bool,
-    /// Server processes of one instance on the one database, each on its own port
-    /// (`--max-workers` is the instance's limit); clients spread their calls over them round
-    /// robin. For throughput and dispatch [default: 1].
+    /// Server processes of one instance on the one database, each on its own port (their
+    /// `--max-workers` is the instance's limit); clients spread their calls over them round
+    /// robin. For throughput and dispatch [default: 1] and takeover [default: 3].
     #[arg(long, global = true, value_name = "N")]
     servers: Option<usize>,
-    /// Keep the servers' logs after the run (dispatch and throughput; the directory is
-    /// printed).
+    /// Keep the servers' logs after the run (dispatch, throughput and takeover; the directory
+    /// is printed).
     #[arg(long, global = true)]
     keep_logs: bool,
     #[command(subcommand)]
@@ -75,7 +75,16 @@ enum Benchmark {
         #[arg(long, default_value_t = 100)]
         workers: usize,
     },
-    /// Every benchmark above with its defaults, on one server.
+    /// A server killed (SIGKILL) while its workers run jobs -> each of them attached to
+    /// another server, p50/p95; and whether its jobs still succeed in one attempt.
+    Takeover {
+        #[arg(long, default_value_t = 30)]
+        workers: usize,
+        /// How long each job runs, printing a line every 100 ms.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        job_secs: u64,
+    },
+    /// Every benchmark above but takeover, with its defaults, on one server.
     All,
 }
 
@@ -115,9 +124,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             servers == 1
                 || matches!(
                     args.benchmark,
-                    Benchmark::Dispatch { .. } | Benchmark::Throughput { .. }
+                    Benchmark::Dispatch { .. }
+                        | Benchmark::Throughput { .. }
+                        | Benchmark::Takeover { .. }
                 ),
-            "--servers applies to dispatch and throughput only"
+            "--servers applies to dispatch, throughput and takeover only"
         );
     }
     let common = Common {
@@ -209,6 +220,24 @@ async fn run_one(
                         workers,
                         clients,
                         servers,
+                        log_filter,
+                        auth,
+                        keep_logs,
+                    },
+                )
+                .await?,
+            )
+        }
+        Benchmark::Takeover { workers, job_secs } => {
+            let servers = common.servers.unwrap_or(3);
+            (
+                format!("takeover{}", servers_in_title(servers)),
+                takeover::run(
+                    binaries,
+                    &takeover::Options {
+                        servers,
+                        workers,
+                        job_secs,
                         log_filter,
                         auth,
                         keep_logs,
