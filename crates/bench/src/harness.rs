@@ -1,8 +1,11 @@
-//! What every benchmark stands on: a private PostgreSQL and a real `hodei-server` process with
-//! the local provider, started from release binaries, and gRPC clients to it.
+//! What every benchmark stands on: a private PostgreSQL and real `hodei-server` processes with
+//! the local provider, started from release binaries, and gRPC clients to them.
 //!
 //! The server runs as its own process so that its CPU and memory are its own (the benchmark
-//! client does not share its runtime or heap), exactly as it would in production.
+//! client does not share its runtime or heap), exactly as it would in production. With
+//! `servers > 1` there are several processes of one instance on the one database (issue 14):
+//! same `--instance` and `--max-workers` (the instance's limit, counted in the database), each
+//! on its own port, each with its own log file.
 
 use std::{
     ffi::OsString,
@@ -22,6 +25,8 @@ use hodei_testkit::{
     server_process::{ServerCommand, ServerProcess},
 };
 use sqlx::{PgPool, postgres::PgPoolOptions};
+
+use crate::measure::step;
 
 /// Where the binaries under test are.
 #[derive(Debug, Clone)]
@@ -64,6 +69,10 @@ pub struct ServerOptions {
     /// Whether clients authenticate (`false`: the server runs with `--insecure-no-auth`, to
     /// measure what authentication costs). Clients send their token either way.
     pub auth: bool,
+    /// Server processes of the instance.
+    pub servers: usize,
+    /// Keep the servers' log directory after the run (its path is printed).
+    pub keep_logs: bool,
 }
 
 impl Default for ServerOptions {
@@ -74,16 +83,19 @@ impl Default for ServerOptions {
             idle_timeout: "1h",
             log_filter: "info".into(),
             auth: true,
+            servers: 1,
+            keep_logs: false,
         }
     }
 }
 
-/// A private PostgreSQL with a `hodei-server` process on it.
+/// A private PostgreSQL with one or more `hodei-server` processes of one instance on it.
 pub struct Environment {
-    // Field order is drop order: the server goes before its database.
-    server: ServerProcess,
+    // Field order is drop order: the servers go before their database.
+    servers: Vec<ServerProcess>,
     pub db: PgPool,
     _database: TestDatabase,
+    /// The first server's address.
     pub url: String,
     pub instance: String,
     _log_dir: tempfile::TempDir,
@@ -91,6 +103,7 @@ pub struct Environment {
 
 impl Environment {
     pub async fn start(binaries: &Binaries, options: &ServerOptions) -> anyhow::Result<Self> {
+        anyhow::ensure!(options.servers >= 1, "at least one server is needed");
         let database = TestDatabase::create()
             .await
             .context("starting a private PostgreSQL")?;
@@ -100,7 +113,13 @@ impl Environment {
             .await
             .context("connecting to the private PostgreSQL")?;
         let instance = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let log_dir = tempfile::Builder::new().prefix("hodei-bench-").tempdir()?;
+        let log_dir = tempfile::Builder::new()
+            .prefix("hodei-bench-")
+            .disable_cleanup(options.keep_logs)
+            .tempdir()?;
+        if options.keep_logs {
+            step(format!("server logs kept in {}", log_dir.path().display()));
+        }
         let args: Vec<OsString> = [
             "--database-url",
             database.url(),
@@ -127,16 +146,27 @@ impl Environment {
         ])
         .chain((!options.auth).then(|| OsString::from("--insecure-no-auth")))
         .collect();
-        let server = ServerProcess::start(ServerCommand {
-            binary: binaries.server.clone(),
-            args,
-            log_filter: options.log_filter.clone(),
-            log: log_dir.path().join("hodei-server.log"),
-        })
-        .await?;
+        let mut servers = Vec::new();
+        for i in 0..options.servers {
+            // One server keeps the log name it always had.
+            let log = if options.servers == 1 {
+                "hodei-server.log".to_string()
+            } else {
+                format!("hodei-server-{i}.log")
+            };
+            servers.push(
+                ServerProcess::start(ServerCommand {
+                    binary: binaries.server.clone(),
+                    args: args.clone(),
+                    log_filter: options.log_filter.clone(),
+                    log: log_dir.path().join(log),
+                })
+                .await?,
+            );
+        }
         Ok(Self {
-            url: server.url(),
-            server,
+            url: servers[0].url(),
+            servers,
             db,
             _database: database,
             instance,
@@ -144,37 +174,115 @@ impl Environment {
         })
     }
 
-    pub fn server_pid(&self) -> Option<u32> {
-        self.server.pid()
+    /// How many server processes the instance has (killed ones included).
+    pub fn server_count(&self) -> usize {
+        self.servers.len()
     }
 
-    /// The last lines of the server's log, for error messages.
+    /// The first server's process id, while it runs.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.servers[0].pid()
+    }
+
+    /// The last lines of every server's log, for error messages.
     pub fn log_tail(&self) -> String {
-        self.server.log_tail()
+        if let [server] = self.servers.as_slice() {
+            return server.log_tail();
+        }
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("server {i} ({}):\n{}", s.url(), s.log_tail()))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     pub async fn channel(&self) -> anyhow::Result<Authed> {
-        self.server.channel().await
+        self.servers[0].channel().await
     }
 
+    /// A client of the first server.
     pub async fn jobs(&self) -> anyhow::Result<JobServiceClient<Authed>> {
-        self.server.jobs().await
+        self.jobs_on(0).await
+    }
+
+    /// A client of server `index`.
+    pub async fn jobs_on(&self, index: usize) -> anyhow::Result<JobServiceClient<Authed>> {
+        self.servers[index].jobs().await
+    }
+
+    /// One client per server, in server order: callers that spread their calls take them in
+    /// turn (round robin).
+    pub async fn jobs_on_every_server(&self) -> anyhow::Result<Vec<JobServiceClient<Authed>>> {
+        let mut clients = Vec::with_capacity(self.servers.len());
+        for server in &self.servers {
+            clients.push(server.jobs().await?);
+        }
+        Ok(clients)
     }
 
     pub async fn logs(&self) -> anyhow::Result<LogStreamServiceClient<Authed>> {
-        self.server.logs().await
+        self.servers[0].logs().await
     }
 
     pub async fn workers(&self) -> anyhow::Result<WorkerQueryServiceClient<Authed>> {
-        self.server.workers().await
+        self.servers[0].workers().await
     }
 
-    /// Waits until `count` workers are connected and idle, and returns their process ids.
+    /// The `servers.id` of each server process, in server order (`None`: no row, e.g. a killed
+    /// server whose row was already removed). A server's row names the address its workers
+    /// dial, which is its gRPC address.
+    pub async fn server_ids(&self) -> anyhow::Result<Vec<Option<String>>> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id::text, worker_address FROM servers WHERE instance = $1")
+                .bind(&self.instance)
+                .fetch_all(&self.db)
+                .await?;
+        Ok(self
+            .servers
+            .iter()
+            .map(|server| {
+                rows.iter()
+                    .find(|(_, address)| *address == server.url())
+                    .map(|(id, _)| id.clone())
+            })
+            .collect())
+    }
+
+    /// How many alive (idle or busy) workers each server's stream holds, in server order.
+    pub async fn workers_per_server(&self) -> anyhow::Result<Vec<usize>> {
+        let ids = self.server_ids().await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT server_id::text, count(*) FROM workers \
+             WHERE instance = $1 AND state IN ('idle', 'busy') AND server_id IS NOT NULL \
+             GROUP BY server_id",
+        )
+        .bind(&self.instance)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(ids
+            .iter()
+            .map(|id| {
+                rows.iter()
+                    .find(|(server, _)| Some(server) == id.as_ref())
+                    .map_or(0, |(_, n)| *n as usize)
+            })
+            .collect())
+    }
+
+    /// SIGKILL of server `index`, as a crash would.
+    pub fn kill_server(&mut self, index: usize) -> anyhow::Result<()> {
+        self.servers[index].kill()
+    }
+
+    /// Waits until `count` workers of the instance (on any of its servers) are connected and
+    /// idle, and returns their process ids.
     pub async fn wait_idle_workers(&self, count: usize) -> anyhow::Result<Vec<u32>> {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let rows: Vec<(Option<String>,)> = sqlx::query_as(
-                "SELECT resource FROM workers WHERE instance = $1 AND state = 'idle'",
+                "SELECT resource FROM workers \
+                 WHERE instance = $1 AND state = 'idle' AND server_id IS NOT NULL",
             )
             .bind(&self.instance)
             .fetch_all(&self.db)
@@ -218,11 +326,21 @@ impl Environment {
         }
     }
 
-    /// SIGTERM (graceful shutdown: workers are destroyed), SIGKILL if it takes over 30 s.
+    /// SIGTERM to each running server in turn, SIGKILL if one takes over 30 s. With others
+    /// alive a server moves its workers to them; the last one destroys them (graceful
+    /// shutdown).
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        let status = self.server.stop(Duration::from_secs(30)).await?;
-        if !status.success() {
-            eprintln!("hodei-server exited with {status}:\n{}", self.log_tail());
+        for i in 0..self.servers.len() {
+            if self.servers[i].pid().is_none() {
+                continue;
+            }
+            let status = self.servers[i].stop(Duration::from_secs(30)).await?;
+            if !status.success() {
+                eprintln!(
+                    "hodei-server {i} exited with {status}:\n{}",
+                    self.servers[i].log_tail()
+                );
+            }
         }
         Ok(())
     }

@@ -8,7 +8,7 @@ use hodei_bench::{
     harness::Binaries,
     logs,
     measure::{Figure, print_section, step},
-    provisioning, throughput,
+    provisioning, takeover, throughput,
 };
 
 /// Benchmarks of Hodei Jobs against a private PostgreSQL and release binaries.
@@ -28,6 +28,15 @@ struct Args {
     /// authentication costs.
     #[arg(long, global = true)]
     insecure_no_auth: bool,
+    /// Server processes of one instance on the one database, each on its own port (their
+    /// `--max-workers` is the instance's limit); clients spread their calls over them round
+    /// robin. For throughput and dispatch [default: 1] and takeover [default: 3].
+    #[arg(long, global = true, value_name = "N")]
+    servers: Option<usize>,
+    /// Keep the servers' logs after the run (dispatch, throughput and takeover; the directory
+    /// is printed).
+    #[arg(long, global = true)]
+    keep_logs: bool,
     #[command(subcommand)]
     benchmark: Benchmark,
 }
@@ -66,7 +75,16 @@ enum Benchmark {
         #[arg(long, default_value_t = 100)]
         workers: usize,
     },
-    /// Every benchmark above with its defaults.
+    /// A server killed (SIGKILL) while its workers run jobs -> each of them attached to
+    /// another server, p50/p95; and whether its jobs still succeed in one attempt.
+    Takeover {
+        #[arg(long, default_value_t = 30)]
+        workers: usize,
+        /// How long each job runs, printing a line every 100 ms.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        job_secs: u64,
+    },
+    /// Every benchmark above but takeover, with its defaults, on one server.
     All,
 }
 
@@ -100,6 +118,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
     ));
     print_machine();
     let log_filter = args.log_filter.clone();
+    if let Some(servers) = args.servers {
+        anyhow::ensure!(servers >= 1, "--servers must be at least 1");
+        anyhow::ensure!(
+            servers == 1
+                || matches!(
+                    args.benchmark,
+                    Benchmark::Dispatch { .. }
+                        | Benchmark::Throughput { .. }
+                        | Benchmark::Takeover { .. }
+                ),
+            "--servers applies to dispatch, throughput and takeover only"
+        );
+    }
+    let common = Common {
+        log_filter,
+        auth: !args.insecure_no_auth,
+        servers: args.servers,
+        keep_logs: args.keep_logs,
+    };
     let benchmarks = match args.benchmark {
         Benchmark::All => vec![
             Benchmark::Dispatch {
@@ -118,52 +155,97 @@ async fn run(args: Args) -> anyhow::Result<()> {
         one => vec![one],
     };
     for benchmark in benchmarks {
-        let (title, figures) =
-            run_one(&binaries, benchmark, &log_filter, !args.insecure_no_auth).await?;
+        let (title, figures) = run_one(&binaries, benchmark, &common).await?;
         print_section(&title, &figures);
     }
     Ok(())
 }
 
+/// The global options every benchmark takes.
+struct Common {
+    log_filter: String,
+    auth: bool,
+    servers: Option<usize>,
+    keep_logs: bool,
+}
+
+/// `" (N servers)"` in a title, when there are several.
+fn servers_in_title(servers: usize) -> String {
+    if servers > 1 {
+        format!(" ({servers} servers)")
+    } else {
+        String::new()
+    }
+}
+
 async fn run_one(
     binaries: &Binaries,
     benchmark: Benchmark,
-    log_filter: &str,
-    auth: bool,
+    common: &Common,
 ) -> anyhow::Result<(String, Vec<Figure>)> {
-    let log_filter = log_filter.to_string();
+    let log_filter = common.log_filter.clone();
+    let auth = common.auth;
+    let keep_logs = common.keep_logs;
     Ok(match benchmark {
-        Benchmark::Dispatch { jobs, interval_ms } => (
-            "dispatch latency".into(),
-            dispatch::run(
-                binaries,
-                &dispatch::Options {
-                    jobs,
-                    interval: Duration::from_millis(interval_ms),
-                    log_filter,
-                    auth,
-                },
+        Benchmark::Dispatch { jobs, interval_ms } => {
+            let servers = common.servers.unwrap_or(1);
+            (
+                format!("dispatch latency{}", servers_in_title(servers)),
+                dispatch::run(
+                    binaries,
+                    &dispatch::Options {
+                        jobs,
+                        interval: Duration::from_millis(interval_ms),
+                        servers,
+                        log_filter,
+                        auth,
+                        keep_logs,
+                    },
+                )
+                .await?,
             )
-            .await?,
-        ),
+        }
         Benchmark::Throughput {
             jobs,
             workers,
             clients,
-        } => (
-            "throughput".into(),
-            throughput::run(
-                binaries,
-                &throughput::Options {
-                    jobs,
-                    workers,
-                    clients,
-                    log_filter,
-                    auth,
-                },
+        } => {
+            let servers = common.servers.unwrap_or(1);
+            (
+                format!("throughput{}", servers_in_title(servers)),
+                throughput::run(
+                    binaries,
+                    &throughput::Options {
+                        jobs,
+                        workers,
+                        clients,
+                        servers,
+                        log_filter,
+                        auth,
+                        keep_logs,
+                    },
+                )
+                .await?,
             )
-            .await?,
-        ),
+        }
+        Benchmark::Takeover { workers, job_secs } => {
+            let servers = common.servers.unwrap_or(3);
+            (
+                format!("takeover{}", servers_in_title(servers)),
+                takeover::run(
+                    binaries,
+                    &takeover::Options {
+                        servers,
+                        workers,
+                        job_secs,
+                        log_filter,
+                        auth,
+                        keep_logs,
+                    },
+                )
+                .await?,
+            )
+        }
         Benchmark::Logs { lines } => (
             "log streaming".into(),
             logs::run(

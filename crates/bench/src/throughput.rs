@@ -5,6 +5,10 @@
 //! concurrent clients queue the jobs as fast as the server accepts them, and the run ends when
 //! the last job is final. The rate is taken from PostgreSQL's own timestamps: jobs divided by
 //! (last `finished_at` − first `created_at`).
+//!
+//! With several servers (one instance, one database) each client sends its calls to the
+//! servers in turn (round robin, client `c` starting at server `c`), and the workers are held
+//! by whichever servers provisioned them; how many each holds is printed with the figures.
 
 use std::time::{Duration, Instant};
 
@@ -20,15 +24,18 @@ pub struct Options {
     pub jobs: usize,
     pub workers: usize,
     pub clients: usize,
+    /// Server processes of the instance.
+    pub servers: usize,
     pub log_filter: String,
     /// `false`: the server runs without authentication.
     pub auth: bool,
+    pub keep_logs: bool,
 }
 
 pub async fn run(binaries: &Binaries, options: &Options) -> anyhow::Result<Vec<Figure>> {
     step(format!(
-        "throughput: starting PostgreSQL and hodei-server ({} workers)",
-        options.workers
+        "throughput: starting PostgreSQL, {} hodei-server process(es), {} workers",
+        options.servers, options.workers
     ));
     let env = Environment::start(
         binaries,
@@ -36,21 +43,26 @@ pub async fn run(binaries: &Binaries, options: &Options) -> anyhow::Result<Vec<F
             max_workers: options.workers,
             log_filter: options.log_filter.clone(),
             auth: options.auth,
+            servers: options.servers,
+            keep_logs: options.keep_logs,
             ..ServerOptions::default()
         },
     )
     .await?;
 
     step("throughput: provisioning the workers");
-    let mut jobs = env.jobs().await?;
-    for _ in 0..options.workers {
-        jobs.queue_job(pb::QueueJobRequest {
-            spec: Some(spec("sleep 1")),
-        })
-        .await?;
+    let mut everywhere = env.jobs_on_every_server().await?;
+    let servers = everywhere.len();
+    for i in 0..options.workers {
+        everywhere[i % servers]
+            .queue_job(pb::QueueJobRequest {
+                spec: Some(spec("sleep 1")),
+            })
+            .await?;
     }
     env.wait_all_final(Duration::from_secs(120)).await?;
     env.wait_idle_workers(options.workers).await?;
+    let held = env.workers_per_server().await?;
     let (marker,): (chrono::DateTime<chrono::Utc>,) =
         sqlx::query_as("SELECT now()").fetch_one(&env.db).await?;
 
@@ -63,13 +75,14 @@ pub async fn run(binaries: &Binaries, options: &Options) -> anyhow::Result<Vec<F
     for client in 0..options.clients {
         let count =
             options.jobs / options.clients + usize::from(client < options.jobs % options.clients);
-        let mut jobs = env.jobs().await?;
+        let mut jobs = env.jobs_on_every_server().await?;
         clients.push(tokio::spawn(async move {
-            for _ in 0..count {
-                jobs.queue_job(pb::QueueJobRequest {
-                    spec: Some(spec("true")),
-                })
-                .await?;
+            for call in 0..count {
+                jobs[(client + call) % servers]
+                    .queue_job(pb::QueueJobRequest {
+                        spec: Some(spec("true")),
+                    })
+                    .await?;
             }
             anyhow::Ok(())
         }));
@@ -123,7 +136,7 @@ pub async fn run(binaries: &Binaries, options: &Options) -> anyhow::Result<Vec<F
     let bare = baseline::spawn_rate(options.workers, 4000).await?;
 
     let rate = options.jobs as f64 / span;
-    Ok(vec![
+    let mut figures = vec![
         Figure::new(
             format!(
                 "{} jobs, {} warm workers, queued -> Succeeded",
@@ -148,5 +161,15 @@ pub async fn run(binaries: &Binaries, options: &Options) -> anyhow::Result<Vec<F
             attempts.0 as f64 / total as f64,
             "",
         ),
-    ])
+    ];
+    if servers > 1 {
+        for (i, held) in held.iter().enumerate() {
+            figures.push(Figure::new(
+                format!("workers held by server {i}"),
+                *held as f64,
+                "workers",
+            ));
+        }
+    }
+    Ok(figures)
 }
