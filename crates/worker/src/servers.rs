@@ -50,14 +50,32 @@ impl Servers {
         &self.connected
     }
 
-    /// Every known server, in the order to try after losing `lost`: the ones after it first,
-    /// `lost` last. Addresses that cannot make an endpoint are left out (and said so).
+    /// Every known server, in the order to try after losing `lost`: the others first, from a
+    /// random one on (every worker of a dead server starting with the same survivor would
+    /// double that one's load and leave the rest idle), `lost` last. Addresses that cannot make
+    /// an endpoint are left out (and said so).
     pub fn reconnect_targets(&self, lost: &str) -> Vec<Target> {
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        self.reconnect_targets_from(lost, usize::try_from(random % 1024).unwrap_or(0))
+    }
+
+    /// [`Self::reconnect_targets`], the others rotated by `start`.
+    fn reconnect_targets_from(&self, lost: &str, start: usize) -> Vec<Target> {
         let mut all: Vec<&String> = std::iter::once(&self.configured)
             .chain(self.learned.iter())
             .collect();
         if let Some(at) = all.iter().position(|a| a.as_str() == lost) {
             all.rotate_left(at + 1);
+            let others = all.len() - 1;
+            if others > 0 {
+                all[..others].rotate_left(start % others);
+            }
+        } else if !all.is_empty() {
+            let n = all.len();
+            all.rotate_left(start % n);
         }
         all.into_iter()
             .filter_map(
@@ -90,8 +108,12 @@ mod tests {
     }
 
     fn order(servers: &Servers, lost: &str) -> Vec<String> {
+        order_from(servers, lost, 0)
+    }
+
+    fn order_from(servers: &Servers, lost: &str, start: usize) -> Vec<String> {
         servers
-            .reconnect_targets(lost)
+            .reconnect_targets_from(lost, start)
             .into_iter()
             .map(|t| t.address)
             .collect()
@@ -118,7 +140,20 @@ mod tests {
         assert_eq!(
             order(&known, "http://elsewhere:1"),
             ["http://a:1", "http://b:1", "http://c:1"],
-            "an unknown lost server changes nothing"
+            "an unknown lost server: every one, in turn"
+        );
+        assert_eq!(
+            order_from(&known, "http://a:1", 1),
+            ["http://c:1", "http://b:1", "http://a:1"],
+            "workers start at different survivors; the lost one stays last"
+        );
+        let firsts: std::collections::HashSet<String> = (0..64)
+            .map(|_| known.reconnect_targets("http://a:1")[0].address.clone())
+            .collect();
+        assert_eq!(
+            firsts,
+            ["http://b:1".to_string(), "http://c:1".to_string()].into(),
+            "the first survivor tried is spread over all of them"
         );
     }
 
